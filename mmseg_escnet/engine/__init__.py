@@ -1,0 +1,4 @@
+"""Runner-side pieces: safe checkpoint loading, launch helpers, hooks."""
+from .vocabulary_check_hook import VocabularyCheckHook
+
+__all__ = ['VocabularyCheckHook']

@@ -1,0 +1,96 @@
+"""Loading MMEngine checkpoints under torch >= 2.6 without giving up ``weights_only``.
+
+Since torch 2.6, ``torch.load`` defaults to ``weights_only=True``. MMEngine 0.10.x calls
+``torch.load(filename, map_location)`` for local files, and the checkpoints its own Runner writes hold
+a few Python objects besides tensors (``HistoryBuffer`` in ``message_hub``, NumPy scalars and arrays in
+``meta`` and the message hub). Such files then fail with ``UnpicklingError``, which breaks
+``tools/test.py <local ckpt>``, ``load_from`` and ``--resume``.
+
+The fix here keeps the safe unpickler and allow-lists exactly the types that MMEngine itself writes,
+by re-registering MMEngine's local-file scheme (``''``) in :class:`CheckpointLoader`. Anything else in
+a file is still refused, with an error that names the offending globals instead of a bare
+``UnpicklingError``. :func:`install` runs when :mod:`mmseg_escnet` is imported.
+"""
+import os.path as osp
+import pickle
+from typing import Any, Callable, List, Optional, Union
+
+import numpy as np
+import torch
+from mmengine.logging import HistoryBuffer
+from mmengine.runner.checkpoint import CheckpointLoader
+
+
+def _numpy_globals() -> List[Any]:
+    """NumPy types that appear when NumPy scalars or arrays are pickled."""
+    found: List[Any] = [np.ndarray, np.dtype]
+    # Scalars pickle through ``numpy.core.multiarray.scalar`` (NumPy 1.x) or
+    # ``numpy._core.multiarray.scalar`` (NumPy 2.x); arrays through ``_reconstruct``.
+    for module_name in ('numpy.core.multiarray', 'numpy._core.multiarray'):
+        try:
+            module = __import__(module_name, fromlist=['scalar'])
+        except ImportError:
+            continue
+        found += [getattr(module, name) for name in ('scalar', '_reconstruct') if hasattr(module, name)]
+    # dtype classes such as ``numpy.dtypes.Float64DType`` (NumPy >= 1.25).
+    dtypes = getattr(np, 'dtypes', None)
+    if dtypes is not None:
+        found += [getattr(dtypes, name) for name in dir(dtypes) if name.endswith('DType')]
+    return found
+
+
+def _history_buffer_getattr(obj: Any, name: str) -> Any:
+    """``getattr`` restricted to what pickled ``HistoryBuffer`` objects need.
+
+    A ``HistoryBuffer`` pickles its statistics methods as ``getattr(HistoryBuffer, 'mean')``. An
+    unrestricted ``getattr`` would let a malicious file reach any callable, so only the registered
+    statistics of ``HistoryBuffer`` are served.
+    """
+    if obj is HistoryBuffer and name in HistoryBuffer._statistics_methods:
+        return getattr(obj, name)
+    raise pickle.UnpicklingError(f'checkpoint asks for getattr({obj!r}, {name!r}), which is not '
+                                 f'allowed')
+
+
+def trusted_checkpoint_globals() -> List[Any]:
+    """The non-tensor types MMEngine's Runner writes into its checkpoints."""
+    return [HistoryBuffer, (_history_buffer_getattr, 'builtins.getattr'), *_numpy_globals()]
+
+
+def load_local_checkpoint(filename: str, map_location: Optional[Union[str, Callable]] = None) -> Any:
+    """Load a local checkpoint with ``weights_only=True`` and MMEngine's own types allow-listed.
+
+    Args:
+        filename (str): Path of the checkpoint file.
+        map_location (str | Callable, optional): Same as :func:`torch.load`.
+
+    Returns:
+        The unpickled checkpoint (usually a dict).
+
+    Raises:
+        FileNotFoundError: If ``filename`` does not exist.
+        pickle.UnpicklingError: If the file holds objects outside the allow-list; the message names
+            them.
+    """
+    filename = osp.expanduser(filename)
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f'checkpoint file not found: {filename}')
+    with torch.serialization.safe_globals(trusted_checkpoint_globals()):
+        try:
+            return torch.load(filename, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as error:
+            try:
+                unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(filename)
+            except Exception:  # not a zip checkpoint: report the original error only
+                unsafe = []
+            raise pickle.UnpicklingError(
+                f'refusing to unpickle {filename}: it holds Python objects that are neither tensors '
+                f'nor the types MMEngine writes ({", ".join(unsafe) or "see below"}). Only load '
+                f'checkpoints you trust; strip them to plain tensors with tools/publish_model.py, or '
+                f'extend mmseg_escnet.engine.checkpoint_loading.trusted_checkpoint_globals. '
+                f'Original error: {error}') from error
+
+
+def install() -> None:
+    """Make :class:`CheckpointLoader` use :func:`load_local_checkpoint` for local files."""
+    CheckpointLoader.register_scheme(prefixes='', loader=load_local_checkpoint, force=True)

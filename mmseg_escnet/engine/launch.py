@@ -1,0 +1,99 @@
+"""Config loading and process-group setup shared by ``tools/train.py`` and ``tools/test.py``.
+
+MMEngine's ``pytorch`` launcher assumes CUDA (``init_dist`` calls ``torch.cuda.set_device``, and the
+Runner gives DDP ``device_ids=[local_rank]``). On a machine without CUDA we create a ``gloo`` process
+group ourselves (MMEngine then skips its own ``init_dist``) and wrap the model in DDP without
+``device_ids``, so ``tools/dist_train.sh CONFIG N`` also runs on CPUs.
+"""
+import os
+import os.path as osp
+from typing import Optional, Sequence
+
+import torch
+import torch.distributed as dist
+from mmengine.config import Config
+
+LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
+
+
+def load_config(config: str, *, cfg_options: Optional[dict] = None, work_dir: Optional[str] = None,
+                launcher: str = 'none') -> Config:
+    """Read a config file, apply ``--cfg-options`` and choose the work dir.
+
+    Args:
+        config (str): Path of the config file.
+        cfg_options (dict, optional): Overrides in ``key=value`` form (already parsed).
+        work_dir (str, optional): Work directory; defaults to ``./work_dirs/<config stem>``.
+        launcher (str): One of ``'none'``, ``'pytorch'``, ``'slurm'``, ``'mpi'``.
+
+    Returns:
+        Config: The merged config.
+    """
+    if not osp.isfile(config):
+        raise FileNotFoundError(f'config file not found: {config}')
+    if launcher not in LAUNCHERS:
+        raise ValueError(f'launcher must be one of {LAUNCHERS}, got {launcher!r}')
+    cfg = Config.fromfile(config)
+    cfg.launcher = launcher
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config))[0])
+    return cfg
+
+
+def prepare_distributed(cfg: Config) -> Config:
+    """Make a distributed launch work without CUDA (gloo process group, DDP without device ids).
+
+    Does nothing for ``launcher='none'`` or when CUDA is available. Reads the usual torchrun
+    variables (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``).
+    """
+    if cfg.launcher == 'none' or torch.cuda.is_available():
+        return cfg
+    if cfg.launcher != 'pytorch':
+        raise RuntimeError(f'launcher {cfg.launcher!r} without CUDA is not supported; '
+                           f'use tools/dist_train.sh (torchrun, launcher pytorch)')
+    missing = [k for k in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT') if k not in os.environ]
+    if missing:
+        raise RuntimeError(f'--launcher pytorch needs the torchrun environment; missing {missing}. '
+                           f'Start through tools/dist_train.sh or torchrun.')
+    if not dist.is_initialized():
+        dist.init_process_group(backend='gloo')
+    cfg.env_cfg = cfg.get('env_cfg') or {}
+    cfg.env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'
+    wrapper = dict(cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel'))
+    wrapper.update(device_ids=None, broadcast_buffers=False)
+    cfg.model_wrapper_cfg = wrapper
+    return cfg
+
+
+def enable_amp(cfg: Config) -> Config:
+    """Switch the optimizer wrapper to ``AmpOptimWrapper`` with a dynamic loss scale."""
+    if not torch.cuda.is_available():
+        raise RuntimeError('--amp needs a CUDA device (MMEngine\'s AmpOptimWrapper refuses CPU '
+                           'training); run without --amp')
+    if cfg.optim_wrapper.get('type', 'OptimWrapper') == 'OptimWrapper':
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.loss_scale = 'dynamic'
+    elif cfg.optim_wrapper.type != 'AmpOptimWrapper':
+        raise ValueError(f'--amp works with OptimWrapper, not {cfg.optim_wrapper.type}')
+    return cfg
+
+
+def set_local_rank(local_rank: int) -> None:
+    """Export ``LOCAL_RANK`` for launchers that pass ``--local-rank`` instead."""
+    os.environ.setdefault('LOCAL_RANK', str(local_rank))
+
+
+def add_common_arguments(parser, choices: Sequence[str] = LAUNCHERS) -> None:
+    """Arguments shared by train.py and test.py: --work-dir, --cfg-options, --launcher, --local-rank."""
+    from mmengine.config import DictAction
+    parser.add_argument('--work-dir', help='folder for logs and checkpoints '
+                        '(default: ./work_dirs/<config name>)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config keys, e.g. model.test_vocabulary=ade150 '
+                        'train_cfg.max_iters=100')
+    parser.add_argument('--launcher', choices=list(choices), default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
