@@ -1,0 +1,4 @@
+"""decode_heads."""
+from .catseg_head import CATSegHead
+
+__all__ = ['CATSegHead']

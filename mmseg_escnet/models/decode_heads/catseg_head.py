@@ -1,0 +1,207 @@
+"""CAT-Seg upsampling decoder as an mmseg decode head, with CAT-Seg's per-class BCE loss.
+
+Cho et al., "CAT-Seg: Cost Aggregation for Open-Vocabulary Semantic Segmentation",
+CVPR 2024 (arXiv:2303.11797); official code https://github.com/cvlab-kaist/CAT-Seg
+(MIT licence).  Re-implements the decoder part of the official ``Aggregator``
+(``decoder_guidance_projection``, ``decoder1``, ``decoder2``, ``head``) plus the model-level
+``upsample1``/``upsample2`` transposed convolutions that turn intermediate CLIP block
+outputs into the decoder's skip guidance.  The cost volume comes from
+:class:`mmseg_escnet.models.necks.catseg_aggregator.CATSegAggregator`.
+"""
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmseg.models.decode_heads.decode_head import BaseDecodeHead
+from mmseg.registry import MODELS
+from mmseg.utils import SampleList
+
+from mmseg_escnet.models.layers.upsampling import Up
+
+__all__ = ['CATSegHead']
+
+#: Logit given to classes that the neck pruned (official value).
+PRUNED_LOGIT = -100.0
+
+
+@MODELS.register_module()
+class CATSegHead(BaseDecodeHead):
+    """Per-class U-Net decoder of an aggregated cost volume, guided by CLIP skip features.
+
+    Args:
+        clip_width (int): channels of the intermediate CLIP block outputs (768 for ViT-B,
+            1024 for ViT-L).
+        upsample_dims (tuple[int, ...]): output channels of ``upsample1``, ``upsample2``.
+        upsample_scales (tuple[int, ...]): kernel = stride of ``upsample1``, ``upsample2``;
+            stage i's guidance must have 2**(i+1) times the cost-volume resolution.
+        decoder_guidance_proj_dims (tuple[int, ...]): projected skip-guidance channels per
+            decoder stage.
+        decoder_dims (tuple[int, ...]): output channels of ``decoder1``, ``decoder2``.
+        hidden_dim (int): channels of the cost volume.
+        num_classes (int): nominal number of classes (the real T comes with the input).
+        ignore_index (int): label value ignored by the loss (all-zero target rows).
+        align_corners (bool): used when resizing logits to label / image size.
+        init_cfg (dict, optional): mmengine initialisation config.
+        **kwargs: other :class:`BaseDecodeHead` arguments (``loss_decode`` is rejected: the
+            loss is CAT-Seg's BCE, see :meth:`loss_by_feat`).
+    """
+
+    def __init__(self, *, clip_width: int = 768, upsample_dims: Sequence[int] = (256, 128),
+                 upsample_scales: Sequence[int] = (2, 4),
+                 decoder_guidance_proj_dims: Sequence[int] = (32, 16),
+                 decoder_dims: Sequence[int] = (64, 32), hidden_dim: int = 128,
+                 num_classes: int = 171, ignore_index: int = 255, align_corners: bool = False,
+                 init_cfg: Optional[dict] = None, **kwargs) -> None:
+        num_stages = len(decoder_dims)
+        if not (len(upsample_dims) == len(upsample_scales) == len(decoder_guidance_proj_dims)
+                == num_stages) or num_stages == 0:
+            raise ValueError('upsample_dims, upsample_scales, decoder_guidance_proj_dims and '
+                             'decoder_dims must have the same non-zero length')
+        if 'loss_decode' in kwargs:
+            raise TypeError('CATSegHead computes its own BCE loss; loss_decode is not supported')
+        kwargs.setdefault('dropout_ratio', 0.0)
+        # loss_decode=[] builds no (unused) mmseg loss module.
+        super().__init__(in_channels=hidden_dim, channels=decoder_dims[-1],
+                         num_classes=num_classes, ignore_index=ignore_index,
+                         align_corners=align_corners, init_cfg=init_cfg, loss_decode=[],
+                         **kwargs)
+        del self.conv_seg  # the decoder ends in its own 1-channel ``head`` conv
+        self.hidden_dim = hidden_dim
+        self.num_stages = num_stages
+
+        for i, (dim, scale) in enumerate(zip(upsample_dims, upsample_scales)):
+            self.add_module(f'upsample{i + 1}',
+                            nn.ConvTranspose2d(clip_width, dim, kernel_size=scale, stride=scale))
+        self.decoder_guidance_projection = nn.ModuleList([
+            nn.Sequential(
+                nn.Conv2d(dim, proj, kernel_size=3, stride=1, padding=1),
+                nn.ReLU(),
+            ) for dim, proj in zip(upsample_dims, decoder_guidance_proj_dims)
+        ])
+        in_dims = [hidden_dim, *decoder_dims[:-1]]
+        for i, (cin, cout, guid) in enumerate(zip(in_dims, decoder_dims,
+                                                  decoder_guidance_proj_dims)):
+            self.add_module(f'decoder{i + 1}',
+                            Up(in_channels=cin, out_channels=cout, guidance_channels=guid))
+        self.head = nn.Conv2d(decoder_dims[-1], 1, kernel_size=3, stride=1, padding=1)
+
+    def upsample_clip_features(self, clip_features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """Turn raw intermediate CLIP features into decoder guidance.
+
+        Args:
+            clip_features (list[torch.Tensor]): per stage (B, clip_width, h, w).
+
+        Returns:
+            list[torch.Tensor]: per stage i (B, upsample_dims[i], s_i*h, s_i*w).
+        """
+        if len(clip_features) != self.num_stages:
+            raise ValueError(f'expected {self.num_stages} clip_features, got '
+                             f'{len(clip_features)}')
+        return [getattr(self, f'upsample{i + 1}')(f) for i, f in enumerate(clip_features)]
+
+    def decode(self, cost: torch.Tensor, decoder_guidance: Sequence[torch.Tensor],
+               class_index: Optional[torch.Tensor] = None,
+               num_classes: Optional[int] = None) -> torch.Tensor:
+        """Decode a cost volume given already-upsampled skip guidance.
+
+        Args:
+            cost (torch.Tensor): (B, hidden_dim, T', h, w) aggregated cost volume.
+            decoder_guidance (list[torch.Tensor]): per stage i
+                (B, upsample_dims[i], 2**(i+1)*h, 2**(i+1)*w).
+            class_index (torch.Tensor, optional): (B, T') indices of the classes kept by the
+                neck; the other classes get logit -100.
+            num_classes (int, optional): total T; required with ``class_index``.
+
+        Returns:
+            torch.Tensor: (B, T, 2**S*h, 2**S*w) logits (S stages, i.e. 4h x 4w).
+        """
+        if cost.dim() != 5 or cost.shape[1] != self.hidden_dim:
+            raise ValueError(f'cost must be (B, {self.hidden_dim}, T, h, w), got '
+                             f'{tuple(cost.shape)}')
+        if len(decoder_guidance) != self.num_stages:
+            raise ValueError(f'expected {self.num_stages} decoder guidance maps, got '
+                             f'{len(decoder_guidance)}')
+        b, c, t, h, w = cost.shape
+        x = cost.transpose(1, 2).reshape(b * t, c, h, w)  # (B, C, T, h, w) -> (B*T, C, h, w)
+        for i, (proj, guidance) in enumerate(zip(self.decoder_guidance_projection,
+                                                 decoder_guidance)):
+            if guidance.shape[0] != b:
+                raise ValueError(f'decoder guidance {i} has batch {guidance.shape[0]}, cost '
+                                 f'volume has {b}')
+            x = getattr(self, f'decoder{i + 1}')(x, proj(guidance))  # (B*T, C_i, H_i, W_i)
+        logits = self.head(x)  # (B*T, 1, H, W)
+        logits = logits.view(b, t, *logits.shape[-2:])  # -> (B, T, H, W)
+
+        if class_index is None:
+            if num_classes is not None and num_classes != t:
+                raise ValueError(f'num_classes={num_classes} but the cost volume has {t} '
+                                 f'classes and no class_index')
+            return logits
+        if num_classes is None:
+            raise ValueError('num_classes is required together with class_index')
+        if class_index.shape != (b, t):
+            raise ValueError(f'class_index must be (B={b}, T\'={t}), got '
+                             f'{tuple(class_index.shape)}')
+        out = logits.new_full((b, num_classes, *logits.shape[-2:]), PRUNED_LOGIT)
+        index = class_index[:, :, None, None].expand_as(logits)
+        return out.scatter(1, index, logits)
+
+    def forward(self, inputs: Dict) -> torch.Tensor:
+        """Decode the neck output.
+
+        Args:
+            inputs (dict): ``cost`` (B, hidden_dim, T', h, w); ``class_index`` None or
+                (B, T'); ``num_classes`` T (optional when nothing was pruned);
+                ``clip_features`` list of (B, clip_width, h, w) raw intermediate CLIP block
+                outputs (shallower block first).
+
+        Returns:
+            torch.Tensor: (B, T, 4h, 4w) logits; classes pruned by the neck get -100.
+        """
+        if not isinstance(inputs, dict):
+            raise TypeError(f'CATSegHead expects a dict input, got {type(inputs).__name__}')
+        missing = {'cost', 'clip_features'} - set(inputs)
+        if missing:
+            raise ValueError(f'CATSegHead inputs miss keys {sorted(missing)}')
+        guidance = self.upsample_clip_features(inputs['clip_features'])
+        return self.decode(inputs['cost'], guidance, class_index=inputs.get('class_index'),
+                           num_classes=inputs.get('num_classes'))
+
+    def loss_by_feat(self, seg_logits: torch.Tensor,
+                     batch_data_samples: SampleList) -> Dict[str, torch.Tensor]:
+        """CAT-Seg loss: per-class binary cross-entropy on upsampled logits.
+
+        Logits are resized bilinearly to the label size; the target is one-hot over the T
+        classes, with ignored pixels as all-zero rows (they count as negatives, as in the
+        official code); the BCE is averaged over all B*T*H*W elements.
+
+        Args:
+            seg_logits (torch.Tensor): (B, T, h, w) logits.
+            batch_data_samples (list[SegDataSample]): samples with ``gt_sem_seg`` (1, H, W).
+
+        Returns:
+            dict: ``loss_bce`` scalar.
+        """
+        if seg_logits.dim() != 4:
+            raise ValueError(f'seg_logits must be (B, T, h, w), got {tuple(seg_logits.shape)}')
+        seg_label = self._stack_batch_gt(batch_data_samples)  # (B, 1, H, W)
+        if seg_label.dim() != 4 or seg_label.shape[1] != 1:
+            raise ValueError(f'gt_sem_seg must be (1, H, W) per sample, stacked '
+                             f'{tuple(seg_label.shape)}')
+        if seg_label.shape[0] != seg_logits.shape[0]:
+            raise ValueError(f'{seg_label.shape[0]} label maps for a batch of '
+                             f'{seg_logits.shape[0]} logits')
+        seg_label = seg_label[:, 0].long()  # (B, H, W)
+        num_classes = seg_logits.shape[1]
+        valid = seg_label != self.ignore_index
+        bad = valid & ((seg_label < 0) | (seg_label >= num_classes))
+        if bad.any():
+            raise ValueError(f'labels must be in [0, {num_classes}) or ignore_index '
+                             f'{self.ignore_index}; found {seg_label[bad].unique().tolist()}')
+
+        seg_logits = F.interpolate(seg_logits, size=seg_label.shape[-2:], mode='bilinear',
+                                   align_corners=self.align_corners)
+        target = F.one_hot(seg_label.where(valid, 0), num_classes)  # (B, H, W, T)
+        target = (target * valid[..., None]).permute(0, 3, 1, 2).to(seg_logits.dtype)
+        return dict(loss_bce=F.binary_cross_entropy_with_logits(seg_logits, target))

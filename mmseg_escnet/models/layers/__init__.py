@@ -1,0 +1,11 @@
+"""Reusable building blocks of the cost-aggregation models (CAT-Seg, ESC-Net)."""
+from .guided_swin import (GuidedSwinBlock, GuidedSwinBlockPair, GuidedWindowAttention,
+                          shifted_window_mask, window_partition, window_reverse)
+from .linear_class_attention import ClassTransformerLayer, GuidedLinearAttention, LinearAttention
+from .upsampling import DoubleConv, Up
+
+__all__ = [
+    'window_partition', 'window_reverse', 'shifted_window_mask', 'GuidedWindowAttention',
+    'GuidedSwinBlock', 'GuidedSwinBlockPair', 'LinearAttention', 'GuidedLinearAttention',
+    'ClassTransformerLayer', 'DoubleConv', 'Up'
+]

@@ -1,0 +1,200 @@
+"""Linear attention over the class axis of a cost volume (CAT-Seg's class aggregation).
+
+Linear attention follows Katharopoulos et al., "Transformers are RNNs" (arXiv:2006.16236)
+with the feature map ``elu(x) + 1``.  The class transformer layer is the class half of
+CAT-Seg's aggregator (arXiv:2303.11797): for every (pooled) pixel, the T class tokens attend
+to each other with the projected text embeddings concatenated into queries and keys.  There
+is no positional embedding over classes, so the layer is permutation-equivariant in T.
+
+Parameter names (``attention.{q,k,v}``, ``MLP.{0,2}``, ``norm1``, ``norm2``,
+``padding_tokens``, ``padding_guidance``) follow the official code.
+"""
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ['LinearAttention', 'GuidedLinearAttention', 'ClassTransformerLayer']
+
+
+class LinearAttention(nn.Module):
+    """Multi-head linear attention ``phi(Q) (phi(K)^T V) / (phi(Q) . sum_s phi(K_s) + eps)``.
+
+    Values are divided by the key length S before the products and the result multiplied
+    by S afterwards (the official fp16 overflow guard; mathematically a no-op).
+
+    Args:
+        eps (float): added to the normaliser.
+    """
+
+    def __init__(self, *, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor,
+                values: torch.Tensor) -> torch.Tensor:
+        """Attend.
+
+        Args:
+            queries (torch.Tensor): (N, L, H, D).
+            keys (torch.Tensor): (N, S, H, D).
+            values (torch.Tensor): (N, S, H, Dv).
+
+        Returns:
+            torch.Tensor: (N, L, H, Dv).
+        """
+        q = F.elu(queries) + 1
+        k = F.elu(keys) + 1
+        length = values.shape[1]
+        kv = torch.einsum('nshd,nshv->nhdv', k, values / length)  # (N, H, D, Dv)
+        z = 1 / (torch.einsum('nlhd,nhd->nlh', q, k.sum(dim=1)) + self.eps)  # (N, L, H)
+        return torch.einsum('nlhd,nhdv,nlh->nlhv', q, kv, z) * length
+
+
+class GuidedLinearAttention(nn.Module):
+    """Linear attention whose queries and keys see a guidance; no output projection.
+
+    Args:
+        hidden_dim (int): token channels C (also the output channels).
+        guidance_dim (int): guidance channels G concatenated into q/k (0: none).
+        num_heads (int): heads; ``hidden_dim`` must be divisible by it.
+        eps (float): linear-attention normaliser epsilon.
+    """
+
+    def __init__(self, *, hidden_dim: int, guidance_dim: int, num_heads: int,
+                 eps: float = 1e-6) -> None:
+        super().__init__()
+        if hidden_dim % num_heads != 0:
+            raise ValueError(f'hidden_dim ({hidden_dim}) must be divisible by num_heads '
+                             f'({num_heads})')
+        self.num_heads = num_heads
+        self.guidance_dim = guidance_dim
+        self.q = nn.Linear(hidden_dim + guidance_dim, hidden_dim)
+        self.k = nn.Linear(hidden_dim + guidance_dim, hidden_dim)
+        self.v = nn.Linear(hidden_dim, hidden_dim)
+        self.attention = LinearAttention(eps=eps)
+
+    def forward(self, x: torch.Tensor, guidance: Optional[torch.Tensor]) -> torch.Tensor:
+        """Attend over the token axis.
+
+        Args:
+            x (torch.Tensor): (N, L, C) tokens.
+            guidance (torch.Tensor, optional): (N, L, G), or None if ``guidance_dim == 0``.
+
+        Returns:
+            torch.Tensor: (N, L, C).
+        """
+        if (guidance is None) != (self.guidance_dim == 0):
+            raise ValueError(f'guidance must be given iff guidance_dim > 0 '
+                             f'(guidance_dim={self.guidance_dim})')
+        xg = torch.cat([x, guidance], dim=-1) if guidance is not None else x
+        n, length, c = x.shape
+        # (N, L, C) -> (N, L, heads, C/heads)
+        q = self.q(xg).view(n, length, self.num_heads, -1)
+        k = self.k(xg).view(n, length, self.num_heads, -1)
+        v = self.v(x).view(n, length, self.num_heads, -1)
+        return self.attention(q, k, v).reshape(n, length, c)
+
+
+class ClassTransformerLayer(nn.Module):
+    """Class aggregation: pooled per-pixel linear self-attention across classes.
+
+    ``xp = AvgPool(x)``; the class axis is padded to ``pad_len`` with learnable tokens
+    (and guidance), then ``xp = xp + Attn(LN1(xp), g); xp = xp + MLP(LN2(xp))``; ``xp`` is
+    upsampled bilinearly (align_corners=True) back to (H, W), padding is dropped and the
+    layer returns ``x + xp``.  Because ``xp`` already contains the pooled input, the output
+    is about ``2x + delta`` (the official "double residual").
+
+    Args:
+        hidden_dim (int): cost-volume channels C.
+        guidance_dim (int): text-guidance channels G (0: no guidance).
+        num_heads (int): attention heads.
+        pooling_size (tuple[int, int] | int | None): default average-pooling window (and
+            stride) applied before the attention; None or (1, 1) for no pooling.
+        pad_len (int): pad the class axis to this many tokens when T < pad_len;
+            0 disables padding.
+        mlp_ratio (int): MLP hidden channels = mlp_ratio * C.
+    """
+
+    def __init__(self, *, hidden_dim: int, guidance_dim: int, num_heads: int,
+                 pooling_size: Union[int, Sequence[int], None] = (2, 2), pad_len: int = 256,
+                 mlp_ratio: int = 4) -> None:
+        super().__init__()
+        self.pooling_size = self._as_pair(pooling_size)
+        self.pad_len = pad_len or 0
+        self.attention = GuidedLinearAttention(hidden_dim=hidden_dim, guidance_dim=guidance_dim,
+                                               num_heads=num_heads)
+        self.MLP = nn.Sequential(
+            nn.Linear(hidden_dim, hidden_dim * mlp_ratio),
+            nn.ReLU(),
+            nn.Linear(hidden_dim * mlp_ratio, hidden_dim),
+        )
+        self.norm1 = nn.LayerNorm(hidden_dim)
+        self.norm2 = nn.LayerNorm(hidden_dim)
+        if self.pad_len > 0:
+            self.padding_tokens = nn.Parameter(torch.zeros(1, 1, hidden_dim))
+            self.padding_guidance = (nn.Parameter(torch.zeros(1, 1, guidance_dim))
+                                     if guidance_dim > 0 else None)
+        else:
+            self.padding_tokens = None
+            self.padding_guidance = None
+
+    @staticmethod
+    def _as_pair(size: Union[int, Sequence[int], None]) -> Tuple[int, int]:
+        """Normalise a pooling size to a pair of positive ints ((1, 1) for None)."""
+        if size is None:
+            return (1, 1)
+        pair = (size, size) if isinstance(size, int) else tuple(size)
+        if len(pair) != 2 or any(not isinstance(s, int) or s < 1 for s in pair):
+            raise ValueError(f'pooling size must be a positive int or pair, got {size!r}')
+        return pair
+
+    def forward(self, x: torch.Tensor, guidance: Optional[torch.Tensor],
+                pooling_size: Union[int, Sequence[int], None] = None) -> torch.Tensor:
+        """Aggregate across classes.
+
+        Args:
+            x (torch.Tensor): (B, C, T, H, W) cost volume.
+            guidance (torch.Tensor, optional): (B, T, G) text guidance.
+            pooling_size (tuple[int, int] | int, optional): overrides the default pooling
+                for this call (e.g. the evaluation setting).
+
+        Returns:
+            torch.Tensor: (B, C, T, H, W).
+        """
+        if x.dim() != 5:
+            raise ValueError(f'x must be (B, C, T, H, W), got shape {tuple(x.shape)}')
+        b, c, t, h, w = x.shape
+        if guidance is not None and guidance.shape[:2] != (b, t):
+            raise ValueError(f'guidance must be (B={b}, T={t}, G), got {tuple(guidance.shape)}')
+        pool = self.pooling_size if pooling_size is None else self._as_pair(pooling_size)
+
+        # (B, C, T, H, W) -> (B*T, C, H, W) -> pool -> (B*T, C, h', w')
+        xp = x.transpose(1, 2).reshape(b * t, c, h, w)
+        xp = F.avg_pool2d(xp, kernel_size=pool, stride=pool)
+        hp, wp = xp.shape[-2:]
+        xp = xp.view(b, t, c, hp, wp).permute(0, 3, 4, 1, 2)  # (B, h', w', T, C)
+
+        num_pad = self.pad_len - t if self.padding_tokens is not None else 0
+        if num_pad > 0:
+            pad = self.padding_tokens.expand(b, hp, wp, num_pad, c)
+            xp = torch.cat([xp, pad], dim=3)  # (B, h', w', T+pad, C)
+            if guidance is not None and self.padding_guidance is not None:
+                pad_g = self.padding_guidance.expand(b, num_pad, -1)
+                guidance = torch.cat([guidance, pad_g], dim=1)  # (B, T+pad, G)
+        length = xp.shape[3]
+        xp = xp.reshape(b * hp * wp, length, c)  # (B*h'*w', T+pad, C)
+        if guidance is not None:
+            # (B, T+pad, G) -> (B*h'*w', T+pad, G)
+            guidance = guidance.repeat_interleave(hp * wp, dim=0)
+
+        xp = xp + self.attention(self.norm1(xp), guidance)
+        xp = xp + self.MLP(self.norm2(xp))
+
+        # (B*h'*w', T+pad, C) -> (B, T+pad, C, h', w') -> (B*(T+pad), C, h', w')
+        xp = xp.view(b, hp, wp, length, c).permute(0, 3, 4, 1, 2)
+        xp = xp.reshape(b * length, c, hp, wp)
+        xp = F.interpolate(xp, size=(h, w), mode='bilinear', align_corners=True)
+        xp = xp.view(b, length, c, h, w)[:, :t].transpose(1, 2)  # (B, C, T, H, W)
+        return x + xp

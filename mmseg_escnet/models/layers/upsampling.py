@@ -1,0 +1,99 @@
+"""U-Net style upsampling stage of CAT-Seg's decoder (transposed conv + skip + DoubleConv).
+
+The cost volume is decoded per class: inputs are (B*T, C, H, W), and the per-image skip
+guidance (B, G, 2H, 2W) is repeated for the T classes of each image before concatenation.
+Parameter names (``up``, ``conv.double_conv.{0,1,3,4}``) follow the official CAT-Seg code.
+"""
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+__all__ = ['DoubleConv', 'Up']
+
+
+class DoubleConv(nn.Module):
+    """``[Conv3x3 (no bias) -> GroupNorm -> ReLU] x 2``.
+
+    The group count is channels // ``channels_per_group`` (CAT-Seg: 16 channels per group,
+    e.g. GN(4, 64) and GN(2, 32)).
+
+    Args:
+        in_channels (int): input channels.
+        out_channels (int): output channels.
+        mid_channels (int, optional): channels after the first conv (default out_channels).
+        channels_per_group (int): GroupNorm channels per group.
+    """
+
+    def __init__(self, *, in_channels: int, out_channels: int,
+                 mid_channels: Optional[int] = None, channels_per_group: int = 16) -> None:
+        super().__init__()
+        mid_channels = mid_channels or out_channels
+        for ch in (mid_channels, out_channels):
+            if ch % channels_per_group != 0:
+                raise ValueError(f'channels ({ch}) must be a multiple of channels_per_group '
+                                 f'({channels_per_group})')
+        self.double_conv = nn.Sequential(
+            nn.Conv2d(in_channels, mid_channels, kernel_size=3, padding=1, bias=False),
+            nn.GroupNorm(mid_channels // channels_per_group, mid_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid_channels, out_channels, kernel_size=3, padding=1, bias=False),
+            nn.GroupNorm(out_channels // channels_per_group, out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map (N, in_channels, H, W) to (N, out_channels, H, W)."""
+        return self.double_conv(x)
+
+
+class Up(nn.Module):
+    """x2 transposed-conv upsampling, concat of a skip guidance, then :class:`DoubleConv`.
+
+    ``up`` maps ``in_channels`` to ``in_channels - guidance_channels`` so that after the
+    concatenation the DoubleConv again sees ``in_channels`` channels.
+
+    Args:
+        in_channels (int): input channels C_in.
+        out_channels (int): output channels C_out.
+        guidance_channels (int): channels G of the skip guidance (0: no guidance).
+        channels_per_group (int): GroupNorm channels per group in the DoubleConv.
+    """
+
+    def __init__(self, *, in_channels: int, out_channels: int, guidance_channels: int,
+                 channels_per_group: int = 16) -> None:
+        super().__init__()
+        if not 0 <= guidance_channels < in_channels:
+            raise ValueError(f'guidance_channels ({guidance_channels}) must be in '
+                             f'[0, in_channels={in_channels})')
+        self.guidance_channels = guidance_channels
+        self.up = nn.ConvTranspose2d(in_channels, in_channels - guidance_channels, kernel_size=2,
+                                     stride=2)
+        self.conv = DoubleConv(in_channels=in_channels, out_channels=out_channels,
+                               channels_per_group=channels_per_group)
+
+    def forward(self, x: torch.Tensor, guidance: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Upsample and fuse.
+
+        Args:
+            x (torch.Tensor): (B*T, C_in, H, W), images major, classes minor.
+            guidance (torch.Tensor, optional): (B, G, 2H, 2W) skip features of the B images.
+
+        Returns:
+            torch.Tensor: (B*T, C_out, 2H, 2W).
+        """
+        x = self.up(x)  # (B*T, C_in - G, 2H, 2W)
+        if (guidance is None) != (self.guidance_channels == 0):
+            raise ValueError(f'guidance must be given iff guidance_channels > 0 '
+                             f'(guidance_channels={self.guidance_channels})')
+        if guidance is not None:
+            if (guidance.dim() != 4 or guidance.shape[1] != self.guidance_channels
+                    or guidance.shape[2:] != x.shape[2:] or x.shape[0] % guidance.shape[0]):
+                raise ValueError(f'guidance must be (B, {self.guidance_channels}, '
+                                 f'{x.shape[2]}, {x.shape[3]}) with B dividing {x.shape[0]}, '
+                                 f'got {tuple(guidance.shape)}')
+            num_classes = x.shape[0] // guidance.shape[0]
+            # (B, G, 2H, 2W) -> (B*T, G, 2H, 2W)
+            guidance = guidance.repeat_interleave(num_classes, dim=0)
+            x = torch.cat([x, guidance], dim=1)  # (B*T, C_in, 2H, 2W)
+        return self.conv(x)

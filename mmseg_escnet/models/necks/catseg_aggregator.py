@@ -1,0 +1,229 @@
+"""CAT-Seg cost aggregation (the neck): cost volume, embedding, guidance, aggregator layers.
+
+Cho et al., "CAT-Seg: Cost Aggregation for Open-Vocabulary Semantic Segmentation",
+CVPR 2024 (arXiv:2303.11797); official code https://github.com/cvlab-kaist/CAT-Seg
+(MIT licence).  This is a re-implementation of the encoder part of its ``Aggregator``; the
+upsampling decoder lives in :class:`mmseg_escnet.models.decode_heads.catseg_head.CATSegHead`.
+Parameter names equal the official ones below ``sem_seg_head.predictor.transformer.``.
+"""
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.model import BaseModule
+from mmseg.registry import MODELS
+
+from mmseg_escnet.models.layers.guided_swin import GuidedSwinBlockPair
+from mmseg_escnet.models.layers.linear_class_attention import ClassTransformerLayer
+
+__all__ = ['CATSegAggregatorLayer', 'CATSegAggregator']
+
+PoolSize = Union[int, Sequence[int], None]
+
+
+class CATSegAggregatorLayer(nn.Module):
+    """Spatial (guided Swin pair) then class (linear transformer) aggregation.
+
+    Args:
+        hidden_dim (int): cost-volume channels C.
+        appearance_guidance_dim (int): projected appearance-guidance channels (0: none).
+        text_guidance_dim (int): projected text-guidance channels (0: none).
+        num_heads (int): heads of both attentions.
+        input_resolution (tuple[int, int]): (H, W) of the cost volume.
+        window_size (int): Swin window side.
+        pooling_size (tuple[int, int] | int | None): default class-layer pooling.
+        pad_len (int): class-axis padding length (0: none).
+    """
+
+    def __init__(self, *, hidden_dim: int, appearance_guidance_dim: int,
+                 text_guidance_dim: int, num_heads: int, input_resolution: Tuple[int, int],
+                 window_size: int, pooling_size: PoolSize, pad_len: int) -> None:
+        super().__init__()
+        self.swin_block = GuidedSwinBlockPair(dim=hidden_dim,
+                                              guidance_dim=appearance_guidance_dim,
+                                              input_resolution=input_resolution,
+                                              num_heads=num_heads, window_size=window_size)
+        self.attention = ClassTransformerLayer(hidden_dim=hidden_dim,
+                                               guidance_dim=text_guidance_dim,
+                                               num_heads=num_heads, pooling_size=pooling_size,
+                                               pad_len=pad_len)
+
+    def forward(self, x: torch.Tensor, appearance_guidance: Optional[torch.Tensor],
+                text_guidance: Optional[torch.Tensor],
+                pooling_size: PoolSize = None) -> torch.Tensor:
+        """Aggregate.
+
+        Args:
+            x (torch.Tensor): (B, C, T, H, W) cost volume.
+            appearance_guidance (torch.Tensor, optional): (B, Ga, H, W).
+            text_guidance (torch.Tensor, optional): (B, T, Gt).
+            pooling_size (tuple[int, int] | int, optional): class-layer pooling override.
+
+        Returns:
+            torch.Tensor: (B, C, T, H, W).
+        """
+        x = self.swin_block(x, appearance_guidance)
+        return self.attention(x, text_guidance, pooling_size=pooling_size)
+
+
+@MODELS.register_module()
+class CATSegAggregator(BaseModule):
+    """Cost volume between dense CLIP image features and class text embeddings, aggregated.
+
+    Steps: cosine correlation (B, P, T, h, w) -> optional top-``pad_len`` class pruning ->
+    ``conv1`` (7x7, P -> hidden) per class -> appearance guidance (3x3 conv + ReLU) and text
+    guidance (mean over prompts, L2 norm, Linear + ReLU) -> ``num_layers`` x
+    (guided Swin pair, class transformer).
+
+    Args:
+        text_guidance_dim (int): channels C of the text embeddings (0: no text guidance).
+        text_guidance_proj_dim (int): projected text-guidance channels.
+        appearance_guidance_dim (int): channels of the appearance guidance input
+            (0: no appearance guidance).
+        appearance_guidance_proj_dim (int): projected appearance-guidance channels.
+        num_layers (int): aggregator layers.
+        num_heads (int): attention heads.
+        hidden_dim (int): cost-volume channels.
+        pooling_size (tuple[int, int]): class-layer pooling in training mode.
+        test_pooling_size (tuple[int, int], optional): class-layer pooling in eval mode
+            (None: same as ``pooling_size``).  CAT-Seg evaluates with (1, 1).
+        feature_resolution (tuple[int, int]): (h, w) of the CLIP feature grid.
+        window_size (int): Swin window side.
+        prompt_channel (int): number P of prompt templates per class.
+        pad_len (int, optional): class tokens seen by the class attention; with more classes
+            only the top-``pad_len`` by max correlation are kept.  0/None disables both.
+        init_cfg (dict, optional): mmengine initialisation config.
+    """
+
+    def __init__(self, *, text_guidance_dim: int = 512, text_guidance_proj_dim: int = 128,
+                 appearance_guidance_dim: int = 512, appearance_guidance_proj_dim: int = 128,
+                 num_layers: int = 2, num_heads: int = 4, hidden_dim: int = 128,
+                 pooling_size: PoolSize = (2, 2), test_pooling_size: PoolSize = None,
+                 feature_resolution: Sequence[int] = (24, 24), window_size: int = 12,
+                 prompt_channel: int = 1, pad_len: Optional[int] = 256,
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        if len(feature_resolution) != 2:
+            raise ValueError(f'feature_resolution must be (h, w), got {feature_resolution!r}')
+        self.text_guidance_dim = text_guidance_dim
+        self.appearance_guidance_dim = appearance_guidance_dim
+        self.hidden_dim = hidden_dim
+        self.pooling_size = pooling_size
+        self.test_pooling_size = test_pooling_size
+        self.feature_resolution = tuple(feature_resolution)
+        self.prompt_channel = prompt_channel
+        self.pad_len = pad_len or 0
+        app_proj = appearance_guidance_proj_dim if appearance_guidance_dim > 0 else 0
+        text_proj = text_guidance_proj_dim if text_guidance_dim > 0 else 0
+
+        self.layers = nn.ModuleList([
+            CATSegAggregatorLayer(hidden_dim=hidden_dim, appearance_guidance_dim=app_proj,
+                                  text_guidance_dim=text_proj, num_heads=num_heads,
+                                  input_resolution=self.feature_resolution,
+                                  window_size=window_size, pooling_size=pooling_size,
+                                  pad_len=self.pad_len) for _ in range(num_layers)
+        ])
+        self.conv1 = nn.Conv2d(prompt_channel, hidden_dim, kernel_size=7, stride=1, padding=3)
+        self.guidance_projection = nn.Sequential(
+            nn.Conv2d(appearance_guidance_dim, app_proj, kernel_size=3, stride=1, padding=1),
+            nn.ReLU(),
+        ) if app_proj > 0 else None
+        self.text_guidance_projection = nn.Sequential(
+            nn.Linear(text_guidance_dim, text_proj),
+            nn.ReLU(),
+        ) if text_proj > 0 else None
+
+    @staticmethod
+    def correlation(img_feats: torch.Tensor, text_feats: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of every pixel with every class prompt.
+
+        Args:
+            img_feats (torch.Tensor): (B, C, h, w).
+            text_feats (torch.Tensor): (B, T, P, C).
+
+        Returns:
+            torch.Tensor: (B, P, T, h, w).
+        """
+        img = F.normalize(img_feats, dim=1)
+        text = F.normalize(text_feats, dim=-1)
+        return torch.einsum('bchw,btpc->bpthw', img, text)
+
+    def _check_inputs(self, img_feats: torch.Tensor, text_feats: torch.Tensor,
+                      appearance_guidance: Optional[torch.Tensor]) -> None:
+        """Raise ValueError on inconsistent input shapes."""
+        if img_feats.dim() != 4 or text_feats.dim() != 4:
+            raise ValueError(f'img_feats must be (B, C, h, w) and text_feats (B, T, P, C), got '
+                             f'{tuple(img_feats.shape)} and {tuple(text_feats.shape)}')
+        b, c, h, w = img_feats.shape
+        if text_feats.shape[0] != b or text_feats.shape[3] != c:
+            raise ValueError(f'text_feats {tuple(text_feats.shape)} do not match img_feats '
+                             f'{tuple(img_feats.shape)} in batch size or channels')
+        if text_feats.shape[2] != self.prompt_channel:
+            raise ValueError(f'expected P={self.prompt_channel} prompts per class, got '
+                             f'{text_feats.shape[2]}')
+        if self.text_guidance_dim > 0 and c != self.text_guidance_dim:
+            raise ValueError(f'text_guidance_dim is {self.text_guidance_dim} but features have '
+                             f'{c} channels')
+        if (h, w) != self.feature_resolution:
+            raise ValueError(f'feature grid {(h, w)} differs from feature_resolution '
+                             f'{self.feature_resolution}')
+        if self.guidance_projection is not None:
+            expected = (b, self.appearance_guidance_dim, h, w)
+            if appearance_guidance is None or tuple(appearance_guidance.shape) != expected:
+                got = None if appearance_guidance is None else tuple(appearance_guidance.shape)
+                raise ValueError(f'appearance_guidance must be {expected}, got {got}')
+
+    def forward(self, img_feats: torch.Tensor, text_feats: torch.Tensor,
+                appearance_guidance: Optional[torch.Tensor]) -> Dict[str, Optional[torch.Tensor]]:
+        """Build and aggregate the cost volume.
+
+        Args:
+            img_feats (torch.Tensor): (B, C, h, w) dense CLIP image features.
+            text_feats (torch.Tensor): (B, T, P, C) L2-normalised class text embeddings.
+            appearance_guidance (torch.Tensor, optional): (B, Ca, h, w) appearance guidance
+                (CAT-Seg passes ``img_feats`` again); ignored if appearance_guidance_dim is 0.
+
+        Returns:
+            dict: ``cost`` (B, hidden_dim, T', h, w) aggregated cost volume and
+            ``class_index``: None, or a LongTensor (B, T') with the (ascending) indices of the
+            classes kept when T > pad_len (T' = pad_len; otherwise T' = T).
+        """
+        self._check_inputs(img_feats, text_feats, appearance_guidance)
+        b, t = text_feats.shape[:2]
+        corr = self.correlation(img_feats, text_feats)  # (B, P, T, h, w)
+
+        class_index = None
+        if self.pad_len > 0 and t > self.pad_len:
+            # Score = max over prompts and pixels; keep the top-pad_len classes per image.
+            score = corr.transpose(1, 2).flatten(2).max(dim=-1).values  # (B, T)
+            class_index = score.topk(self.pad_len, dim=-1).indices.sort(dim=-1).values
+            idx = class_index[:, None, :, None, None].expand(-1, corr.shape[1], -1,
+                                                             *corr.shape[-2:])
+            corr = corr.gather(2, idx)  # (B, P, T', h, w)
+            text_feats = text_feats.gather(
+                1, class_index[:, :, None, None].expand(-1, -1, *text_feats.shape[2:]))
+            text_feats = F.normalize(text_feats, dim=-1)
+            t = self.pad_len
+
+        # Embed the correlation per class: (B, P, T, h, w) -> (B*T, P, h, w) -> conv1
+        # -> (B*T, hidden, h, w) -> (B, hidden, T, h, w)
+        h, w = corr.shape[-2:]
+        cost = self.conv1(corr.transpose(1, 2).reshape(b * t, -1, h, w))
+        cost = cost.view(b, t, self.hidden_dim, h, w).transpose(1, 2)
+
+        app_guidance = None
+        if self.guidance_projection is not None:
+            app_guidance = self.guidance_projection(appearance_guidance)  # (B, Ga', h, w)
+        text_guidance = None
+        if self.text_guidance_projection is not None:
+            text_mean = text_feats.mean(dim=2)  # (B, T, C): mean over prompts
+            text_mean = text_mean / text_mean.norm(dim=-1, keepdim=True)
+            text_guidance = self.text_guidance_projection(text_mean)  # (B, T, Gt')
+
+        pooling_size = self.pooling_size
+        if not self.training and self.test_pooling_size is not None:
+            pooling_size = self.test_pooling_size
+        for layer in self.layers:
+            cost = layer(cost, app_guidance, text_guidance, pooling_size=pooling_size)
+        return dict(cost=cost, class_index=class_index)
