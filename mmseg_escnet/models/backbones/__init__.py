@@ -1,0 +1,4 @@
+"""Backbones."""
+from .clip import CLIPBackbone
+
+__all__ = ['CLIPBackbone']
