@@ -1,0 +1,8 @@
+# CAT-Seg (CLIP ViT-L/14@336px, 24 x 24 grid) trained on COCO-Stuff-171: 80k iterations, total batch 4.
+#   tools/dist_train.sh configs/catseg_vitl14.py 4
+_base_ = ['./catseg_vitb16.py']
+model = dict(
+    clip_resolution=336,
+    backbone=dict(model_name='ViT-L-14-336', out_indices=(7, 15)),
+    neck=dict(text_guidance_dim=768, appearance_guidance_dim=768),
+    decode_head=dict(clip_width=1024))

@@ -1,0 +1,154 @@
+"""The open-vocabulary encoder-decoder shared by CAT-Seg and ESC-Net.
+
+Data flow (B images, T classes, P prompt templates, C CLIP embedding dim, grid h x w)::
+
+    images (B, 3, H, W), CLIP-normalised by the data preprocessor
+      -> bilinear resize to the CLIP resolution (384 for ViT-B/16, 336 for ViT-L/14)
+      -> backbone:  dense (B, C, h, w), CLIP block outputs [(B, D, h, w), ...]
+      -> text:      class embeddings (T, P, C) of the active vocabulary, L2-normalised
+      -> neck:      dict(cost=(B, hidden, T', h, w), class_index=...)
+      -> head:      logits (B, T, 4h, 4w)
+
+Everything else (loss, whole / slide inference, post-processing) is mmseg's :class:`EncoderDecoder`.
+The number of classes is not fixed: it is the size of the active vocabulary (``vocabulary`` in
+training, ``test_vocabulary`` in eval mode), which can be changed at any time with
+:meth:`set_vocabulary`.
+"""
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch.nn.functional as F
+from mmseg.models.segmentors import EncoderDecoder
+from mmseg.registry import MODELS
+from mmseg.utils import ConfigType, OptConfigType, OptMultiConfig
+from torch import Tensor
+
+from ..text import ClassEmbedder, Vocabulary
+
+VocabularyLike = Union[str, Sequence[str], dict, Vocabulary]
+
+
+@MODELS.register_module()
+class OpenVocabEncoderDecoder(EncoderDecoder):
+    """CLIP backbone + cost-aggregation neck + decode head, with a swappable vocabulary.
+
+    Args:
+        backbone (dict): Config of a CLIP backbone (e.g. ``CLIPBackbone``). It must provide
+            ``forward(x) -> (dense, *block_outputs)``, ``encode_text`` and ``tokenize``.
+        neck (dict): Config of the aggregation neck (e.g. ``CATSegAggregator``).
+        decode_head (dict): Config of the decode head (e.g. ``CATSegHead``).
+        vocabulary (str | list | dict): Training vocabulary: a built-in name (``'coco_stuff171'``), a
+            path to a ``.txt``/``.json`` class list, a list of names, or ``Vocabulary`` kwargs
+            (``dict(classes=..., synonyms='first', templates='catseg')``).
+        test_vocabulary (optional): Vocabulary used in eval mode; defaults to ``vocabulary``.
+        clip_resolution (int | tuple): Size the images are resized to before CLIP, (H, W).
+        text_chunk_size (int): Prompts encoded per text-encoder call (bounds memory).
+        train_cfg, test_cfg, data_preprocessor, init_cfg: As in :class:`EncoderDecoder`.
+    """
+
+    def __init__(self,
+                 backbone: ConfigType,
+                 neck: ConfigType,
+                 decode_head: ConfigType,
+                 vocabulary: VocabularyLike,
+                 test_vocabulary: Optional[VocabularyLike] = None,
+                 clip_resolution: Union[int, Tuple[int, int]] = 384,
+                 text_chunk_size: int = 256,
+                 train_cfg: OptConfigType = None,
+                 test_cfg: OptConfigType = None,
+                 data_preprocessor: OptConfigType = None,
+                 init_cfg: OptMultiConfig = None) -> None:
+        super().__init__(backbone=backbone, decode_head=decode_head, neck=neck, train_cfg=train_cfg,
+                         test_cfg=test_cfg, data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        if isinstance(clip_resolution, int):
+            clip_resolution = (clip_resolution, clip_resolution)
+        self.clip_resolution = tuple(clip_resolution)
+        self.text_chunk_size = text_chunk_size
+        self.train_text = ClassEmbedder(vocabulary)
+        self.test_text = ClassEmbedder(vocabulary if test_vocabulary is None else test_vocabulary)
+        # New weights make cached text embeddings stale, even without a train() in between.
+        self.register_load_state_dict_post_hook(self._clear_text_caches)
+
+    @staticmethod
+    def _clear_text_caches(module: 'OpenVocabEncoderDecoder', incompatible_keys) -> None:
+        module.train_text.clear_cache()
+        module.test_text.clear_cache()
+
+    # -- vocabulary ------------------------------------------------------------------------------
+    def _init_decode_head(self, decode_head: ConfigType) -> None:
+        """Build the head; the class count comes from the vocabulary, not from the head config."""
+        self.decode_head = MODELS.build(decode_head)
+        self.align_corners = self.decode_head.align_corners
+
+    @property
+    def class_embedder(self) -> ClassEmbedder:
+        """The embedder of the active vocabulary (training or test, by ``self.training``)."""
+        return self.train_text if self.training else self.test_text
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        """The active vocabulary."""
+        return self.class_embedder.vocabulary
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes of the active vocabulary (what the logits' channel axis holds)."""
+        return len(self.vocabulary)
+
+    @property
+    def out_channels(self) -> int:
+        """Same as :attr:`num_classes` (used by mmseg's slide inference)."""
+        return self.num_classes
+
+    def set_vocabulary(self, vocabulary: VocabularyLike, which: str = 'test') -> None:
+        """Replace the test (default), training or both vocabularies; caches are invalidated.
+
+        Args:
+            vocabulary: Anything :class:`ClassEmbedder` accepts.
+            which (str): ``'test'``, ``'train'`` or ``'both'``.
+        """
+        if which not in ('test', 'train', 'both'):
+            raise ValueError(f"which must be 'test', 'train' or 'both', got {which!r}")
+        if which in ('train', 'both'):
+            self.train_text.set_vocabulary(vocabulary)
+        if which in ('test', 'both'):
+            self.test_text.set_vocabulary(vocabulary)
+
+    def text_embeddings(self) -> Tensor:
+        """Class embeddings of the active vocabulary, (T, P, C), L2-normalised.
+
+        Recomputed with gradients in training (CLIP's text attention may be fine-tuned), cached in
+        eval mode until the vocabulary changes or the model goes back to training.
+        """
+        return self.class_embedder(self.backbone.encode_text, self.backbone.tokenize,
+                                   chunk_size=self.text_chunk_size)
+
+    # -- features --------------------------------------------------------------------------------
+    def extract_feat(self, inputs: Tensor) -> Dict[str, object]:
+        """Run CLIP, the text encoder and the neck.
+
+        Args:
+            inputs (Tensor): (B, 3, H, W) CLIP-normalised images.
+
+        Returns:
+            dict: the neck's output (``cost`` (B, hidden, T', h, w), ``class_index``) plus
+            ``clip_features`` (list of (B, D, h, w) CLIP block outputs) and ``num_classes`` (T).
+        """
+        if inputs.shape[-2:] != self.clip_resolution:
+            inputs = F.interpolate(inputs, size=self.clip_resolution, mode='bilinear',
+                                   align_corners=False)
+        dense, *clip_features = self.backbone(inputs)             # (B, C, h, w), [(B, D, h, w)]
+        text = self.text_embeddings()                             # (T, P, C)
+        text = text.unsqueeze(0).expand(inputs.shape[0], *text.shape)  # (T, P, C) -> (B, T, P, C)
+        out = dict(self.neck(dense, text, dense))
+        out.update(clip_features=clip_features, num_classes=text.shape[1])
+        return out
+
+    def loss(self, inputs: Tensor, data_samples: List) -> dict:
+        """Training losses; see :meth:`EncoderDecoder.loss`."""
+        if not self.training:
+            raise RuntimeError('loss() needs the model in training mode (model.train())')
+        return super().loss(inputs, data_samples)
+
+    def _forward(self, inputs: Tensor, data_samples: Optional[List] = None) -> Tensor:
+        """Network forward without post-processing: logits (B, T, 4h, 4w)."""
+        return self.decode_head.forward(self.extract_feat(inputs))

@@ -1,0 +1,90 @@
+"""The open-vocabulary segmentor: losses, predictions, vocabulary switching, the vocabulary check."""
+import os.path as osp
+from types import SimpleNamespace
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmengine.structures import PixelData
+from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
+
+import mmseg_escnet  # noqa: F401
+from mmseg_escnet.engine import VocabularyCheckHook
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+
+
+@pytest.fixture(scope='module')
+def model():
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'catseg_tiny_synthetic.py'))
+    init_default_scope('mmseg')
+    torch.manual_seed(0)
+    return MODELS.build(cfg.model)
+
+
+def _batch(n=2, size=64, num_classes=5):
+    inputs = [torch.randint(0, 256, (3, size, size), dtype=torch.uint8) for _ in range(n)]
+    samples = []
+    for _ in range(n):
+        s = SegDataSample(metainfo=dict(img_shape=(size, size), ori_shape=(size, size),
+                                        pad_shape=(size, size)))
+        s.gt_sem_seg = PixelData(data=torch.randint(0, num_classes, (1, size, size)))
+        samples.append(s)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def test_loss_and_backward(model):
+    model.train()
+    data = model.data_preprocessor(_batch(), training=True)
+    losses = model.loss(data['inputs'], data['data_samples'])
+    assert 'decode.loss_bce' in losses
+    loss = losses['decode.loss_bce']
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for p in model.backbone.parameters() if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)  # gradients reach CLIP
+    model.zero_grad()
+
+
+def test_predict_shapes_and_vocabulary_switch(model):
+    model.eval()
+    data = model.data_preprocessor(_batch(n=1, size=80), training=False)
+    with torch.no_grad():
+        out = model.predict(data['inputs'], data['data_samples'])
+        assert out[0].seg_logits.data.shape == (5, 80, 80)
+        assert out[0].pred_sem_seg.data.shape == (1, 80, 80)
+        assert model.num_classes == 5
+        model.set_vocabulary(['red thing', 'blue thing', 'green thing'])
+        out = model.predict(data['inputs'], data['data_samples'])
+        assert out[0].seg_logits.data.shape == (3, 80, 80)
+        assert out[0].pred_sem_seg.data.max() < 3
+        assert model.num_classes == 3
+        # the training vocabulary is untouched
+        model.train()
+        assert model.num_classes == 5
+    model.eval()
+    model.set_vocabulary(['sky', 'grass', 'sand', 'snow', 'brick'])
+    with pytest.raises(ValueError, match='which'):
+        model.set_vocabulary(['a'], which='val')
+
+
+def test_tensor_mode(model):
+    model.eval()
+    data = model.data_preprocessor(_batch(n=2, size=96), training=False)
+    with torch.no_grad():
+        logits = model(data['inputs'], mode='tensor')
+    # 96 px CLIP input, patch 4 -> 24 x 24 grid -> logits at 4x the grid
+    assert logits.shape == (2, 5, 96, 96)
+
+
+def test_vocabulary_check_hook(model):
+    hook = VocabularyCheckHook()
+    dataset = SimpleNamespace(metainfo=dict(classes=('a', 'b')))
+    runner = SimpleNamespace(model=model, test_loop=SimpleNamespace(
+        dataloader=SimpleNamespace(dataset=dataset)))
+    with pytest.raises(ValueError, match='5 classes.*has 2'):
+        hook.before_test(runner)
+    dataset.metainfo = dict(classes=tuple('abcde'))
+    hook.before_test(runner)  # sizes agree: no error

@@ -1,0 +1,47 @@
+"""Evaluate a checkpoint: ``python tools/test.py CONFIG CHECKPOINT [--out D] [--show-dir D] [--cfg-options ...]``.
+
+Zero-shot on another vocabulary, e.g.
+``python tools/test.py configs/catseg_vitb16.py ckpt.pth --cfg-options model.test_vocabulary=ade150``
+(the test dataset must have as many classes as the vocabulary).
+Multi-GPU: ``tools/dist_test.sh CONFIG CHECKPOINT GPUS``.
+"""
+import argparse
+
+from mmengine.runner import Runner
+
+import mmseg_escnet  # noqa: F401  (registers our modules; safe checkpoint loading)
+from mmseg_escnet.engine.launch import (add_common_arguments, load_config, prepare_distributed,
+                                        set_local_rank)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Test (and evaluate) an mmseg_escnet segmentor')
+    parser.add_argument('config', help='config file')
+    parser.add_argument('checkpoint', help='checkpoint file (local path or URL)')
+    parser.add_argument('--out', help='folder to write the predicted label maps to')
+    parser.add_argument('--show-dir', help='folder to write visualised predictions to')
+    add_common_arguments(parser)
+    args = parser.parse_args()
+    set_local_rank(args.local_rank)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    cfg = load_config(args.config, cfg_options=args.cfg_options, work_dir=args.work_dir,
+                      launcher=args.launcher)
+    cfg.load_from = args.checkpoint
+    if args.show_dir:
+        if 'visualization' not in cfg.get('default_hooks', {}):
+            raise KeyError('--show-dir needs default_hooks.visualization in the config')
+        cfg.default_hooks.visualization.draw = True
+        cfg.visualizer.save_dir = args.show_dir
+    if args.out:
+        cfg.test_evaluator['output_dir'] = args.out
+        cfg.test_evaluator['keep_results'] = True
+    cfg = prepare_distributed(cfg)
+    Runner.from_cfg(cfg).test()
+
+
+if __name__ == '__main__':
+    main()
