@@ -12,10 +12,11 @@ from mmseg.registry import MODELS
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', '*.py')))
 
-# catseg_reference.md §9: CLIP + aggregator/decoder + upsample1/2; trainable = CLIP Wq/Wv + the rest.
+# catseg_reference.md §9: CLIP + aggregator/decoder + upsample1/2; trainable = CLIP Wq/Wv + the rest,
+# less the last vision block's Wq, which the dense forward never uses (official: always zero gradient).
 OFFICIAL_COUNTS = {
-    'catseg_vitb16.py': (149_620_737 + 2_308_961 + 2_359_680, 20_447_232 + 2_308_961 + 2_359_680),
-    'catseg_vitl14.py': (427_944_193 + 2_636_641 + 3_146_112, 64_487_424 + 2_636_641 + 3_146_112),
+    'catseg_vitb16.py': (149_620_737 + 2_308_961 + 2_359_680, 20_447_232 - 768**2 + 2_308_961 + 2_359_680),
+    'catseg_vitl14.py': (427_944_193 + 2_636_641 + 3_146_112, 64_487_424 - 1024**2 + 2_636_641 + 3_146_112),
 }
 
 

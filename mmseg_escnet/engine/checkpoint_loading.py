@@ -46,7 +46,9 @@ def _history_buffer_getattr(obj: Any, name: str) -> Any:
     unrestricted ``getattr`` would let a malicious file reach any callable, so only the registered
     statistics of ``HistoryBuffer`` are served.
     """
-    if obj is HistoryBuffer and name in HistoryBuffer._statistics_methods:
+    # The defaults are registered only once a HistoryBuffer is instantiated, so name them here.
+    allowed = {'min', 'max', 'current', 'mean', *HistoryBuffer._statistics_methods}
+    if obj is HistoryBuffer and name in allowed:
         return getattr(obj, name)
     raise pickle.UnpicklingError(f'checkpoint asks for getattr({obj!r}, {name!r}), which is not '
                                  f'allowed')

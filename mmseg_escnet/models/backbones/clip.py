@@ -199,13 +199,27 @@ class CLIPBackbone(BaseModule):
                     raise ValueError(f'unsupported transformer block {type(block).__name__}')
                 block.attn = SplitQKVMultiheadAttention.from_packed(block.attn)
 
+    def _unreachable_parameters(self) -> Tuple[str, ...]:
+        """CLIP parameters no output of this backbone depends on in training.
+
+        The dense forward replaces the last vision block's attention by its value path, so that
+        block's q and k weights get no gradient, and ``logit_scale`` is never used. They stay frozen
+        under every policy: otherwise DDP fails on parameters without gradients, and optimizers
+        would keep state (and weight decay) for parameters that cannot learn. (Official CAT-Seg
+        lists the last Wq as trainable, but its gradient is always zero.)
+        """
+        last = f'visual.transformer.resblocks.{len(self.clip_model.visual.transformer.resblocks) - 1}'
+        return (f'{last}.attn.q_proj_weight', f'{last}.attn.k_proj_weight', 'logit_scale',
+                'logit_bias')
+
     def _apply_finetune_policy(self) -> None:
         """Set ``requires_grad`` of every CLIP parameter from ``self.finetune``."""
+        unreachable = self._unreachable_parameters()
         for name, param in self.clip_model.named_parameters():
-            if self.finetune == 'full':
-                trainable = True
-            elif self.finetune == 'frozen':
+            if name in unreachable or self.finetune == 'frozen':
                 trainable = False
+            elif self.finetune == 'full':
+                trainable = True
             else:
                 trainable = name.startswith(_TOWER_BLOCKS) and name.endswith(_ATTENTION_TRAINABLE)
             param.requires_grad_(trainable)
