@@ -3,34 +3,24 @@
 # first use. CLIP is a tiny randomly initialised open_clip ViT (patch 4 -> 24 x 24 grid), fully trained.
 #   python tools/train.py configs/catseg_tiny_synthetic.py
 #   python tools/test.py configs/catseg_tiny_synthetic.py work_dirs/catseg_tiny_synthetic/iter_600.pth
-_base_ = ['./_base_/default_runtime.py']
+_base_ = ['./_base_/models/catseg_vitb16.py', './_base_/default_runtime.py']
 
 classes = ['sky', 'grass', 'sand', 'snow', 'brick']
 image_size = 96
 model = dict(
-    type='OpenVocabEncoderDecoder',
-    data_preprocessor=dict(
-        type='SegDataPreProcessor',
-        mean=[122.7709383, 116.7460125, 104.09373615],
-        std=[68.5005327, 66.6321579, 70.323163],
-        bgr_to_rgb=True,
-        pad_val=0,
-        seg_pad_val=255,
-        size=(image_size, image_size)),
+    data_preprocessor=dict(size=(image_size, image_size)),
     clip_resolution=image_size,
     vocabulary=dict(classes=classes, templates='catseg'),
     backbone=dict(
-        type='CLIPBackbone',
+        model_name=None,
         model_cfg=dict(
             embed_dim=32,
             vision_cfg=dict(image_size=image_size, layers=3, width=64, head_width=32, patch_size=4),
             text_cfg=dict(context_length=16, vocab_size=49408, width=64, heads=2, layers=2)),
-        quick_gelu=True,
         out_indices=(0, 1),
         finetune='full',  # random CLIP: everything learns
         pretrained=None),
     neck=dict(
-        type='CATSegAggregator',
         text_guidance_dim=32,
         text_guidance_proj_dim=32,
         appearance_guidance_dim=32,
@@ -38,23 +28,14 @@ model = dict(
         num_layers=1,
         num_heads=2,
         hidden_dim=32,
-        pooling_size=(2, 2),
-        test_pooling_size=(1, 1),
-        feature_resolution=(24, 24),
-        window_size=12,
-        prompt_channel=1,
         pad_len=0),
     decode_head=dict(
-        type='CATSegHead',
         clip_width=64,
         upsample_dims=(32, 16),
         decoder_guidance_proj_dims=(16, 8),
         decoder_dims=(32, 16),
         hidden_dim=32,
-        num_classes=len(classes),
-        ignore_index=255),
-    train_cfg=dict(),
-    test_cfg=dict(mode='whole'))
+        num_classes=len(classes)))
 
 data_root = 'data/synthetic_shapes'
 splits = dict(train=200, val=40)

@@ -1,16 +1,8 @@
 #!/usr/bin/env bash
-# Distributed testing with torchrun: tools/dist_test.sh CONFIG CHECKPOINT GPUS [test.py args...]
+# Distributed testing: tools/dist_test.sh CONFIG CHECKPOINT GPUS [test.py args...]
 set -euo pipefail
 CONFIG=$1
 CHECKPOINT=$2
 GPUS=$3
 shift 3
-NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-PORT=${PORT:-29500}
-MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-PYTHONPATH="$ROOT:${PYTHONPATH:-}" exec python -m torch.distributed.run \
-    --nnodes="$NNODES" --node_rank="$NODE_RANK" --master_addr="$MASTER_ADDR" \
-    --nproc_per_node="$GPUS" --master_port="$PORT" \
-    "$ROOT/tools/test.py" "$CONFIG" "$CHECKPOINT" --launcher pytorch "$@"
+exec "$(dirname "$0")/torchrun.sh" "$(dirname "$0")/test.py" "$GPUS" "$CONFIG" "$CHECKPOINT" "$@"
