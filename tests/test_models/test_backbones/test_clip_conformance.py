@@ -1,5 +1,4 @@
 """CLIPBackbone's dense mode against vectors computed by the official CAT-Seg code."""
-import os.path as osp
 from typing import Optional
 
 import open_clip
@@ -10,9 +9,6 @@ import torch.nn.functional as F
 from mmseg_escnet.models.backbones.clip import CLIPBackbone
 from mmseg_escnet.models.backbones.clip_weights import merge_qkv
 
-CONFORMANCE = '/work/shared/conformance'
-pytestmark = pytest.mark.skipif(not osp.isdir(CONFORMANCE),
-                                reason='CAT-Seg conformance vectors not available')
 TEXT_CFG = dict(context_length=8, vocab_size=64, width=32, heads=1, layers=1)
 
 
@@ -36,8 +32,8 @@ def _to_map(tokens: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize('name', ['catseg_clip_dense.pt', 'catseg_clip_dense_noresize.pt'])
-def test_dense_mode_matches_catseg(name, tmp_path):
-    data = torch.load(osp.join(CONFORMANCE, name), map_location='cpu')
+def test_dense_mode_matches_catseg(name, tmp_path, conformance):
+    data = conformance(name)
     backbone = _backbone_for(data['config'])
     # full OpenAI-named checkpoint: official visual weights + our (random) text tower
     state = {k: v for k, v in merge_qkv(backbone.clip_model.state_dict()).items()

@@ -7,13 +7,6 @@ from mmseg_escnet.checkpoints.catseg_official import (convert_catseg_state_dict,
 from mmseg_escnet.models.decode_heads.catseg_head import CATSegHead
 from mmseg_escnet.models.necks.catseg_aggregator import CATSegAggregator
 
-ROOT = '/work/shared/conformance'
-
-
-def _load(name: str) -> dict:
-    return torch.load(f'{ROOT}/catseg_aggregator_{name}.pt')
-
-
 def _build(cfg: dict, **neck_overrides) -> tuple:
     """Neck and head with the dims of an official ``Aggregator`` config."""
     neck_kwargs = dict(text_guidance_dim=cfg['text_guidance_dim'],
@@ -53,8 +46,8 @@ def _run(neck, head, data) -> torch.Tensor:
 
 
 @pytest.mark.parametrize('name', ['pool2', 'pool1'])
-def test_logits_match_official(name):
-    data = _load(name)
+def test_logits_match_official(name, conformance):
+    data = conformance(f'catseg_aggregator_{name}.pt')
     neck, head = _build(data['config'])
     _load_official(neck, head, data['state_dict_official'])
     neck.eval()
@@ -64,10 +57,10 @@ def test_logits_match_official(name):
     torch.testing.assert_close(logits, data['logits'], atol=1e-5, rtol=0)
 
 
-def test_train_and_test_pooling_sizes():
+def test_train_and_test_pooling_sizes(conformance):
     """pooling_size applies in train mode, test_pooling_size in eval mode."""
     for name, train_mode in (('pool2', True), ('pool1', False)):
-        data = _load(name)
+        data = conformance(f'catseg_aggregator_{name}.pt')
         neck, head = _build(data['config'], pooling_size=(2, 2), test_pooling_size=(1, 1))
         _load_official(neck, head, data['state_dict_official'])
         neck.train(train_mode)

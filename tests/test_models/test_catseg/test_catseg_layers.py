@@ -13,7 +13,6 @@ from mmseg_escnet.models.layers.linear_class_attention import (ClassTransformerL
                                                                LinearAttention)
 from mmseg_escnet.models.layers.upsampling import DoubleConv, Up
 
-CONFORMANCE = '/work/shared/conformance/catseg_aggregator_pool1.pt'
 
 
 def _randomize(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -28,8 +27,8 @@ def _randomize(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 # ----------------------------------------------------------------------------- Swin part
 
 
-def test_shift_mask_equals_official_buffer():
-    official = torch.load(CONFORMANCE)['state_dict_official']
+def test_shift_mask_equals_official_buffer(conformance):
+    official = conformance('catseg_aggregator_pool1.pt')['state_dict_official']
     key = 'sem_seg_head.predictor.transformer.layers.0.swin_block.block_2.attn_mask'
     mask = shifted_window_mask(24, 24, 12, 6)
     assert mask.shape == (4, 144, 144)
