@@ -14,6 +14,7 @@ import torch
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG = osp.join(ROOT, 'configs', 'catseg_tiny_synthetic.py')
+TINY_CONFIGS = [CONFIG, osp.join(ROOT, 'configs', 'escnet_tiny_synthetic.py')]
 pytestmark = pytest.mark.slow
 
 
@@ -50,20 +51,21 @@ def _scalars(work_dir):
     return records
 
 
-def test_train_test_resume(tmp_path):
+@pytest.mark.parametrize('config', TINY_CONFIGS, ids=osp.basename)
+def test_train_test_resume(tmp_path, config):
     data_root = str(tmp_path / 'data')
     work_dir = str(tmp_path / 'work')
-    _run([sys.executable, 'tools/train.py', CONFIG, '--work-dir', work_dir,
+    _run([sys.executable, 'tools/train.py', config, '--work-dir', work_dir,
           '--cfg-options', *_options(data_root, 4)], cwd=ROOT)
     ckpt = osp.join(work_dir, 'iter_4.pth')
     assert osp.isfile(ckpt)
     # our own Runner checkpoint holds message_hub / numpy meta: must load under torch >= 2.6
-    out = _run([sys.executable, 'tools/test.py', CONFIG, ckpt, '--work-dir', str(tmp_path / 'test'),
+    out = _run([sys.executable, 'tools/test.py', config, ckpt, '--work-dir', str(tmp_path / 'test'),
                 '--cfg-options', *_options(data_root, 4)], cwd=ROOT)
     assert 'mIoU' in out
     assert any('mIoU' in r for r in _scalars(str(tmp_path / 'test')))
     # --resume continues from iter 4 up to 6 (fails if the checkpoint could not be read)
-    out = _run([sys.executable, 'tools/train.py', CONFIG, '--work-dir', work_dir, '--resume',
+    out = _run([sys.executable, 'tools/train.py', config, '--work-dir', work_dir, '--resume',
                 '--cfg-options', *_options(data_root, 6)], cwd=ROOT)
     assert 'resumed' in out.lower() or 'Load checkpoint' in out
     assert osp.isfile(osp.join(work_dir, 'iter_6.pth'))

@@ -17,6 +17,7 @@ from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.registry import MODELS
 from mmseg.utils import SampleList
 
+from mmseg_escnet.models.layers.class_chunks import check_class_chunk_size, map_class_chunks
 from mmseg_escnet.models.layers.upsampling import Up
 
 __all__ = ['CATSegHead']
@@ -39,6 +40,13 @@ class CATSegHead(BaseDecodeHead):
             decoder stage.
         decoder_dims (tuple[int, ...]): output channels of ``decoder1``, ``decoder2``.
         hidden_dim (int): channels of the cost volume.
+        upsample_mode (str): x2 upsampling of the decoder stages: ``'transposed'`` (CAT-Seg,
+            ConvTranspose2d) or ``'bilinear'`` (ESC-Net); see
+            :class:`~mmseg_escnet.models.layers.upsampling.Up`.
+        class_chunk_size (int, optional): decode the B*T per-class maps in chunks of this
+            many classes (same logits, lower peak memory); None decodes all at once.
+        with_cp (bool): checkpoint each chunk of the decoder in training (activations are
+            recomputed in the backward pass: training memory of one chunk).
         num_classes (int): nominal number of classes (the real T comes with the input).
         ignore_index (int): label value ignored by the loss (all-zero target rows).
         align_corners (bool): used when resizing logits to label / image size.
@@ -51,6 +59,8 @@ class CATSegHead(BaseDecodeHead):
                  upsample_scales: Sequence[int] = (2, 4),
                  decoder_guidance_proj_dims: Sequence[int] = (32, 16),
                  decoder_dims: Sequence[int] = (64, 32), hidden_dim: int = 128,
+                 upsample_mode: str = 'transposed', class_chunk_size: Optional[int] = None,
+                 with_cp: bool = False,
                  num_classes: int = 171, ignore_index: int = 255, align_corners: bool = False,
                  init_cfg: Optional[dict] = None, **kwargs) -> None:
         num_stages = len(decoder_dims)
@@ -69,6 +79,9 @@ class CATSegHead(BaseDecodeHead):
         del self.conv_seg  # the decoder ends in its own 1-channel ``head`` conv
         self.hidden_dim = hidden_dim
         self.num_stages = num_stages
+        self.upsample_mode = upsample_mode
+        self.class_chunk_size = check_class_chunk_size(class_chunk_size)
+        self.with_cp = with_cp
 
         for i, (dim, scale) in enumerate(zip(upsample_dims, upsample_scales)):
             self.add_module(f'upsample{i + 1}',
@@ -83,7 +96,8 @@ class CATSegHead(BaseDecodeHead):
         for i, (cin, cout, guid) in enumerate(zip(in_dims, decoder_dims,
                                                   decoder_guidance_proj_dims)):
             self.add_module(f'decoder{i + 1}',
-                            Up(in_channels=cin, out_channels=cout, guidance_channels=guid))
+                            Up(in_channels=cin, out_channels=cout, guidance_channels=guid,
+                               upsample_mode=upsample_mode))
         self.head = nn.Conv2d(decoder_dims[-1], 1, kernel_size=3, stride=1, padding=1)
 
     def upsample_clip_features(self, clip_features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
@@ -114,7 +128,8 @@ class CATSegHead(BaseDecodeHead):
             num_classes (int, optional): total T; required with ``class_index``.
 
         Returns:
-            torch.Tensor: (B, T, 2**S*h, 2**S*w) logits (S stages, i.e. 4h x 4w).
+            torch.Tensor: (B, T, 2**S*h, 2**S*w) logits (S stages, i.e. 4h x 4w).  The
+            classes are decoded in chunks of ``self.class_chunk_size``.
         """
         if cost.dim() != 5 or cost.shape[1] != self.hidden_dim:
             raise ValueError(f'cost must be (B, {self.hidden_dim}, T, h, w), got '
@@ -123,15 +138,16 @@ class CATSegHead(BaseDecodeHead):
             raise ValueError(f'expected {self.num_stages} decoder guidance maps, got '
                              f'{len(decoder_guidance)}')
         b, c, t, h, w = cost.shape
-        x = cost.transpose(1, 2).reshape(b * t, c, h, w)  # (B, C, T, h, w) -> (B*T, C, h, w)
-        for i, (proj, guidance) in enumerate(zip(self.decoder_guidance_projection,
-                                                 decoder_guidance)):
+        for i, guidance in enumerate(decoder_guidance):
             if guidance.shape[0] != b:
                 raise ValueError(f'decoder guidance {i} has batch {guidance.shape[0]}, cost '
                                  f'volume has {b}')
-            x = getattr(self, f'decoder{i + 1}')(x, proj(guidance))  # (B*T, C_i, H_i, W_i)
-        logits = self.head(x)  # (B*T, 1, H, W)
-        logits = logits.view(b, t, *logits.shape[-2:])  # -> (B, T, H, W)
+        # Project the per-image skip features once, shared by all class chunks.
+        projected = [proj(g) for proj, g in zip(self.decoder_guidance_projection,
+                                                decoder_guidance)]
+        # (B, C, T, h, w) -> chunks (B, C, t, h, w) -> (B, t, H, W) -> (B, T, H, W)
+        logits = map_class_chunks(lambda chunk: self._decode_classes(chunk, projected), cost,
+                                  self.class_chunk_size, dim=2, out_dim=1, with_cp=self.with_cp)
 
         if class_index is None:
             if num_classes is not None and num_classes != t:
@@ -146,6 +162,25 @@ class CATSegHead(BaseDecodeHead):
         out = logits.new_full((b, num_classes, *logits.shape[-2:]), PRUNED_LOGIT)
         index = class_index[:, :, None, None].expand_as(logits)
         return out.scatter(1, index, logits)
+
+    def _decode_classes(self, cost: torch.Tensor,
+                        projected_guidance: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Run the decoder stages and the 1-channel head on the classes of ``cost``.
+
+        Args:
+            cost (torch.Tensor): (B, C, t, h, w), any number t of classes.
+            projected_guidance (list[torch.Tensor]): per stage i (B, G_i, 2**(i+1)*h,
+                2**(i+1)*w), already through ``decoder_guidance_projection``.
+
+        Returns:
+            torch.Tensor: (B, t, H, W) logits.
+        """
+        b, c, t, h, w = cost.shape
+        x = cost.transpose(1, 2).reshape(b * t, c, h, w)  # (B, C, t, h, w) -> (B*t, C, h, w)
+        for i, guidance in enumerate(projected_guidance):
+            x = getattr(self, f'decoder{i + 1}')(x, guidance)  # (B*t, C_i, H_i, W_i)
+        logits = self.head(x)  # (B*t, 1, H, W)
+        return logits.view(b, t, *logits.shape[-2:])  # -> (B, t, H, W)
 
     def forward(self, inputs: Dict) -> torch.Tensor:
         """Decode the neck output.

@@ -1,4 +1,5 @@
 """Reusable building blocks of the cost-aggregation models (CAT-Seg, ESC-Net)."""
+from .class_chunks import check_class_chunk_size, map_class_chunks
 from .guided_swin import (GuidedSwinBlock, GuidedSwinBlockPair, GuidedWindowAttention,
                           shifted_window_mask, window_partition, window_reverse)
 from .linear_class_attention import ClassTransformerLayer, GuidedLinearAttention, LinearAttention
@@ -7,5 +8,5 @@ from .upsampling import DoubleConv, Up
 __all__ = [
     'window_partition', 'window_reverse', 'shifted_window_mask', 'GuidedWindowAttention',
     'GuidedSwinBlock', 'GuidedSwinBlockPair', 'LinearAttention', 'GuidedLinearAttention',
-    'ClassTransformerLayer', 'DoubleConv', 'Up'
+    'ClassTransformerLayer', 'DoubleConv', 'Up', 'map_class_chunks', 'check_class_chunk_size'
 ]

@@ -1,15 +1,20 @@
-"""U-Net style upsampling stage of CAT-Seg's decoder (transposed conv + skip + DoubleConv).
+"""U-Net style upsampling stage of the cost-volume decoders (x2 upsampling + skip + DoubleConv).
 
-The cost volume is decoded per class: inputs are (B*T, C, H, W), and the per-image skip
-guidance (B, G, 2H, 2W) is repeated for the T classes of each image before concatenation.
-Parameter names (``up``, ``conv.double_conv.{0,1,3,4}``) follow the official CAT-Seg code.
+CAT-Seg upsamples with a transposed convolution; ESC-Net (paper §3.6) with bilinear
+interpolation followed by 3x3 convolutions.  The cost volume is decoded per class: inputs are
+(B*T, C, H, W), and the per-image skip guidance (B, G, 2H, 2W) is repeated for the T classes
+of each image before concatenation.  Parameter names (``up``, ``conv.double_conv.{0,1,3,4}``)
+follow the official CAT-Seg code.
 """
 from typing import Optional
 
 import torch
 import torch.nn as nn
 
-__all__ = ['DoubleConv', 'Up']
+__all__ = ['DoubleConv', 'Up', 'UPSAMPLE_MODES']
+
+#: Supported ``Up.upsample_mode`` values.
+UPSAMPLE_MODES = ('transposed', 'bilinear')
 
 
 class DoubleConv(nn.Module):
@@ -48,28 +53,44 @@ class DoubleConv(nn.Module):
 
 
 class Up(nn.Module):
-    """x2 transposed-conv upsampling, concat of a skip guidance, then :class:`DoubleConv`.
+    """x2 upsampling, concat of a skip guidance, then :class:`DoubleConv`.
 
-    ``up`` maps ``in_channels`` to ``in_channels - guidance_channels`` so that after the
-    concatenation the DoubleConv again sees ``in_channels`` channels.
+    * ``'transposed'`` (CAT-Seg): ``up`` is a 2x2 stride-2 ConvTranspose2d mapping
+      ``in_channels`` to ``in_channels - guidance_channels``, so that after the concatenation
+      the DoubleConv again sees ``in_channels`` channels.
+    * ``'bilinear'`` (ESC-Net): ``up`` is a parameter-free bilinear x2 resize
+      (align_corners=False) of the input; the DoubleConv sees
+      ``in_channels + guidance_channels`` channels.
 
     Args:
         in_channels (int): input channels C_in.
         out_channels (int): output channels C_out.
         guidance_channels (int): channels G of the skip guidance (0: no guidance).
         channels_per_group (int): GroupNorm channels per group in the DoubleConv.
+        upsample_mode (str): ``'transposed'`` or ``'bilinear'``.
     """
 
     def __init__(self, *, in_channels: int, out_channels: int, guidance_channels: int,
-                 channels_per_group: int = 16) -> None:
+                 channels_per_group: int = 16, upsample_mode: str = 'transposed') -> None:
         super().__init__()
-        if not 0 <= guidance_channels < in_channels:
+        if upsample_mode not in UPSAMPLE_MODES:
+            raise ValueError(f'upsample_mode must be one of {UPSAMPLE_MODES}, got '
+                             f'{upsample_mode!r}')
+        if upsample_mode == 'transposed' and not 0 <= guidance_channels < in_channels:
             raise ValueError(f'guidance_channels ({guidance_channels}) must be in '
-                             f'[0, in_channels={in_channels})')
+                             f'[0, in_channels={in_channels}) with transposed upsampling')
+        if guidance_channels < 0:
+            raise ValueError(f'guidance_channels must be >= 0, got {guidance_channels}')
         self.guidance_channels = guidance_channels
-        self.up = nn.ConvTranspose2d(in_channels, in_channels - guidance_channels, kernel_size=2,
-                                     stride=2)
-        self.conv = DoubleConv(in_channels=in_channels, out_channels=out_channels,
+        self.upsample_mode = upsample_mode
+        if upsample_mode == 'transposed':
+            self.up = nn.ConvTranspose2d(in_channels, in_channels - guidance_channels,
+                                         kernel_size=2, stride=2)
+            conv_in = in_channels
+        else:
+            self.up = nn.Upsample(scale_factor=2, mode='bilinear', align_corners=False)
+            conv_in = in_channels + guidance_channels
+        self.conv = DoubleConv(in_channels=conv_in, out_channels=out_channels,
                                channels_per_group=channels_per_group)
 
     def forward(self, x: torch.Tensor, guidance: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -82,7 +103,7 @@ class Up(nn.Module):
         Returns:
             torch.Tensor: (B*T, C_out, 2H, 2W).
         """
-        x = self.up(x)  # (B*T, C_in - G, 2H, 2W)
+        x = self.up(x)  # (B*T, C_in - G, 2H, 2W) transposed; (B*T, C_in, 2H, 2W) bilinear
         if (guidance is None) != (self.guidance_channels == 0):
             raise ValueError(f'guidance must be given iff guidance_channels > 0 '
                              f'(guidance_channels={self.guidance_channels})')
@@ -95,5 +116,5 @@ class Up(nn.Module):
             num_classes = x.shape[0] // guidance.shape[0]
             # (B, G, 2H, 2W) -> (B*T, G, 2H, 2W)
             guidance = guidance.repeat_interleave(num_classes, dim=0)
-            x = torch.cat([x, guidance], dim=1)  # (B*T, C_in, 2H, 2W)
+            x = torch.cat([x, guidance], dim=1)  # (B*T, DoubleConv in, 2H, 2W)
         return self.conv(x)

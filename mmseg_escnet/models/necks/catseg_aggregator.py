@@ -17,9 +17,32 @@ from mmseg.registry import MODELS
 from mmseg_escnet.models.layers.guided_swin import GuidedSwinBlockPair
 from mmseg_escnet.models.layers.linear_class_attention import ClassTransformerLayer
 
-__all__ = ['CATSegAggregatorLayer', 'CATSegAggregator']
+__all__ = ['CATSegAggregatorLayer', 'CATSegAggregator', 'prune_classes']
 
 PoolSize = Union[int, Sequence[int], None]
+
+
+def prune_classes(corr: torch.Tensor, text_feats: torch.Tensor, pad_len: int
+                  ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Keep the top-``pad_len`` classes of each image by maximal correlation (CAT-Seg, A:693-701).
+
+    Args:
+        corr (torch.Tensor): (B, P, T, h, w) correlation.
+        text_feats (torch.Tensor): (B, T, P, C) class embeddings.
+        pad_len (int): Classes to keep; 0 or ``T <= pad_len`` keeps all.
+
+    Returns:
+        tuple: ``corr`` (B, P, T', h, w), ``text_feats`` (B, T', P, C) re-normalised, and
+        ``class_index`` (B, T') with the kept classes in ascending order (None if nothing was pruned).
+    """
+    if pad_len <= 0 or text_feats.shape[1] <= pad_len:
+        return corr, text_feats, None
+    score = corr.transpose(1, 2).flatten(2).max(dim=-1).values  # (B, T): max over prompts, pixels
+    class_index = score.topk(pad_len, dim=-1).indices.sort(dim=-1).values  # (B, T')
+    idx = class_index[:, None, :, None, None].expand(-1, corr.shape[1], -1, *corr.shape[-2:])
+    corr = corr.gather(2, idx)  # (B, P, T', h, w)
+    text_feats = text_feats.gather(1, class_index[:, :, None, None].expand(-1, -1, *text_feats.shape[2:]))
+    return corr, F.normalize(text_feats, dim=-1), class_index
 
 
 class CATSegAggregatorLayer(nn.Module):
@@ -193,18 +216,8 @@ class CATSegAggregator(BaseModule):
         b, t = text_feats.shape[:2]
         corr = self.correlation(img_feats, text_feats)  # (B, P, T, h, w)
 
-        class_index = None
-        if self.pad_len > 0 and t > self.pad_len:
-            # Score = max over prompts and pixels; keep the top-pad_len classes per image.
-            score = corr.transpose(1, 2).flatten(2).max(dim=-1).values  # (B, T)
-            class_index = score.topk(self.pad_len, dim=-1).indices.sort(dim=-1).values
-            idx = class_index[:, None, :, None, None].expand(-1, corr.shape[1], -1,
-                                                             *corr.shape[-2:])
-            corr = corr.gather(2, idx)  # (B, P, T', h, w)
-            text_feats = text_feats.gather(
-                1, class_index[:, :, None, None].expand(-1, -1, *text_feats.shape[2:]))
-            text_feats = F.normalize(text_feats, dim=-1)
-            t = self.pad_len
+        corr, text_feats, class_index = prune_classes(corr, text_feats, self.pad_len)
+        t = text_feats.shape[1]
 
         # Embed the correlation per class: (B, P, T, h, w) -> (B*T, P, h, w) -> conv1
         # -> (B*T, hidden, h, w) -> (B, hidden, T, h, w)

@@ -1,0 +1,246 @@
+"""ESC-Net's neck: N consecutive ESC blocks = PPG -> SAM block -> VLF (paper §3.1, Fig. 2).
+
+Lee et al., "Effective SAM Combination for Open-Vocabulary Semantic Segmentation" (ESC-Net).
+The paper leaves several details open; every reading taken here is a constructor argument and is listed
+with its reason in ``docs/escnet.md``.
+
+Data flow (B images, T classes (T' <= pad_len after pruning), P templates, C CLIP dim, S = 256 SAM dim)::
+
+    img_feats (B, C, h, w), text_feats (B, T, P, C)
+      -> cosine correlation C_v&l (B, P, T, h, w), top-pad_len class pruning (CAT-Seg)
+      -> 1x1 conv embed per class -> cost (B, hidden, T', h, w)
+      F_v = visual_proj(img_feats) (B, S, h, w)
+      for k in 0..N-1:
+          score (B*T', h, w)   = C_v&l averaged over P (k = 0) or the channel mean of the cost (k > 0)
+          prompts              = PPG(score)                        # detached points / boxes / masks
+          sparse, dense        = SAM prompt encoder(prompts)        # (B*T', Ns, S), (B*T', S, h, w)
+          F_v                  = SAM block k(F_v, prompts, text)    # Eq. 2, class-agnostic (B, S, h, w)
+          cost                 = VLF k(cost, F_v, text guidance)    # (B, hidden, T', h, w)
+      -> dict(cost, class_index) for the decode head
+"""
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from mmseg.registry import MODELS
+
+from ...checkpoints.sam_official import init_from_sam, load_sam_checkpoint
+from .catseg_aggregator import CATSegAggregator, prune_classes
+from .ppg import PseudoPromptGenerator, PseudoPrompts
+from .sam_block import SAMBlock, build_prompt_encoder
+from .vlf import VisionLanguageFusion
+
+SAM_INITS = ('pretrained', 'random')
+SCORE_SOURCES = ('refined', 'initial')
+
+
+@MODELS.register_module()
+class ESCNeck(BaseModule):
+    """ESC-Net's N ESC blocks between the CLIP encoders and the decoder.
+
+    Args:
+        text_dim (int): CLIP embedding dim C of the dense image and the text features.
+        num_blocks (int): Number N of ESC blocks (paper: 4).
+        hidden_dim (int): Channels of the embedded correlation (VLF width).
+        sam_dim (int): SAM's transformer dim S (256 for every official SAM).
+        sam_num_heads (int): SAM's attention heads (8).
+        sam_mlp_dim (int): SAM's MLP width (2048).
+        use_sam (bool): False removes PPG and the SAM blocks (paper Table 2 (a)): the VLF is guided by
+            the unrefined, projected CLIP features.
+        sam_init (str): ``'pretrained'`` (weights from ``sam_checkpoint``, Table 2 (c)) or
+            ``'random'`` (Table 2 (b)).
+        sam_checkpoint (str, optional): Official SAM checkpoint (vit_b / vit_l / vit_h ``.pth``, path
+            or URL); read in :meth:`init_weights`, never at construction.
+        sam_layer_map (str): Which SAM decoder layer initialises ESC block k: ``'mod'`` (k mod 2) or
+            ``'clamp'`` (min(k, 1)).
+        ppg (dict): Keyword arguments of :class:`PseudoPromptGenerator` (num_regions, threshold,
+            temperature, normalize, use_points, use_boxes, use_masks, ...).
+        score_source (str): PPG input of blocks 2..N: ``'refined'`` (channel mean of the current cost)
+            or ``'initial'`` (the Eq. 1 correlation in every block).
+        num_heads (int): Heads of the VLF attentions.
+        appearance_guidance_dim (int): Channels of the VLF's visual guidance.
+        text_guidance_dim (int): Channels of the VLF's text guidance.
+        pooling_size (tuple): Class-attention pooling in training; ``test_pooling_size`` in eval.
+        test_pooling_size (tuple, optional): Eval-mode pooling (None: same as training).
+        feature_resolution (tuple): CLIP grid (h, w).
+        window_size (int): Swin window side.
+        prompt_channel (int): Templates P per class.
+        pad_len (int): Class tokens of the class attention; more classes are pruned to the top
+            ``pad_len`` before the ESC blocks (CAT-Seg's rule).
+        embed_kernel_size (int): Kernel of the correlation embedding (paper: 1x1; CAT-Seg: 7x7).
+        class_chunk_size (int, optional): Classes per chunk in the per-class stages (SAM block, VLF
+            spatial part); the result equals the unchunked one. None: all at once.
+        with_cp (bool): Checkpoint every class chunk of those stages in training (activations are
+            recomputed in the backward pass), so training memory is that of one chunk.
+        init_cfg (dict, optional): mmengine init config.
+    """
+
+    def __init__(self, *, text_dim: int = 512, num_blocks: int = 4, hidden_dim: int = 256,
+                 sam_dim: int = 256, sam_num_heads: int = 8, sam_mlp_dim: int = 2048,
+                 use_sam: bool = True, sam_init: str = 'pretrained',
+                 sam_checkpoint: Optional[str] = None, sam_layer_map: str = 'mod',
+                 ppg: Optional[dict] = None, score_source: str = 'refined', num_heads: int = 4,
+                 appearance_guidance_dim: int = 256, text_guidance_dim: int = 256,
+                 pooling_size: Sequence[int] = (2, 2),
+                 test_pooling_size: Optional[Sequence[int]] = None,
+                 feature_resolution: Sequence[int] = (24, 24), window_size: int = 12,
+                 prompt_channel: int = 1, pad_len: int = 256, embed_kernel_size: int = 1,
+                 class_chunk_size: Optional[int] = None, with_cp: bool = False,
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        if sam_init not in SAM_INITS:
+            raise ValueError(f'sam_init must be one of {SAM_INITS}, got {sam_init!r}')
+        if score_source not in SCORE_SOURCES:
+            raise ValueError(f'score_source must be one of {SCORE_SOURCES}, got {score_source!r}')
+        if sam_layer_map not in ('mod', 'clamp'):
+            raise ValueError(f"sam_layer_map must be 'mod' or 'clamp', got {sam_layer_map!r}")
+        if use_sam and sam_init == 'pretrained' and sam_checkpoint is None:
+            raise ValueError("sam_init='pretrained' needs sam_checkpoint (an official SAM .pth); "
+                             "use sam_init='random' to train SAM blocks from scratch")
+        if class_chunk_size is not None and class_chunk_size < 1:
+            raise ValueError(f'class_chunk_size must be >= 1 or None, got {class_chunk_size}')
+        self.text_dim = text_dim
+        self.hidden_dim = hidden_dim
+        self.feature_resolution = tuple(feature_resolution)
+        self.prompt_channel = prompt_channel
+        self.pad_len = pad_len or 0
+        self.pooling_size = pooling_size
+        self.test_pooling_size = test_pooling_size
+        self.use_sam = use_sam
+        self.sam_init = sam_init
+        self.sam_checkpoint = sam_checkpoint
+        self.sam_layer_map = sam_layer_map
+        self.score_source = score_source
+        self.class_chunk_size = class_chunk_size
+        self.with_cp = with_cp
+
+        self.corr_embed = nn.Conv2d(prompt_channel, hidden_dim, kernel_size=embed_kernel_size,
+                                    padding=embed_kernel_size // 2)
+        self.visual_proj = nn.Conv2d(text_dim, sam_dim, kernel_size=1)
+        self.text_guidance_projection = nn.Sequential(nn.Linear(text_dim, text_guidance_dim),
+                                                      nn.ReLU())
+        if use_sam:
+            self.ppg = PseudoPromptGenerator(**(ppg or {}))
+            self.prompt_encoder = build_prompt_encoder(grid=self.feature_resolution,
+                                                       embed_dim=sam_dim)
+            self.sam_blocks = nn.ModuleList([
+                SAMBlock(text_dim=text_dim, embed_dim=sam_dim, num_heads=sam_num_heads,
+                         mlp_dim=sam_mlp_dim, skip_first_layer_pe=self._sam_layer(k) == 0)
+                for k in range(num_blocks)
+            ])
+        self.vlf_blocks = nn.ModuleList([
+            VisionLanguageFusion(hidden_dim=hidden_dim, visual_dim=sam_dim,
+                                 appearance_guidance_dim=appearance_guidance_dim,
+                                 text_guidance_dim=text_guidance_dim, num_heads=num_heads,
+                                 input_resolution=self.feature_resolution, window_size=window_size,
+                                 pooling_size=pooling_size, pad_len=self.pad_len)
+            for _ in range(num_blocks)
+        ])
+
+    def _sam_layer(self, block: int, num_sam_layers: int = 2) -> int:
+        """Index of the SAM decoder layer that initialises ESC block ``block``."""
+        if self.sam_layer_map == 'mod':
+            return block % num_sam_layers
+        return min(block, num_sam_layers - 1)
+
+    def init_weights(self) -> None:
+        """mmengine init, then the official SAM weights if ``sam_init='pretrained'``."""
+        super().init_weights()
+        if self.use_sam and self.sam_init == 'pretrained':
+            state = load_sam_checkpoint(self.sam_checkpoint)
+            init_from_sam(state, prompt_encoder=self.prompt_encoder, blocks=self.sam_blocks,
+                          layer_map=self.sam_layer_map)
+            print_log(f'ESCNeck: SAM blocks initialised from {self.sam_checkpoint} '
+                      f'({self.sam_layer_map} layer map)', logger='current')
+
+    # ----------------------------------------------------------------------------------------------
+    def _encode_prompts(self, prompts: PseudoPrompts) -> Tuple[torch.Tensor, torch.Tensor]:
+        """SAM's prompt encoder on N prompt sets with K points / boxes each.
+
+        Returns:
+            tuple: sparse (N, Ns, S) and dense (N, S, h, w) prompt embeddings.
+        """
+        encoder = self.prompt_encoder
+        n = prompts.probability.shape[0]
+        tokens = []
+        if prompts.points is not None:
+            # SAM appends a "not a point" token when no box follows the points.
+            tokens.append(encoder._embed_points(prompts.points, prompts.point_labels,
+                                                pad=prompts.boxes is None))
+        if prompts.boxes is not None:
+            k = prompts.boxes.shape[1]
+            boxes = encoder._embed_boxes(prompts.boxes.reshape(n * k, 4))  # (N*K, 2, S)
+            tokens.append(boxes.reshape(n, 2 * k, -1))
+        sparse = torch.cat(tokens, dim=1) if tokens else prompts.probability.new_zeros(
+            n, 0, encoder.embed_dim)
+        if prompts.masks is not None:
+            dense = encoder._embed_masks(prompts.masks)  # (N, S, h, w)
+        else:
+            dense = encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
+                n, -1, *self.feature_resolution)
+        return sparse, dense
+
+    def _check_inputs(self, img_feats: torch.Tensor, text_feats: torch.Tensor) -> None:
+        if img_feats.dim() != 4 or text_feats.dim() != 4:
+            raise ValueError(f'img_feats must be (B, C, h, w) and text_feats (B, T, P, C), got '
+                             f'{tuple(img_feats.shape)} and {tuple(text_feats.shape)}')
+        b, c, h, w = img_feats.shape
+        if text_feats.shape[0] != b or text_feats.shape[3] != c or c != self.text_dim:
+            raise ValueError(f'text_feats {tuple(text_feats.shape)} and img_feats '
+                             f'{tuple(img_feats.shape)} must share B and C = text_dim '
+                             f'({self.text_dim})')
+        if text_feats.shape[2] != self.prompt_channel:
+            raise ValueError(f'expected P={self.prompt_channel} prompts per class, got '
+                             f'{text_feats.shape[2]}')
+        if (h, w) != self.feature_resolution:
+            raise ValueError(f'feature grid {(h, w)} differs from feature_resolution '
+                             f'{self.feature_resolution}')
+
+    def forward(self, img_feats: torch.Tensor, text_feats: torch.Tensor,
+                appearance_guidance: Optional[torch.Tensor] = None) -> Dict[str, Optional[torch.Tensor]]:
+        """Run the ESC blocks.
+
+        Args:
+            img_feats (torch.Tensor): (B, C, h, w) dense CLIP image features F_v.
+            text_feats (torch.Tensor): (B, T, P, C) L2-normalised class embeddings F_l.
+            appearance_guidance (torch.Tensor, optional): (B, C, h, w) features refined by the SAM
+                blocks; defaults to ``img_feats`` (the segmentor passes the dense features).
+
+        Returns:
+            dict: ``cost`` (B, hidden, T', h, w) and ``class_index`` (None or (B, T') kept classes).
+        """
+        self._check_inputs(img_feats, text_feats)
+        if appearance_guidance is None:
+            appearance_guidance = img_feats
+        corr = CATSegAggregator.correlation(img_feats, text_feats)  # (B, P, T, h, w)
+        corr, text_feats, class_index = prune_classes(corr, text_feats, self.pad_len)
+        b, t = text_feats.shape[:2]
+        h, w = self.feature_resolution
+
+        # (B, P, T, h, w) -> (B*T, P, h, w) -> embed -> (B, hidden, T, h, w)
+        cost = self.corr_embed(corr.transpose(1, 2).reshape(b * t, -1, h, w))
+        cost = cost.view(b, t, self.hidden_dim, h, w).transpose(1, 2)
+        text = F.normalize(text_feats.mean(dim=2), dim=-1)           # (B, T, C)
+        text_guidance = self.text_guidance_projection(text)           # (B, T, Gt)
+        visual = self.visual_proj(appearance_guidance)                # (B, S, h, w)
+        pooling_size = self.pooling_size
+        if not self.training and self.test_pooling_size is not None:
+            pooling_size = self.test_pooling_size
+
+        for k, vlf in enumerate(self.vlf_blocks):
+            if self.use_sam:
+                if k == 0 or self.score_source == 'initial':
+                    score = corr.mean(dim=1)                          # (B, T, h, w)
+                else:
+                    score = cost.mean(dim=1)                          # (B, T, h, w)
+                prompts = self.ppg(score.reshape(b * t, h, w))
+                sparse, dense = self._encode_prompts(prompts)
+                visual = self.sam_blocks[k](visual, self.prompt_encoder.get_dense_pe(), sparse,
+                                            dense, text, class_chunk_size=self.class_chunk_size,
+                                            with_cp=self.with_cp)
+            cost = vlf(cost, visual, text_guidance, pooling_size=pooling_size,
+                       class_chunk_size=self.class_chunk_size, with_cp=self.with_cp)
+        return dict(cost=cost, class_index=class_index)

@@ -1,0 +1,271 @@
+"""ESC-Net's Pseudo Prompt Generator (PPG, paper §3.3 and Fig. 3).
+
+The PPG turns one image-text score map per (image, class) pair into SAM prompts:
+
+1. (b) a per-map spatial softmax, max-normalised to [0, 1] (the *probability map*);
+2. (c) a binary foreground ``probability >= threshold`` (the argmax pixel always passes);
+3. (d) k-means on the (row, col) coordinates of the foreground pixels into K regions;
+4. (e) the probability restricted to each region, whose argmax gives one pseudo point per
+   region; optionally the tight box of each region; and the K regions merged into one dense
+   mask, given as mask logits at ``mask_scale`` times the grid resolution for SAM's
+   ``mask_downscaling``.
+
+Everything is batched over the N = B*T maps (no Python loop over maps or classes), runs under
+``torch.no_grad`` and returns detached tensors: the prompts are not differentiable.
+
+Coordinates are in grid-cell units of the h x w score grid: the cell at (row i, col j) is the
+point (x, y) = (j, i); SAM's prompt encoder adds the half-cell offset itself.  The ambiguities
+of the paper and the readings chosen here are in ``shared/notes/catseg_reference.md`` §11.
+"""
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ['PseudoPrompts', 'PseudoPromptGenerator', 'pixel_kmeans']
+
+_NORMALIZE_MODES = ('zscore', 'none')
+
+
+class PseudoPrompts(NamedTuple):
+    """Prompts for N score maps with K = ``num_regions`` regions each.
+
+    Attributes:
+        points (Tensor, optional): (N, K, 2) float (x, y) in grid-cell units; cell (row i,
+            col j) -> (j, i). ``None`` when points are disabled.
+        point_labels (Tensor, optional): (N, K) long, all 1 (foreground).
+        boxes (Tensor, optional): (N, K, 4) float (x0, y0, x1, y1) in grid units: min col/row
+            and max col/row + 1 of each region. ``None`` when boxes are disabled.
+        masks (Tensor, optional): (N, 1, mask_scale*h, mask_scale*w) mask logits.
+            ``None`` when masks are disabled.
+        probability (Tensor): (N, h, w) max-normalised probability map in [0, 1].
+        regions (Tensor): (N, h, w) long, region id 0..K-1 of each foreground pixel, -1 on
+            the background.
+    """
+    points: Optional[Tensor]
+    point_labels: Optional[Tensor]
+    boxes: Optional[Tensor]
+    masks: Optional[Tensor]
+    probability: Tensor
+    regions: Tensor
+
+
+def pixel_kmeans(coords: Tensor, valid: Tensor, seed_index: Tensor, *, num_clusters: int,
+                 num_iters: int) -> Tuple[Tensor, Tensor]:
+    """Batched deterministic k-means of the valid pixels of N maps.
+
+    Initialisation is farthest-point: the first centre is the pixel ``seed_index``, each next
+    centre is the valid pixel farthest (squared Euclidean) from the chosen ones, ties to the
+    lowest flat index. Then ``num_iters`` Lloyd iterations: every valid pixel goes to the
+    nearest centre (ties to the lowest centre index) and centres move to the mean of their
+    pixels; an empty cluster keeps its centre. The loop stops early at a fixed point (same
+    result as running all iterations). With fewer valid pixels than clusters some
+    centres coincide (the later duplicates then stay empty).
+
+    Args:
+        coords (Tensor): (L, 2) float pixel coordinates, shared by all maps.
+        valid (Tensor): (N, L) bool, the pixels to cluster; ``seed_index`` must be valid.
+        seed_index (Tensor): (N,) long flat index of the first centre of each map.
+        num_clusters (int): K >= 1.
+        num_iters (int): Lloyd iterations >= 0.
+
+    Returns:
+        Tuple[Tensor, Tensor]: centres (N, K, 2) in the dtype of ``coords``, and the
+        assignment (N, L) long of every valid pixel to its nearest final centre (-1 for
+        invalid pixels).
+    """
+    if coords.dim() != 2 or valid.dim() != 2 or valid.shape[1] != coords.shape[0]:
+        raise ValueError(f'expected coords (L, 2) and valid (N, L), got {tuple(coords.shape)} '
+                         f'and {tuple(valid.shape)}')
+    num_maps = valid.shape[0]
+    # farthest-point initialisation
+    centres = [coords[seed_index]]  # K x (N, 2)
+    neg = coords.new_tensor(-1.0)
+    min_dist = ((coords[None] - centres[0][:, None]) ** 2).sum(-1)  # (N, L)
+    for _ in range(1, num_clusters):
+        nxt = torch.where(valid, min_dist, neg).argmax(dim=1)  # (N,) first max = lowest index
+        centres.append(coords[nxt])
+        dist = ((coords[None] - centres[-1][:, None]) ** 2).sum(-1)  # (N, L)
+        min_dist = torch.minimum(min_dist, dist)
+    centres = torch.stack(centres, dim=1)  # (N, K, 2)
+
+    # (N, L, 3): (row, col, 1) of valid pixels, zeros elsewhere -> per-cluster sums and counts
+    weighted = torch.cat([coords, coords.new_ones(coords.shape[0], 1)], dim=1)[None] \
+        * valid[..., None].to(coords.dtype)
+    for _ in range(num_iters):
+        assign = _nearest_centre(coords, centres)  # (N, L)
+        sums = coords.new_zeros(num_maps, num_clusters, 3).scatter_add_(
+            1, assign[..., None].expand(-1, -1, 3), weighted)  # (N, K, 3)
+        counts = sums[..., 2:]  # (N, K, 1); integer sums are exact, so this is deterministic
+        updated = torch.where(counts > 0, sums[..., :2] / counts.clamp_min(1), centres)
+        if torch.equal(updated, centres):  # a fixed point: further iterations change nothing
+            break
+        centres = updated
+    assign = _nearest_centre(coords, centres)
+    assign = torch.where(valid, assign, assign.new_full((num_maps, 1), -1))
+    return centres, assign
+
+
+def _nearest_centre(coords: Tensor, centres: Tensor) -> Tensor:
+    """Index (N, L) of the nearest of the (N, K, 2) centres for the (L, 2) coords."""
+    d_row = coords[None, :, None, 0] - centres[:, None, :, 0]  # (N, L, K)
+    d_col = coords[None, :, None, 1] - centres[:, None, :, 1]  # (N, L, K)
+    dist = d_row.mul_(d_row).add_(d_col.mul_(d_col))  # squared Euclidean
+    return dist.argmin(dim=2)  # first min = lowest centre index
+
+
+class PseudoPromptGenerator(nn.Module):
+    """Pseudo points, boxes and dense masks from score maps (ESC-Net's PPG).
+
+    The module has no parameters; its forward runs under ``torch.no_grad``.
+
+    Args:
+        num_regions (int): K, the regions (and points/boxes) per map (paper: N_o = 5).
+        threshold (float): alpha in (0, 1]; foreground is ``probability >= threshold``.
+        temperature (float): softmax temperature (> 0) applied to the normalised scores.
+        normalize (str): 'zscore' standardises each map over its pixels before the softmax
+            (scale-free); 'none' uses the raw scores.
+        kmeans_iters (int): Lloyd iterations (>= 0).
+        use_points (bool): return pseudo points and labels.
+        use_boxes (bool): return pseudo boxes (the paper's final model does not).
+        use_masks (bool): return the merged dense mask logits.
+        mask_scale (int): mask resolution factor over the grid (SAM: 4).
+        mask_logit_eps (float): probabilities are clamped to [eps, 1 - eps] before log-odds.
+        std_eps (float): lower bound of the per-map standard deviation in 'zscore'
+            normalisation (a flat map stays flat instead of amplifying rounding noise).
+    """
+
+    def __init__(self, *, num_regions: int = 5, threshold: float = 0.5, temperature: float = 1.0,
+                 normalize: str = 'zscore', kmeans_iters: int = 10, use_points: bool = True,
+                 use_boxes: bool = False, use_masks: bool = True, mask_scale: int = 4,
+                 mask_logit_eps: float = 1e-3, std_eps: float = 1e-6) -> None:
+        super().__init__()
+        if isinstance(num_regions, bool) or not isinstance(num_regions, int) or num_regions < 1:
+            raise ValueError(f'num_regions must be an int >= 1, got {num_regions!r}')
+        if not 0 < threshold <= 1:
+            raise ValueError(f'threshold must be in (0, 1], got {threshold!r}')
+        if not temperature > 0:
+            raise ValueError(f'temperature must be > 0, got {temperature!r}')
+        if normalize not in _NORMALIZE_MODES:
+            raise ValueError(f'normalize must be one of {_NORMALIZE_MODES}, got {normalize!r}')
+        if isinstance(kmeans_iters, bool) or not isinstance(kmeans_iters, int) \
+                or kmeans_iters < 0:
+            raise ValueError(f'kmeans_iters must be an int >= 0, got {kmeans_iters!r}')
+        if isinstance(mask_scale, bool) or not isinstance(mask_scale, int) or mask_scale < 1:
+            raise ValueError(f'mask_scale must be an int >= 1, got {mask_scale!r}')
+        if not 0 < mask_logit_eps < 0.5:
+            raise ValueError(f'mask_logit_eps must be in (0, 0.5), got {mask_logit_eps!r}')
+        if not std_eps > 0:
+            raise ValueError(f'std_eps must be > 0, got {std_eps!r}')
+        self.num_regions = num_regions
+        self.threshold = float(threshold)
+        self.temperature = float(temperature)
+        self.normalize = normalize
+        self.kmeans_iters = kmeans_iters
+        self.use_points = use_points
+        self.use_boxes = use_boxes
+        self.use_masks = use_masks
+        self.mask_scale = mask_scale
+        self.mask_logit_eps = float(mask_logit_eps)
+        self.std_eps = float(std_eps)
+
+    def extra_repr(self) -> str:
+        return (f'num_regions={self.num_regions}, threshold={self.threshold}, '
+                f'temperature={self.temperature}, normalize={self.normalize!r}, '
+                f'kmeans_iters={self.kmeans_iters}, use_points={self.use_points}, '
+                f'use_boxes={self.use_boxes}, use_masks={self.use_masks}, '
+                f'mask_scale={self.mask_scale}')
+
+    def probability(self, score: Tensor) -> Tensor:
+        """Max-normalised spatial softmax (Fig. 3 (b)).
+
+        Args:
+            score (Tensor): (N, h, w) floating score maps.
+
+        Returns:
+            Tensor: (N, h*w) probabilities in [0, 1] with at least one exact 1 per map, in
+            the computation dtype (float32, or float64 for float64 input).
+        """
+        flat = score.flatten(1).to(torch.promote_types(score.dtype, torch.float32))  # (N, L)
+        if self.normalize == 'zscore':
+            mean = flat.mean(dim=1, keepdim=True)
+            std = flat.std(dim=1, unbiased=False, keepdim=True).clamp_min(self.std_eps)
+            flat = (flat - mean) / std
+        p = torch.softmax(flat / self.temperature, dim=1)  # (N, L)
+        return p / p.amax(dim=1, keepdim=True)
+
+    @torch.no_grad()
+    def forward(self, score: Tensor) -> PseudoPrompts:
+        """Generate the prompts of N score maps.
+
+        Args:
+            score (Tensor): (N, h, w) floating score maps, N = B*T (one per image and class).
+
+        Returns:
+            PseudoPrompts: detached prompts on ``score``'s device; floating outputs in
+            ``score``'s dtype, disabled prompt types ``None``.
+        """
+        if not isinstance(score, Tensor):
+            raise TypeError(f'score must be a torch.Tensor, got {type(score).__name__}')
+        if score.dim() != 3:
+            raise ValueError(f'score must be (N, h, w), got shape {tuple(score.shape)}')
+        if not score.is_floating_point():
+            raise ValueError(f'score must be a floating tensor, got {score.dtype}')
+        num_maps, h, w = score.shape
+        if h == 0 or w == 0:
+            raise ValueError(f'score maps must be non-empty, got h={h}, w={w}')
+        score = score.detach()
+        out_dtype, dev, k = score.dtype, score.device, self.num_regions
+
+        prob = self.probability(score)  # (N, L)
+        ctype = prob.dtype
+        foreground = prob >= self.threshold  # (N, L), argmax pixel always included
+        peak = prob.argmax(dim=1)  # (N,) first maximum
+        rows = torch.arange(h, device=dev, dtype=ctype).repeat_interleave(w)  # (L,)
+        cols = torch.arange(w, device=dev, dtype=ctype).repeat(h)  # (L,)
+        coords = torch.stack([rows, cols], dim=1)  # (L, 2) (row, col)
+        _, regions = pixel_kmeans(coords, foreground, peak, num_clusters=k,
+                                  num_iters=self.kmeans_iters)  # (N, L)
+        member = regions[:, :, None] == torch.arange(k, device=dev)  # (N, L, K)
+        nonempty = member.any(dim=1)  # (N, K)
+
+        points = labels = boxes = masks = None
+        if self.use_points:
+            masked = torch.where(member, prob[:, :, None], prob.new_tensor(-1.0))  # (N, L, K)
+            best = torch.where(nonempty, masked.argmax(dim=1), peak[:, None])  # (N, K)
+            # cell (row i, col j) -> point (x, y) = (j, i)
+            points = torch.stack([cols[best], rows[best]], dim=-1).to(out_dtype)  # (N, K, 2)
+            labels = torch.ones(num_maps, k, dtype=torch.long, device=dev)
+        if self.use_boxes:
+            boxes = self._boxes(member, nonempty, peak, rows, cols).to(out_dtype)
+        if self.use_masks:
+            masks = self._masks(prob * foreground, h, w).to(out_dtype)
+        return PseudoPrompts(points=points, point_labels=labels, boxes=boxes, masks=masks,
+                             probability=prob.view(num_maps, h, w).to(out_dtype),
+                             regions=regions.view(num_maps, h, w))
+
+    @staticmethod
+    def _boxes(member: Tensor, nonempty: Tensor, peak: Tensor, rows: Tensor,
+               cols: Tensor) -> Tensor:
+        """Tight (x0, y0, x1, y1) boxes (N, K, 4) of the (N, L, K) region memberships."""
+        big = rows.new_tensor(float('inf'))
+        r, c = rows[None, :, None], cols[None, :, None]  # (1, L, 1)
+        x0 = torch.where(member, c, big).amin(dim=1)  # (N, K)
+        y0 = torch.where(member, r, big).amin(dim=1)
+        x1 = torch.where(member, c, -big).amax(dim=1) + 1
+        y1 = torch.where(member, r, -big).amax(dim=1) + 1
+        boxes = torch.stack([x0, y0, x1, y1], dim=-1)  # (N, K, 4)
+        pr, pc = rows[peak], cols[peak]  # (N,)
+        peak_box = torch.stack([pc, pr, pc + 1, pr + 1], dim=-1)[:, None]  # (N, 1, 4)
+        return torch.where(nonempty[..., None], boxes, peak_box)
+
+    def _masks(self, merged: Tensor, h: int, w: int) -> Tensor:
+        """Mask logits (N, 1, s*h, s*w) of the (N, L) foreground-restricted probability."""
+        merged = merged.view(-1, 1, h, w)  # (N, L) -> (N, 1, h, w)
+        if self.mask_scale != 1:
+            merged = F.interpolate(merged, size=(self.mask_scale * h, self.mask_scale * w),
+                                   mode='bilinear', align_corners=False)
+        eps = self.mask_logit_eps
+        return torch.logit(merged.clamp(eps, 1 - eps))

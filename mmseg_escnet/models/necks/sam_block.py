@@ -1,0 +1,242 @@
+"""ESC-Net's SAM block (paper §3.4, Eq. 2) built from segment_anything's own modules.
+
+One ESC block refines the (already 256-d) CLIP image feature ``F_v`` with one pretrained
+SAM mask-decoder layer (:class:`segment_anything.modeling.transformer.TwoWayAttentionBlock`):
+for every image ``b`` and class ``t`` a SAM prompt set (pseudo points -> sparse tokens, pseudo
+mask -> dense embedding, from :func:`build_prompt_encoder`) plus one text token queries the
+image, and the two-way layer returns refined image tokens ``(F'_v)^t``.  All ``B*T`` prompt
+sets run as one batch (optionally in class chunks) and Eq. 2 fuses them class-agnostically:
+``F'_v = Conv1x1([F_v ; mean_t (F'_v)^t])`` (notes §11 items 8-9).
+
+Parameter names below ``block.`` are those of SAM's ``mask_decoder.transformer.layers.{i}.``;
+``output_tokens`` holds SAM's ``[iou_token; mask_tokens]``.  Loading official weights is in
+:mod:`mmseg_escnet.checkpoints.sam_official`.
+
+Shapes: B images, T classes, S = SAM dim (256), h x w the feature grid, Ns sparse tokens.
+"""
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from segment_anything.modeling.prompt_encoder import PromptEncoder
+from segment_anything.modeling.transformer import TwoWayAttentionBlock
+
+from ..layers.class_chunks import maybe_checkpoint
+
+__all__ = ['build_prompt_encoder', 'SAMBlock']
+
+
+def _check_pos_int(name: str, value: object, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f'{name} must be an int >= {minimum}, got {value!r}')
+
+
+def build_prompt_encoder(*, grid: Sequence[int] = (24, 24), embed_dim: int = 256,
+                         mask_in_chans: int = 16) -> PromptEncoder:
+    """SAM's :class:`PromptEncoder` working directly in feature-grid coordinates.
+
+    ``image_embedding_size`` and ``input_image_size`` are both ``grid``, so point coordinates
+    are given in grid-cell units, ``(x, y) = (col, row)`` (SAM adds 0.5 -> the cell centre,
+    which is exactly where :meth:`PromptEncoder.get_dense_pe` samples the dense PE of that
+    cell), and mask prompts are ``(N, 1, 4*h, 4*w)`` (SAM's low-resolution mask logits).
+
+    Args:
+        grid (Sequence[int]): feature grid ``(h, w)``.
+        embed_dim (int): prompt embedding dim S (256 in SAM); must be even.
+        mask_in_chans (int): hidden channels of the mask downscaling (16 in SAM); must be a
+            multiple of 4.
+
+    Returns:
+        PromptEncoder: ``forward(points=(coords (N, P, 2), labels (N, P)), boxes=None,
+        masks=(N, 1, 4h, 4w) | None)`` -> sparse ``(N, P+1, S)`` (a pad token is appended when
+        there are no boxes), dense ``(N, S, h, w)``; ``get_dense_pe()`` -> ``(1, S, h, w)``.
+
+    Raises:
+        ValueError: for a bad grid or dims.
+    """
+    if isinstance(grid, (str, bytes)) or not isinstance(grid, Sequence) or len(grid) != 2:
+        raise ValueError(f'grid must be a pair (h, w), got {grid!r}')
+    for name, v in zip(('grid[0]', 'grid[1]'), grid):
+        _check_pos_int(name, v)
+    _check_pos_int('embed_dim', embed_dim, 2)
+    if embed_dim % 2:
+        raise ValueError(f'embed_dim must be even (sin/cos PE halves), got {embed_dim}')
+    _check_pos_int('mask_in_chans', mask_in_chans, 4)
+    if mask_in_chans % 4:
+        raise ValueError(f'mask_in_chans must be a multiple of 4, got {mask_in_chans}')
+    size = (int(grid[0]), int(grid[1]))
+    return PromptEncoder(embed_dim=embed_dim, image_embedding_size=size, input_image_size=size,
+                         mask_in_chans=mask_in_chans)
+
+
+class SAMBlock(nn.Module):
+    """One ESC block's SAM part: prompt self-attention + two-way cross-attention (a SAM
+    TwoWayAttentionBlock), run on all T prompt sets of all B images as one batch, then Eq. 2
+    fusion.
+
+    Per prompt set ``n = b*T + t`` (class-major within each image):
+    ``queries = [output_tokens ; sparse_n ; text_proj(text[b, t])]`` ``(No+Ns+1, S)`` with
+    ``query_pe = queries`` (SAM's decoder passes its initial tokens as query PE),
+    ``keys = image[b] + dense_n`` ``(h*w, S)`` with ``key_pe = image_pe``; the two-way layer
+    returns the refined keys ``(F'_v)^n``.  Then ``F'_v = fuse([image ; mean_t (F'_v)^t])``.
+
+    Args:
+        text_dim (int): channels C of the class text embeddings.
+        embed_dim (int): SAM dim S (256).
+        num_heads (int): attention heads (8 in SAM).
+        mlp_dim (int): MLP hidden dim of the token MLP (2048 in SAM).
+        attention_downsample_rate (int): internal-dim divisor of the cross attentions (2).
+        skip_first_layer_pe (bool): SAM layer-0 semantics (self-attention without PE and
+            without residual); True for blocks initialised from SAM's layer 0.
+        num_output_tokens (int): learned output tokens prepended to the queries (5 = SAM's
+            iou token + 4 mask tokens; 0 disables them).
+    """
+
+    def __init__(self, *, text_dim: int, embed_dim: int = 256, num_heads: int = 8,
+                 mlp_dim: int = 2048, attention_downsample_rate: int = 2,
+                 skip_first_layer_pe: bool = False, num_output_tokens: int = 5) -> None:
+        super().__init__()
+        _check_pos_int('text_dim', text_dim)
+        _check_pos_int('embed_dim', embed_dim)
+        _check_pos_int('num_heads', num_heads)
+        _check_pos_int('mlp_dim', mlp_dim)
+        _check_pos_int('attention_downsample_rate', attention_downsample_rate)
+        _check_pos_int('num_output_tokens', num_output_tokens, 0)
+        if embed_dim % (num_heads * attention_downsample_rate):
+            raise ValueError(f'embed_dim ({embed_dim}) must be divisible by num_heads * '
+                             f'attention_downsample_rate ({num_heads} * '
+                             f'{attention_downsample_rate})')
+        self.text_dim = text_dim
+        self.embed_dim = embed_dim
+        self.num_output_tokens = num_output_tokens
+        self.block = TwoWayAttentionBlock(
+            embedding_dim=embed_dim, num_heads=num_heads, mlp_dim=mlp_dim,
+            activation=nn.ReLU, attention_downsample_rate=attention_downsample_rate,
+            skip_first_layer_pe=bool(skip_first_layer_pe))
+        self.output_tokens: Optional[nn.Embedding] = (
+            nn.Embedding(num_output_tokens, embed_dim) if num_output_tokens > 0 else None)
+        self.text_proj = nn.Linear(text_dim, embed_dim)
+        self.fuse = nn.Conv2d(2 * embed_dim, embed_dim, kernel_size=1)
+
+    @property
+    def skip_first_layer_pe(self) -> bool:
+        """Whether the wrapped SAM layer uses layer-0 semantics."""
+        return self.block.skip_first_layer_pe
+
+    # ------------------------------------------------------------------ input checks
+    def _check_inputs(self, image: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
+                      dense: torch.Tensor, text: torch.Tensor) -> Tuple[int, int, int, int]:
+        for name, x in (('image', image), ('image_pe', image_pe), ('sparse', sparse),
+                        ('dense', dense), ('text', text)):
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(f'{name} must be a torch.Tensor, got {type(x).__name__}')
+        s = self.embed_dim
+        if image.dim() != 4 or image.shape[1] != s:
+            raise ValueError(f'image must be (B, {s}, h, w), got {tuple(image.shape)}')
+        b, _, h, w = image.shape
+        if text.dim() != 3 or text.shape[0] != b or text.shape[2] != self.text_dim:
+            raise ValueError(f'text must be (B={b}, T, {self.text_dim}), got {tuple(text.shape)}')
+        t = text.shape[1]
+        if t == 0:
+            raise ValueError('text has no classes (T == 0)')
+        if tuple(image_pe.shape) != (1, s, h, w):
+            raise ValueError(f'image_pe must be (1, {s}, {h}, {w}), got {tuple(image_pe.shape)}')
+        if sparse.dim() != 3 or sparse.shape[0] != b * t or sparse.shape[2] != s:
+            raise ValueError(f'sparse must be (B*T={b * t}, Ns, {s}), got {tuple(sparse.shape)}')
+        if tuple(dense.shape) != (b * t, s, h, w):
+            raise ValueError(f'dense must be (B*T={b * t}, {s}, {h}, {w}), got '
+                             f'{tuple(dense.shape)}')
+        return b, t, h, w
+
+    # ------------------------------------------------------------------ parts
+    def build_queries(self, sparse: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Assemble the query tokens of every prompt set.
+
+        Args:
+            sparse (torch.Tensor): (N, Ns, S) sparse prompt embeddings.
+            text (torch.Tensor): (N, C) one text embedding per prompt set.
+
+        Returns:
+            torch.Tensor: (N, No+Ns+1, S) = ``[output_tokens ; sparse ; text_proj(text)]``.
+        """
+        parts = []
+        if self.output_tokens is not None:
+            # (No, S) -> (N, No, S)
+            parts.append(self.output_tokens.weight.unsqueeze(0).expand(sparse.shape[0], -1, -1))
+        parts.append(sparse)
+        parts.append(self.text_proj(text).unsqueeze(1))  # (N, C) -> (N, 1, S)
+        return torch.cat([p.to(sparse.dtype) for p in parts], dim=1)
+
+    def refine(self, image: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
+               dense: torch.Tensor, text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Run the two-way SAM layer on all ``B*T`` prompt sets (no chunking, no fusion).
+
+        Args:
+            image (torch.Tensor): (B, S, h, w) image feature F_v.
+            image_pe (torch.Tensor): (1, S, h, w) dense PE (``prompt_encoder.get_dense_pe()``).
+            sparse (torch.Tensor): (B*T, Ns, S) sparse prompts, index ``b*T + t``.
+            dense (torch.Tensor): (B*T, S, h, w) dense prompts, index ``b*T + t``.
+            text (torch.Tensor): (B, T, C) class text embeddings.
+
+        Returns:
+            tuple: refined queries (B*T, No+Ns+1, S) and refined keys ``(F'_v)^n``
+            (B*T, h*w, S).
+        """
+        self._check_inputs(image, image_pe, sparse, dense, text)
+        return self._refine(image, image_pe, sparse, dense, text)
+
+    def _refine(self, image: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
+                dense: torch.Tensor, text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        b, s, h, w = image.shape
+        t = text.shape[1]
+        queries = self.build_queries(sparse, text.reshape(b * t, -1))  # (B*T, Nq, S)
+        # (B, S, h, w) + (B, T, S, h, w) -> (B, T, S, h, w)
+        keys = image.unsqueeze(1) + dense.view(b, t, s, h, w)
+        keys = keys.flatten(3).flatten(0, 1).transpose(1, 2)  # -> (B*T, h*w, S)
+        key_pe = image_pe.flatten(2).transpose(1, 2)  # (1, S, h, w) -> (1, h*w, S)
+        return self.block(queries=queries, keys=keys, query_pe=queries, key_pe=key_pe)
+
+    def forward(self, image: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
+                dense: torch.Tensor, text: torch.Tensor,
+                class_chunk_size: Optional[int] = None, with_cp: bool = False) -> torch.Tensor:
+        """Refine F_v with every class's prompt set and fuse (Eq. 2).
+
+        Args:
+            image (torch.Tensor): (B, S, h, w) image feature F_v (already in SAM's S dims).
+            image_pe (torch.Tensor): (1, S, h, w) = ``prompt_encoder.get_dense_pe()``.
+            sparse (torch.Tensor): (B*T, Ns, S) sparse prompt embeddings, index ``b*T + t``.
+            dense (torch.Tensor): (B*T, S, h, w) dense prompt embeddings, index ``b*T + t``.
+            text (torch.Tensor): (B, T, C) class text embeddings F_l.
+            class_chunk_size (int, optional): process this many classes at a time (summing the
+                refined keys for the mean) to bound memory; None = all at once.  The result
+                equals the unchunked one up to float summation order.
+            with_cp (bool): checkpoint every chunk (training memory of one chunk).
+
+        Returns:
+            torch.Tensor: F'_v, (B, S, h, w).
+
+        Raises:
+            TypeError / ValueError: for non-tensors, inconsistent shapes or a bad chunk size.
+        """
+        b, t, h, w = self._check_inputs(image, image_pe, sparse, dense, text)
+        if class_chunk_size is not None:
+            _check_pos_int('class_chunk_size', class_chunk_size)
+        chunk = t if class_chunk_size is None else min(class_chunk_size, t)
+        s = self.embed_dim
+        ns = sparse.shape[1]
+        sparse_bt = sparse.view(b, t, ns, s)  # (B*T, Ns, S) -> (B, T, Ns, S)
+        dense_bt = dense.view(b, t, s, h, w)  # (B*T, S, h, w) -> (B, T, S, h, w)
+        total = None
+        for start in range(0, t, chunk):
+            stop = min(start + chunk, t)
+            tc = stop - start
+            _, keys = maybe_checkpoint(
+                self._refine, image, image_pe,
+                sparse_bt[:, start:stop].reshape(b * tc, ns, s),
+                dense_bt[:, start:stop].reshape(b * tc, s, h, w),
+                text[:, start:stop], with_cp=with_cp)  # keys: (B*Tc, h*w, S)
+            part = keys.view(b, tc, h * w, s).sum(dim=1)  # -> (B, h*w, S)
+            total = part if total is None else total + part
+        mean = (total / t).transpose(1, 2).reshape(b, s, h, w)  # (B, h*w, S) -> (B, S, h, w)
+        fused_in = torch.cat([image, mean.to(image.dtype)], dim=1)  # (B, 2S, h, w)
+        return self.fuse(fused_in)  # (B, 2S, h, w) -> (B, S, h, w)

@@ -1,0 +1,157 @@
+"""ESCNeck: composition, ablation switches, SAM initialisation, chunking, and the paper models on CPU."""
+import os.path as osp
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmseg.registry import MODELS
+from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from segment_anything.modeling.image_encoder import ImageEncoderViT
+
+import mmseg_escnet  # noqa: F401
+from mmseg_escnet.models.necks.esc_neck import ESCNeck
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+GRID = (24, 24)
+
+
+def _tiny_neck(**kwargs) -> ESCNeck:
+    torch.manual_seed(0)
+    args = dict(text_dim=16, num_blocks=2, hidden_dim=16, sam_dim=16, sam_num_heads=2,
+                sam_mlp_dim=32, sam_init='random', num_heads=2, appearance_guidance_dim=16,
+                text_guidance_dim=16, pad_len=0, feature_resolution=GRID)
+    args.update(kwargs)
+    return ESCNeck(**args)
+
+
+def _inputs(b=1, t=5, c=16):
+    torch.manual_seed(1)
+    img = torch.randn(b, c, *GRID)
+    text = torch.nn.functional.normalize(torch.randn(b, t, 1, c), dim=-1)
+    return img, text
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(),
+    dict(use_sam=False),
+    dict(ppg=dict(use_points=False, use_boxes=True, use_masks=True)),
+    dict(ppg=dict(use_points=True, use_boxes=True, use_masks=False)),
+    dict(score_source='initial', sam_layer_map='clamp'),
+])
+def test_forward_backward_shapes(kwargs):
+    neck = _tiny_neck(**kwargs).train()
+    img, text = _inputs(b=2, t=5)
+    img.requires_grad_(True)
+    out = neck(img, text, img)
+    assert out['cost'].shape == (2, 16, 5, *GRID) and out['class_index'] is None
+    out['cost'].square().mean().backward()
+    assert img.grad is not None and img.grad.abs().sum() > 0
+    has_sam = kwargs.get('use_sam', True)
+    assert hasattr(neck, 'sam_blocks') == has_sam
+
+
+def test_chunked_equals_unchunked_and_class_permutation():
+    neck = _tiny_neck().eval()
+    img, text = _inputs(t=7)
+    with torch.no_grad():
+        full = neck(img, text)['cost']
+        neck.class_chunk_size = 3
+        chunked = neck(img, text)['cost']
+        perm = torch.tensor([3, 0, 6, 1, 5, 2, 4])
+        permuted = neck(img, text[:, perm])['cost']
+    torch.testing.assert_close(chunked, full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(permuted, full[:, :, perm], atol=1e-5, rtol=1e-5)
+
+
+def test_checkpointed_chunks_give_the_same_gradients():
+    img, text = _inputs(t=5)
+    grads = []
+    for kwargs in (dict(), dict(class_chunk_size=2, with_cp=True)):
+        neck = _tiny_neck(**kwargs).train()
+        neck(img, text)['cost'].square().mean().backward()
+        grads.append({n: p.grad for n, p in neck.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 20
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_large_vocabulary_is_pruned_before_sam():
+    neck = _tiny_neck(pad_len=4).eval()
+    img, text = _inputs(t=9)
+    with torch.no_grad():
+        out = neck(img, text)
+    assert out['cost'].shape[2] == 4 and out['class_index'].shape == (1, 4)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match='sam_checkpoint'):
+        _tiny_neck(sam_init='pretrained')
+    with pytest.raises(ValueError, match='sam_init'):
+        _tiny_neck(sam_init='imagenet')
+    with pytest.raises(ValueError, match='score_source'):
+        _tiny_neck(score_source='x')
+    neck = _tiny_neck()
+    img, text = _inputs()
+    with pytest.raises(ValueError, match='feature grid'):
+        neck(img[..., :12, :12], text)
+    with pytest.raises(ValueError, match='text_dim'):
+        neck(img[:, :8], text[..., :8])
+
+
+def _official_sam_checkpoint(path) -> dict:
+    """A randomly initialised official SAM (tiny image encoder, real 256-d decoder), saved as published."""
+    torch.manual_seed(3)
+    sam = Sam(image_encoder=ImageEncoderViT(img_size=64, patch_size=16, embed_dim=32, depth=1,
+                                            num_heads=1, out_chans=256),
+              prompt_encoder=PromptEncoder(embed_dim=256, image_embedding_size=(4, 4),
+                                           input_image_size=(64, 64), mask_in_chans=16),
+              mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer_dim=256,
+                                       transformer=TwoWayTransformer(depth=2, embedding_dim=256,
+                                                                     mlp_dim=2048, num_heads=8)))
+    state = sam.state_dict()
+    torch.save(state, path)
+    return state
+
+
+def test_init_weights_loads_official_sam_with_mod_mapping(tmp_path):
+    path = str(tmp_path / 'sam_vit_tiny.pth')
+    state = _official_sam_checkpoint(path)
+    neck = ESCNeck(text_dim=16, num_blocks=4, sam_init='pretrained', sam_checkpoint=path,
+                   pad_len=0, feature_resolution=GRID)
+    neck.init_weights()
+    for k, block in enumerate(neck.sam_blocks):
+        layer = f'mask_decoder.transformer.layers.{k % 2}.'
+        for name, value in block.block.state_dict().items():
+            assert torch.equal(value, state[layer + name]), (k, name)
+        assert block.block.skip_first_layer_pe == (k % 2 == 0)
+    assert torch.equal(neck.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix,
+                       state['prompt_encoder.pe_layer.positional_encoding_gaussian_matrix'])
+
+
+PAPER_CONFIGS = ['escnet_vitb16.py', 'escnet_vitl14.py']
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', PAPER_CONFIGS)
+def test_paper_model_forward_backward_171_classes(name):
+    """Forward + backward of the paper configs at the paper resolution with 171 classes, on CPU."""
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', name))
+    cfg.model.neck.sam_init = 'random'  # no download in tests; shapes and the graph are the same
+    # Without checkpointing, autograd keeps ~20 GB of activations for 171 classes (mostly the
+    # 256-wide Swin blocks); chunks of 32 classes with activation checkpointing fit the CPU box.
+    cfg.model.neck.update(class_chunk_size=32, with_cp=True)
+    cfg.model.decode_head.update(class_chunk_size=32, with_cp=True)
+    init_default_scope('mmseg')
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model).train()
+    res = model.clip_resolution
+    image = torch.randn(1, 3, *res)
+    feats = model.extract_feat(image)
+    logits = model.decode_head(feats)
+    assert logits.shape == (1, 171, 96, 96)  # 24 x 24 grid for both CLIPs -> 4x upsampled
+    logits.float().mean().backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert any(n.startswith('neck.sam_blocks.3.block') for n in grads)
+    assert any(n.startswith('backbone.clip_model.transformer') for n in grads)  # text tower
+    assert any(n.startswith('decode_head.') for n in grads)
