@@ -131,6 +131,8 @@ class CLIPBackbone(BaseModule):
             TorchScript/state dict, open_clip state dict or safetensors, or a checkpoint from
             ``tools/model_converters/clip2mmseg.py``), or an open_clip pretrained tag of
             ``model_name`` such as ``'openai'`` (resolved to its published URL).
+        text_with_cp (bool): Activation checkpointing of the text tower's blocks (open_clip's
+            ``grad_checkpointing``): less memory in training, same gradients. Defaults to False.
         init_cfg (dict, optional): mmengine init config. Do not combine with ``pretrained``.
     """
 
@@ -142,6 +144,7 @@ class CLIPBackbone(BaseModule):
                  out_indices: Sequence[int] = (3, 7),
                  finetune: str = 'attention',
                  pretrained: Optional[str] = None,
+                 text_with_cp: bool = False,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         if finetune not in FINETUNE_POLICIES:
@@ -168,6 +171,10 @@ class CLIPBackbone(BaseModule):
         self.quick_gelu = bool(quick_gelu or cfg.pop('quick_gelu', False))
         cfg.pop('custom_text', None)
         self.clip_model = open_clip.model.CLIP(**cfg, quick_gelu=self.quick_gelu)
+        # open_clip's own per-block activation checkpointing of the text tower: in training the
+        # T x P prompts keep (T*P, 77, width) activations per block, the largest CLIP cost with
+        # big vocabularies; recomputing them in backward gives the same gradients.
+        self.clip_model.transformer.grad_checkpointing = bool(text_with_cp)
         self._split_attention()
 
         num_layers = len(self.clip_model.visual.transformer.resblocks)

@@ -167,3 +167,19 @@ def test_vit_l14_336_parameter_count_on_meta_device():
     assert backbone._resolve_pretrained_tag('/some/file.pt') == '/some/file.pt'
     with pytest.raises(ValueError, match="'no-such-tag' is neither a file.*tags: \\['openai'"):
         backbone._resolve_pretrained_tag('no-such-tag')
+
+
+def test_text_checkpointing_gives_the_same_text_gradients():
+    torch.manual_seed(0)
+    plain = _tiny()
+    checkpointed = _tiny(text_with_cp=True)
+    checkpointed.load_state_dict(plain.state_dict())
+    assert checkpointed.clip_model.transformer.grad_checkpointing
+    grads = []
+    for backbone in (plain, checkpointed):
+        backbone.train()
+        backbone.encode_text(_tokens(backbone)).square().sum().backward()
+        grads.append({n: p.grad for n, p in backbone.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-6, msg=name)

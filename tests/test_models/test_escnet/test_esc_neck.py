@@ -141,6 +141,7 @@ def test_paper_model_forward_backward_171_classes(name):
     # Without checkpointing, autograd keeps ~20 GB of activations for 171 classes (mostly the
     # 256-wide Swin blocks); chunks of 32 classes with activation checkpointing fit the CPU box.
     cfg.model.neck.update(class_chunk_size=32, with_cp=True)
+    cfg.model.backbone.text_with_cp = True  # the 171 prompts through the text tower
     cfg.model.decode_head.update(class_chunk_size=32, with_cp=True)
     init_default_scope('mmseg')
     torch.manual_seed(0)
