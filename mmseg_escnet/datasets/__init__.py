@@ -1,5 +1,14 @@
-"""Datasets."""
+"""Datasets: the zero-shot benchmarks in CAT-Seg's layout, a synthetic quick-start set, loaders."""
+from .ade20k import ADE150Dataset, ADE847Dataset
+from .benchmark_dataset import BenchmarkDataset
 from .coco_stuff171 import COCOStuff171Dataset
+from .pascal_context import PC59Dataset, PC459Dataset
 from .synthetic_shapes import SyntheticShapesDataset, ensure_synthetic_shapes
+from .transforms import LoadSegAnnotations
+from .voc import VOC20bDataset, VOC20Dataset
 
-__all__ = ['COCOStuff171Dataset', 'SyntheticShapesDataset', 'ensure_synthetic_shapes']
+__all__ = [
+    'ADE150Dataset', 'ADE847Dataset', 'BenchmarkDataset', 'COCOStuff171Dataset', 'PC59Dataset',
+    'PC459Dataset', 'SyntheticShapesDataset', 'ensure_synthetic_shapes', 'LoadSegAnnotations',
+    'VOC20Dataset', 'VOC20bDataset'
+]
