@@ -1,9 +1,9 @@
 """mmseg_escnet: open-vocabulary semantic segmentation models for MMSegmentation 1.x.
 
-Importing the package registers its models, datasets and hooks in mmseg's registries and makes
+Importing the package registers its models, datasets, metrics and hooks in mmseg's registries and makes
 MMEngine load its own checkpoints under torch >= 2.6 (see :mod:`mmseg_escnet.engine.checkpoint_loading`).
 """
-from . import datasets, engine, models  # noqa: F401  (registration)
+from . import datasets, engine, evaluation, models  # noqa: F401  (registration)
 from .engine.checkpoint_loading import install as _install_checkpoint_loading
 from .version import __version__
 

@@ -9,7 +9,10 @@ Data flow (B images, T classes, P prompt templates, C CLIP embedding dim, grid h
       -> neck:      dict(cost=(B, hidden, T', h, w), class_index=...)
       -> head:      logits (B, T, 4h, 4w)
 
-Everything else (loss, whole / slide inference, post-processing) is mmseg's :class:`EncoderDecoder`.
+Inference modes (``test_cfg.mode``): mmseg's ``'whole'`` and ``'slide'``, and
+``'sliding_global'``, CAT-Seg's evaluation protocol (squash to 640 x 640, 384 px crops with overlap
+plus a global view, averaged in sigmoid space; :mod:`.sliding_global_inference`), used for every
+number of the papers. The loss and the other modes are mmseg's :class:`EncoderDecoder`.
 The number of classes is not fixed: it is the size of the active vocabulary (``vocabulary`` in
 training, ``test_vocabulary`` in eval mode), which can be changed at any time with
 :meth:`set_vocabulary`.
@@ -17,12 +20,15 @@ training, ``test_vocabulary`` in eval mode), which can be changed at any time wi
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch.nn.functional as F
+from mmengine.structures import PixelData
 from mmseg.models.segmentors import EncoderDecoder
 from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
 from mmseg.utils import ConfigType, OptConfigType, OptMultiConfig
 from torch import Tensor
 
 from ..text import ClassEmbedder, Vocabulary
+from .sliding_global_inference import parse_protocol_cfg, sliding_global_inference
 
 VocabularyLike = Union[str, Sequence[str], dict, Vocabulary]
 
@@ -42,7 +48,10 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
         test_vocabulary (optional): Vocabulary used in eval mode; defaults to ``vocabulary``.
         clip_resolution (int | tuple): Size the images are resized to before CLIP, (H, W).
         text_chunk_size (int): Prompts encoded per text-encoder call (bounds memory).
-        train_cfg, test_cfg, data_preprocessor, init_cfg: As in :class:`EncoderDecoder`.
+        train_cfg, data_preprocessor, init_cfg: As in :class:`EncoderDecoder`.
+        test_cfg (dict): ``mode='whole'`` / ``'slide'`` as in :class:`EncoderDecoder`, or
+            ``dict(mode='sliding_global', kernel=384, overlap=0.333, out_size=(640, 640),
+            views_per_batch=0)`` for CAT-Seg's protocol; its ``seg_logits`` are probabilities.
     """
 
     def __init__(self,
@@ -152,3 +161,38 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
     def _forward(self, inputs: Tensor, data_samples: Optional[List] = None) -> Tensor:
         """Network forward without post-processing: logits (B, T, 4h, 4w)."""
         return self.decode_head.forward(self.extract_feat(inputs))
+
+    # -- inference -------------------------------------------------------------------------------
+    def predict(self, inputs: Tensor, data_samples: Optional[List] = None) -> List[SegDataSample]:
+        """Predict label maps at the original image size.
+
+        Args:
+            inputs (Tensor): (B, 3, H, W) CLIP-normalised, possibly padded images.
+            data_samples (list, optional): Their :class:`SegDataSample` (``img_shape``,
+                ``ori_shape``, padding and flip meta).
+
+        Returns:
+            list[SegDataSample]: with ``seg_logits`` (T, H0, W0) and ``pred_sem_seg`` (1, H0, W0).
+        """
+        if self.test_cfg.get('mode', 'whole') != 'sliding_global':
+            return super().predict(inputs, data_samples)
+        kernel, overlap, out_size, views_per_batch = parse_protocol_cfg(self.test_cfg)
+        if data_samples is None:
+            data_samples = [SegDataSample(metainfo=dict(ori_shape=inputs.shape[2:]))
+                            for _ in range(inputs.shape[0])]
+        height, width = inputs.shape[2:]
+        for i, sample in enumerate(data_samples):
+            meta = sample.metainfo
+            left, right, top, bottom = meta.get('img_padding_size',
+                                                meta.get('padding_size', [0, 0, 0, 0]))
+            image = inputs[i:i + 1, :, top:height - bottom, left:width - right]  # unpadded
+            probs = sliding_global_inference(self._forward, image, kernel=kernel,
+                                             overlap=overlap, out_size=out_size,
+                                             views_per_batch=views_per_batch)  # (1, T, 640, 640)
+            if meta.get('flip'):
+                probs = probs.flip(dims=(3, ) if meta['flip_direction'] == 'horizontal' else (2, ))
+            probs = F.interpolate(probs, size=tuple(meta['ori_shape'][:2]), mode='bilinear',
+                                  align_corners=False)[0]                     # (T, H0, W0)
+            sample.set_data(dict(seg_logits=PixelData(data=probs),
+                                 pred_sem_seg=PixelData(data=probs.argmax(dim=0, keepdim=True))))
+        return data_samples

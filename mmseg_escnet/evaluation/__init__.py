@@ -1,0 +1,4 @@
+"""Evaluation metrics."""
+from .background_iou_metric import IoUMetricWithBackground
+
+__all__ = ['IoUMetricWithBackground']

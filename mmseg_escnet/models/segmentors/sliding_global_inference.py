@@ -1,0 +1,110 @@
+"""CAT-Seg's evaluation protocol: overlapping crops of a squashed image plus a global view.
+
+The official ``CATSeg.inference_sliding_window`` (catseg_reference.md §7), used for every number
+CAT-Seg and ESC-Net report::
+
+    image (3, H, W)  --bilinear-->  (3, 640, 640)              # aspect ratio ignored
+      -> crops (N, 3, 384, 384) at stride int(384 * (1 - 0.333)) = 256  -> N = 2 x 2
+      +  global view: the unsquashed image resized to (3, 384, 384)
+      -> network on the N + 1 views (each resized to the CLIP resolution inside the segmentor)
+      -> logits (N + 1, T, h', w') --bilinear--> (N + 1, T, 384, 384) -> sigmoid
+      -> crops summed back onto the 640 x 640 canvas / number of crops covering each pixel
+      -> (crops + global view resized to 640 x 640) / 2       = probabilities (T, 640, 640)
+
+The caller resizes the result to the original image size. The crops are placed where
+``torch.nn.Unfold(kernel, stride)`` places them (offsets ``0, stride, 2 * stride, ...`` while the
+crop fits); a setting that leaves pixels uncovered is refused instead of dividing by zero.
+"""
+from typing import Callable, List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def crop_offsets(size: int, kernel: int, stride: int) -> List[int]:
+    """Start offsets of the crops along one axis, as ``nn.Unfold`` would take them.
+
+    Raises:
+        ValueError: If the crops do not cover ``size`` pixels (the last ``size - offset - kernel``
+            pixels would get no prediction).
+    """
+    if kernel > size or stride < 1:
+        raise ValueError(f'crops of {kernel} px with stride {stride} do not fit {size} px')
+    offsets = list(range(0, size - kernel + 1, stride))
+    if offsets[-1] + kernel != size:
+        raise ValueError(f'crops of {kernel} px with stride {stride} leave the last '
+                         f'{size - offsets[-1] - kernel} of {size} px uncovered; choose '
+                         f'kernel/overlap/out_size so that (out_size - kernel) % stride == 0')
+    return offsets
+
+
+def sliding_global_inference(forward: Callable[[Tensor], Tensor],
+                             image: Tensor,
+                             kernel: int = 384,
+                             overlap: float = 0.333,
+                             out_size: Sequence[int] = (640, 640),
+                             views_per_batch: int = 0) -> Tensor:
+    """Class probabilities of one image with CAT-Seg's sliding + global protocol.
+
+    Args:
+        forward (callable): ``(V, 3, kernel, kernel) -> logits (V, T, h', w')``, e.g. the
+            segmentor's network forward (which resizes to the CLIP resolution itself).
+        image (Tensor): (1, 3, H, W), normalised (normalisation commutes with bilinear resizing).
+        kernel (int): Crop size (384 for both B/16 and L/14, as official).
+        overlap (float): Fraction of overlap; stride = ``int(kernel * (1 - overlap))``.
+        out_size (tuple): (H', W') the image is squashed to (640, 640).
+        views_per_batch (int): Views per network call (0 = all at once, as official); smaller
+            values bound memory with large vocabularies and give the same result.
+
+    Returns:
+        Tensor: (1, T, H', W') probabilities in [0, 1].
+    """
+    if image.dim() != 4 or image.shape[0] != 1:
+        raise ValueError(f'expected one image (1, C, H, W), got {tuple(image.shape)}')
+    out_h, out_w = out_size
+    stride = int(kernel * (1 - overlap))
+    rows, cols = crop_offsets(out_h, kernel, stride), crop_offsets(out_w, kernel, stride)
+    squashed = F.interpolate(image, size=(out_h, out_w), mode='bilinear', align_corners=False)
+    crops = [squashed[..., y:y + kernel, x:x + kernel] for y in rows for x in cols]
+    global_view = F.interpolate(image, size=(kernel, kernel), mode='bilinear', align_corners=False)
+    views = torch.cat(crops + [global_view])                # (N + 1, C, kernel, kernel)
+
+    step = views_per_batch or views.shape[0]
+    logits = torch.cat([forward(views[i:i + step])
+                        for i in range(0, views.shape[0], step)])   # (N + 1, T, h', w')
+
+    # Views are upsampled one at a time: with 847 classes, (N + 1, T, 384, 384) at once would be
+    # 2.5 GB more than the (T, 640, 640) canvas. The arithmetic is the official one.
+    canvas = logits.new_zeros(1, logits.shape[1], out_h, out_w)
+    count = logits.new_zeros(1, 1, out_h, out_w)
+    for k, (y, x) in enumerate((y, x) for y in rows for x in cols):
+        canvas[..., y:y + kernel, x:x + kernel] += _probabilities(logits[k:k + 1], kernel)[0]
+        count[..., y:y + kernel, x:x + kernel] += 1
+    canvas /= count
+    global_probs = F.interpolate(_probabilities(logits[-1:], kernel), size=(out_h, out_w),
+                                 mode='bilinear', align_corners=False)
+    return canvas.add_(global_probs).div_(2)
+
+
+def _probabilities(logits: Tensor, kernel: int) -> Tensor:
+    """(V, T, h', w') logits -> (V, T, k, k) sigmoid probabilities at the crop resolution."""
+    logits = F.interpolate(logits, size=(kernel, kernel), mode='bilinear', align_corners=False)
+    return logits.sigmoid()
+
+
+def parse_protocol_cfg(test_cfg: dict) -> Tuple[int, float, Tuple[int, int], int]:
+    """Read ``kernel``, ``overlap``, ``out_size``, ``views_per_batch`` from a test_cfg.
+
+    Unknown keys are refused so that a typo does not silently fall back to a default.
+    """
+    allowed = {'mode', 'kernel', 'overlap', 'out_size', 'views_per_batch'}
+    unknown = set(test_cfg) - allowed
+    if unknown:
+        raise KeyError(f"test_cfg for mode 'sliding_global' has unknown keys {sorted(unknown)}; "
+                       f'allowed: {sorted(allowed)}')
+    out_size = test_cfg.get('out_size', (640, 640))
+    if isinstance(out_size, int):
+        out_size = (out_size, out_size)
+    return (int(test_cfg.get('kernel', 384)), float(test_cfg.get('overlap', 0.333)),
+            tuple(out_size), int(test_cfg.get('views_per_batch', 0)))
