@@ -6,11 +6,19 @@ import pytest
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
+from mmseg.registry import DATASETS, MODELS
+
 import mmseg_escnet  # noqa: F401
-from mmseg.registry import MODELS
+from mmseg_escnet.models.text import Vocabulary
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', '*.py')))
+BENCHMARKS = ('a847', 'pc459', 'a150', 'pc59', 'pas20', 'pas20b')
+ALL_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', '*.py')))
+# <model>_<benchmark>.py only change the test settings of <model>.py: checked without building.
+BENCHMARK_CONFIGS = [p for p in ALL_CONFIGS
+                     if osp.splitext(p)[0].rsplit('_', 1)[-1] in BENCHMARKS]
+CONFIGS = [p for p in ALL_CONFIGS if p not in BENCHMARK_CONFIGS]
+PAPER_MODELS = ('catseg_vitb16', 'catseg_vitl14', 'escnet_vitb16', 'escnet_vitl14')
 
 # catseg_reference.md §9: CLIP + aggregator/decoder + upsample1/2; trainable = CLIP Wq/Wv + the rest,
 # less the last vision block's Wq, which the dense forward never uses (official: always zero gradient).
@@ -42,3 +50,40 @@ def test_config_builds_without_weights(path):
         total = sum(p.numel() for p in model.parameters())
         assert abs(total - PAPER_TOTALS[name]) / PAPER_TOTALS[name] < 0.01, total
 
+
+
+def test_every_paper_model_has_all_six_benchmark_configs():
+    expected = {osp.join(ROOT, 'configs', f'{m}_{b}.py') for m in PAPER_MODELS for b in BENCHMARKS}
+    assert set(BENCHMARK_CONFIGS) == expected
+
+
+@pytest.mark.parametrize('path', BENCHMARK_CONFIGS, ids=osp.basename)
+def test_benchmark_config_is_consistent(path):
+    cfg = Config.fromfile(path)
+    parent = Config.fromfile(osp.splitext(path)[0].rsplit('_', 1)[0] + '.py')
+    # only the test settings differ from the trained model
+    model, parent_model = cfg.model.to_dict(), parent.model.to_dict()
+    for key in ('test_vocabulary', 'test_cfg'):
+        model.pop(key), parent_model.pop(key)
+    assert model == parent_model
+    assert cfg.model.test_cfg == dict(mode='sliding_global', kernel=384, overlap=0.333,
+                                      out_size=(640, 640))
+    dataset_cls = DATASETS.get(cfg.test_dataloader.dataset.type)
+    meta = dataset_cls.METAINFO
+    # the text vocabulary, the dataset's classes and the metric agree
+    assert cfg.model.test_vocabulary == meta['vocabulary']
+    vocabulary = Vocabulary(cfg.model.test_vocabulary)
+    evaluator = cfg.test_evaluator
+    assert evaluator.ignore_index == meta['ignore_index']
+    if 'background_index' in meta:
+        assert evaluator.type == 'IoUMetricWithBackground'
+        assert evaluator.background_index == meta['background_index'] == len(meta['classes']) - 1
+        assert len(vocabulary) == 59
+    else:
+        assert evaluator.type == 'IoUMetric'
+        assert len(vocabulary) == len(meta['classes'])
+    assert cfg.test_dataloader.batch_size == 1
+    assert set(cfg.test_dataloader) == {'batch_size', 'num_workers', 'persistent_workers',
+                                        'sampler', 'dataset'}  # nothing left from COCO
+    loader = [t['type'] for t in cfg.test_dataloader.dataset.pipeline]
+    assert 'LoadSegAnnotations' in loader and 'LoadAnnotations' not in loader

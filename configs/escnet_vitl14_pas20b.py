@@ -1,0 +1,6 @@
+# ESC-Net ViT-L/14 trained on COCO-Stuff-171, zero-shot on PASCAL-VOC-20b (Table 1), CAT-Seg's protocol.
+#   python tools/test.py configs/escnet_vitl14_pas20b.py CHECKPOINT
+_base_ = ['./escnet_vitl14.py', './_base_/benchmarks/pas20b.py']
+model = dict(test_vocabulary=_base_.benchmark.vocabulary, test_cfg=_base_.benchmark.test_cfg)
+test_dataloader = _base_.benchmark.dataloader
+test_evaluator = _base_.benchmark.evaluator

@@ -1,0 +1,115 @@
+"""Evaluate one checkpoint on the six zero-shot benchmarks and print the paper's Table 1 row.
+
+    python tools/eval_all.py configs/escnet_vitl14.py CHECKPOINT
+    python tools/eval_all.py configs/escnet_vitl14.py CHECKPOINT --benchmarks a150 pc59
+    tools/torchrun.sh 4 tools/eval_all.py configs/escnet_vitl14.py CHECKPOINT --launcher pytorch
+
+For ``configs/<model>.py`` it runs ``configs/<model>_<benchmark>.py`` for each benchmark (A-847,
+PC-459, A-150, PC-59, PAS-20, PAS-20b), one after the other, each in
+``<work-dir>/<benchmark>/``. After every benchmark the results so far are written to
+``<work-dir>/eval_all.json``, so an interrupted run loses nothing: ``--resume`` skips the
+benchmarks already evaluated with the same checkpoint. A benchmark that fails (e.g. its data is
+not prepared) is reported and the others still run; the exit status is then 1.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import sys
+import traceback
+from typing import Dict, List, Optional
+
+from mmengine.dist import get_rank
+from mmengine.runner import Runner
+
+import mmseg_escnet  # noqa: F401  (registers our modules; safe checkpoint loading)
+from mmseg_escnet.engine.launch import (add_common_arguments, load_config, prepare_distributed,
+                                        set_local_rank)
+
+BENCHMARKS = dict(a847='A-847', pc459='PC-459', a150='A-150', pc59='PC-59', pas20='PAS-20',
+                  pas20b='PAS-20b')
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Zero-shot evaluation on all benchmarks')
+    parser.add_argument('config', help='the model config, e.g. configs/escnet_vitl14.py')
+    parser.add_argument('checkpoint', help='checkpoint file (local path or URL)')
+    parser.add_argument('--benchmarks', nargs='+', choices=list(BENCHMARKS),
+                        default=list(BENCHMARKS), help='subset to run (default: all six)')
+    parser.add_argument('--resume', action='store_true',
+                        help='skip benchmarks already in <work-dir>/eval_all.json for this '
+                        'checkpoint')
+    add_common_arguments(parser)
+    args = parser.parse_args(argv)
+    set_local_rank(args.local_rank)
+    return args
+
+
+def benchmark_config(config: str, benchmark: str) -> str:
+    """``configs/escnet_vitl14.py`` + ``'a847'`` -> ``configs/escnet_vitl14_a847.py`` (must exist)."""
+    stem, ext = osp.splitext(config)
+    path = f'{stem}_{benchmark}{ext}'
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'no {BENCHMARKS[benchmark]} config for {config}: expected {path}')
+    return path
+
+
+def evaluate(path: str, args: argparse.Namespace, work_dir: str) -> Dict[str, float]:
+    """Run MMEngine's test loop for one benchmark config; returns its metrics."""
+    cfg = load_config(path, cfg_options=args.cfg_options, work_dir=work_dir,
+                      launcher=args.launcher)
+    cfg.load_from = args.checkpoint
+    if 'visualizer' in cfg:  # one visualizer instance per benchmark (MMEngine keeps them by name)
+        cfg.visualizer.name = f'visualizer_{osp.basename(work_dir)}'
+    cfg = prepare_distributed(cfg)
+    return Runner.from_cfg(cfg).test()
+
+
+def format_row(name: str, results: Dict[str, dict]) -> str:
+    """Markdown header and row: mIoU per benchmark in Table 1's order ('-' if not run)."""
+    header = '| Model | ' + ' | '.join(BENCHMARKS.values()) + ' |'
+    rule = '|---|' + '---|' * len(BENCHMARKS)
+    cells = [f'{results[b]["mIoU"]:.1f}' if 'mIoU' in results.get(b, {}) else '-'
+             for b in BENCHMARKS]
+    return '\n'.join([header, rule, f'| {name} | ' + ' | '.join(cells) + ' |'])
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    model = osp.splitext(osp.basename(args.config))[0]
+    configs = {b: benchmark_config(args.config, b) for b in args.benchmarks}  # fail early
+    work_dir = args.work_dir or osp.join('work_dirs', f'{model}_eval_all')
+    summary_path = osp.join(work_dir, 'eval_all.json')
+    summary = dict(config=args.config, checkpoint=args.checkpoint, results={})
+    if args.resume and osp.isfile(summary_path):
+        with open(summary_path, encoding='utf-8') as f:
+            previous = json.load(f)
+        if previous.get('checkpoint') == args.checkpoint:
+            summary['results'] = previous.get('results', {})
+    failures = {}
+    for benchmark, path in configs.items():
+        if 'mIoU' in summary['results'].get(benchmark, {}):
+            print(f'{BENCHMARKS[benchmark]}: already evaluated (--resume), skipped')
+            continue
+        try:
+            metrics = evaluate(path, args, osp.join(work_dir, benchmark))
+        except Exception as err:  # keep going: report it and evaluate the other benchmarks
+            traceback.print_exc()
+            failures[benchmark] = f'{type(err).__name__}: {err}'
+            continue
+        summary['results'][benchmark] = {k: float(v) for k, v in metrics.items()}
+        if get_rank() == 0:
+            os.makedirs(work_dir, exist_ok=True)
+            tmp = summary_path + '.tmp'
+            with open(tmp, 'w', encoding='utf-8') as f:
+                json.dump(summary, f, indent=2)
+            os.replace(tmp, summary_path)
+    if get_rank() == 0:
+        print(format_row(model, summary['results']))
+        for benchmark, message in failures.items():
+            print(f'{BENCHMARKS[benchmark]} failed: {message}', file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
