@@ -8,6 +8,9 @@ Only the non-CLIP part is handled here: the official ``Aggregator``
 so the mapping is a prefix substitution.  The precomputed Swin ``attn_mask`` buffers are
 dropped (our modules rebuild them).  Keys that belong to neither part (e.g. the CLIP model
 under ``sem_seg_head.predictor.clip_model.``) are returned separately for other converters.
+
+Whole checkpoints (CLIP included, every key accounted for) are converted by
+:func:`.catseg_checkpoint.convert_catseg_checkpoint`.
 """
 import re
 from typing import Dict, List, Mapping, Optional, Tuple
@@ -105,3 +108,4 @@ def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> Dict[st
         dict: sub-state-dict suitable for ``module.load_state_dict``.
     """
     return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
