@@ -24,3 +24,12 @@ def conformance():
         return torch.load(path, map_location='cpu')
 
     return load
+
+
+@pytest.fixture(autouse=True)
+def isolated_downloads(tmp_path, monkeypatch):
+    """Every test downloads into its own temporary cache, never the user's
+    ``~/.cache/mmseg_escnet``, and talks to the local test servers without a proxy."""
+    monkeypatch.setenv('MMSEG_ESCNET_CACHE', str(tmp_path / 'escnet_cache'))
+    monkeypatch.setenv('NO_PROXY', '127.0.0.1,localhost')
+    monkeypatch.setenv('no_proxy', '127.0.0.1,localhost')

@@ -23,8 +23,8 @@ from mmengine.dist import get_rank
 from mmengine.runner import Runner
 
 import mmseg_escnet  # noqa: F401  (registers our modules; safe checkpoint loading)
-from mmseg_escnet.engine.launch import (add_common_arguments, load_config, prepare_distributed,
-                                        set_local_rank)
+from mmseg_escnet.engine.launch import (add_common_arguments, checkpoint_argument, load_config,
+                                        prepare_distributed, set_local_rank)
 
 BENCHMARKS = dict(a847='A-847', pc459='PC-459', a150='A-150', pc59='PC-59', pas20='PAS-20',
                   pas20b='PAS-20b')
@@ -33,7 +33,8 @@ BENCHMARKS = dict(a847='A-847', pc459='PC-459', a150='A-150', pc59='PC-59', pas2
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Zero-shot evaluation on all benchmarks')
     parser.add_argument('config', help='the model config, e.g. configs/escnet_vitl14.py')
-    parser.add_argument('checkpoint', help='checkpoint file (local path or URL)')
+    parser.add_argument('checkpoint', type=checkpoint_argument,
+                        help='checkpoint: local file, http(s) URL or model-zoo name')
     parser.add_argument('--benchmarks', nargs='+', choices=list(BENCHMARKS),
                         default=list(BENCHMARKS), help='subset to run (default: all six)')
     parser.add_argument('--resume', action='store_true',

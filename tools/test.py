@@ -1,5 +1,9 @@
 """Evaluate a checkpoint: ``python tools/test.py CONFIG CHECKPOINT [--out D] [--show-dir D] [--cfg-options ...]``.
 
+CHECKPOINT is a local file, an http(s) URL (downloaded once into a verified cache) or a model-zoo
+name such as ``catseg_vitb16`` (see ``model-index.yml``; weights fetched and, if needed, converted
+on first use).
+
 Zero-shot on another vocabulary, e.g.
 ``python tools/test.py configs/catseg_vitb16.py ckpt.pth --cfg-options model.test_vocabulary=ade150``
 (the test dataset must have as many classes as the vocabulary).
@@ -10,14 +14,15 @@ import argparse
 from mmengine.runner import Runner
 
 import mmseg_escnet  # noqa: F401  (registers our modules; safe checkpoint loading)
-from mmseg_escnet.engine.launch import (add_common_arguments, load_config, prepare_distributed,
-                                        set_local_rank)
+from mmseg_escnet.engine.launch import (add_common_arguments, checkpoint_argument, load_config,
+                                        prepare_distributed, set_local_rank)
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test (and evaluate) an mmseg_escnet segmentor')
     parser.add_argument('config', help='config file')
-    parser.add_argument('checkpoint', help='checkpoint file (local path or URL)')
+    parser.add_argument('checkpoint', type=checkpoint_argument,
+                        help='checkpoint: local file, http(s) URL or model-zoo name')
     parser.add_argument('--out', help='folder to write the predicted label maps to')
     parser.add_argument('--show-dir', help='folder to write visualised predictions to')
     add_common_arguments(parser)

@@ -1,4 +1,14 @@
-"""Converters from official checkpoints to mmseg_escnet parameter names."""
+"""Checkpoints: converters from official checkpoints, verified downloads, model-zoo names."""
+from .catseg_checkpoint import convert_catseg_checkpoint
 from .catseg_official import convert_catseg_state_dict, map_catseg_key, strip_prefix
+from .download import (ChecksumError, DownloadError, cache_path, default_cache_dir,
+                       download_checkpoint, expected_sha256, file_sha256, load_checkpoint_from_url)
+from .model_zoo import (ModelInfo, fetch_weights, get_model, list_models, load_from_model_zoo,
+                        register_converter, resolve_checkpoint_arg)
 
-__all__ = ['convert_catseg_state_dict', 'map_catseg_key', 'strip_prefix']
+__all__ = [
+    'convert_catseg_checkpoint', 'convert_catseg_state_dict', 'map_catseg_key', 'strip_prefix', 'ChecksumError', 'DownloadError',
+    'cache_path', 'default_cache_dir', 'download_checkpoint', 'expected_sha256', 'file_sha256',
+    'load_checkpoint_from_url', 'ModelInfo', 'fetch_weights', 'get_model', 'list_models',
+    'load_from_model_zoo', 'register_converter', 'resolve_checkpoint_arg'
+]

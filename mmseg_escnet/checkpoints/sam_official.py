@@ -11,9 +11,9 @@ checkpoints have identical shapes for these.  ESC block ``k`` is initialised fro
 import os
 import os.path as osp
 import re
+import sys
 import warnings
 from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence
-from urllib.parse import urlparse
 
 import torch
 import torch.nn as nn
@@ -58,19 +58,19 @@ def _short(keys: Sequence[str], limit: int = 10) -> str:
 
 
 def _resolve(path_or_url: str, cache_dir: Optional[str]) -> str:
-    """Local path of ``path_or_url``; URLs are downloaded once into ``cache_dir``."""
+    """Local path of ``path_or_url``; URLs are downloaded once into a verified cache.
+
+    The official URLs are checked against their published SHA-256 (see
+    :func:`~mmseg_escnet.checkpoints.download.expected_sha256`); ``cache_dir`` defaults to
+    ``$MMSEG_ESCNET_CACHE/checkpoints``.
+    """
     if not isinstance(path_or_url, (str, os.PathLike)):
         raise TypeError(f'SAM checkpoint must be a path or URL string, got '
                         f'{type(path_or_url).__name__}')
     path_or_url = os.fspath(path_or_url)
     if path_or_url.startswith(_URL_SCHEMES):
-        if cache_dir is None:
-            cache_dir = osp.join(torch.hub.get_dir(), 'checkpoints')
-        os.makedirs(cache_dir, exist_ok=True)
-        local = osp.join(cache_dir, osp.basename(urlparse(path_or_url).path) or 'sam.pth')
-        if not osp.isfile(local):
-            torch.hub.download_url_to_file(path_or_url, local, progress=False)
-        return local
+        from .download import download_checkpoint
+        return download_checkpoint(path_or_url, cache_dir=cache_dir, progress=sys.stderr.isatty())
     if not osp.isfile(path_or_url):
         raise FileNotFoundError(f'SAM checkpoint file not found: {path_or_url!r}')
     return path_or_url
@@ -100,8 +100,8 @@ def load_sam_checkpoint(path_or_url: str, *,
         path_or_url (str): local file or ``http(s)://`` / ``file://`` URL of an official
             checkpoint (a plain ``Sam`` state dict; ``{'model': ...}`` and
             ``{'state_dict': ...}`` wrappers are accepted too).
-        cache_dir (str, optional): download folder for URLs; default torch.hub's
-            ``<hub_dir>/checkpoints``.
+        cache_dir (str, optional): download cache for URLs; default
+            ``$MMSEG_ESCNET_CACHE/checkpoints`` (see ``checkpoints/download.py``).
 
     Returns:
         dict: the ``prompt_encoder.*`` and ``mask_decoder.*`` entries with their official

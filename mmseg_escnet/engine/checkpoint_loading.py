@@ -93,6 +93,31 @@ def load_local_checkpoint(filename: str, map_location: Optional[Union[str, Calla
                 f'Original error: {error}') from error
 
 
+def load_from_verified_url(filename: str,
+                           map_location: Optional[Union[str, Callable]] = None) -> Any:
+    """``http(s)://`` loader: verified, cached download, then :func:`load_local_checkpoint`.
+
+    See :func:`mmseg_escnet.checkpoints.download.load_checkpoint_from_url` (MMEngine logs the
+    loader's name after ``load_from_``).
+    """
+    from ..checkpoints.download import load_checkpoint_from_url
+    return load_checkpoint_from_url(filename, map_location=map_location)
+
+
+def load_from_model_zoo(filename: str, map_location: Optional[Union[str, Callable]] = None) -> Any:
+    """``zoo://NAME`` loader: see :func:`mmseg_escnet.checkpoints.model_zoo.load_from_model_zoo`."""
+    from ..checkpoints.model_zoo import load_from_model_zoo as load
+    return load(filename, map_location=map_location)
+
+
 def install() -> None:
-    """Make :class:`CheckpointLoader` use :func:`load_local_checkpoint` for local files."""
+    """Register our loaders in :class:`CheckpointLoader`.
+
+    Local files use :func:`load_local_checkpoint`; ``http://`` and ``https://`` URLs are downloaded
+    once into a verified cache (:mod:`mmseg_escnet.checkpoints.download`); ``zoo://NAME`` names a
+    model of the model index (:mod:`mmseg_escnet.checkpoints.model_zoo`).
+    """
     CheckpointLoader.register_scheme(prefixes='', loader=load_local_checkpoint, force=True)
+    CheckpointLoader.register_scheme(prefixes=('http://', 'https://'),
+                                     loader=load_from_verified_url, force=True)
+    CheckpointLoader.register_scheme(prefixes='zoo://', loader=load_from_model_zoo, force=True)

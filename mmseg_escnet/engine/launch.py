@@ -5,6 +5,7 @@ Runner gives DDP ``device_ids=[local_rank]``). On a machine without CUDA we crea
 group ourselves (MMEngine then skips its own ``init_dist``) and wrap the model in DDP without
 ``device_ids``, so ``tools/dist_train.sh CONFIG N`` also runs on CPUs.
 """
+import argparse
 import os
 import os.path as osp
 from typing import Optional, Sequence
@@ -97,3 +98,16 @@ def add_common_arguments(parser, choices: Sequence[str] = LAUNCHERS) -> None:
                         'train_cfg.max_iters=100')
     parser.add_argument('--launcher', choices=list(choices), default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def checkpoint_argument(value: str) -> str:
+    """argparse ``type`` for a CHECKPOINT argument: a local file, a URL or a model-zoo name.
+
+    A model-zoo name becomes ``zoo://NAME``; anything else unknown is refused while the arguments
+    are parsed, before a model or a Runner is built.
+    """
+    from ..checkpoints.model_zoo import resolve_checkpoint_arg
+    try:
+        return resolve_checkpoint_arg(value)
+    except FileNotFoundError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error

@@ -24,9 +24,9 @@ import json
 import os
 import os.path as osp
 import struct
+import sys
 import zipfile
 from typing import Dict, Iterable, Mapping, Optional, Tuple
-from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
@@ -43,12 +43,17 @@ _PACKED_SUFFIX = 'in_proj_weight'
 
 
 def resolve_weights_path(path_or_url: str, cache_dir: Optional[str] = None) -> str:
-    """Return a local path for ``path_or_url``, downloading http(s) URLs once into a cache.
+    """Return a local path for ``path_or_url``, downloading http(s) URLs once into a verified cache.
+
+    URLs go through :func:`mmseg_escnet.checkpoints.download.download_checkpoint`: OpenAI's CLIP
+    URLs carry the file's SHA-256 in their path and are verified against it; a cached copy is used
+    offline.
 
     Args:
-        path_or_url (str): Local file path or ``http://``/``https://`` URL.
-        cache_dir (str, optional): Download folder. Defaults to torch.hub's checkpoint folder
-            (``$TORCH_HOME/hub/checkpoints``).
+        path_or_url (str): Local file path or ``http://``/``https://`` URL (``#sha256=<hex>`` pins
+            the hash of any URL).
+        cache_dir (str, optional): Download cache folder. Defaults to
+            ``$MMSEG_ESCNET_CACHE/checkpoints`` (``~/.cache/mmseg_escnet/checkpoints``).
 
     Returns:
         str: Path of an existing local file.
@@ -56,19 +61,14 @@ def resolve_weights_path(path_or_url: str, cache_dir: Optional[str] = None) -> s
     Raises:
         TypeError: If ``path_or_url`` is not a string or path.
         FileNotFoundError: If a local path does not exist.
+        DownloadError: If a download fails or does not verify.
     """
     if not isinstance(path_or_url, (str, os.PathLike)):
         raise TypeError(f'CLIP weights must be a path or URL string, got {type(path_or_url)!r}')
     path_or_url = os.fspath(path_or_url)
     if path_or_url.startswith(('http://', 'https://')):
-        if cache_dir is None:
-            cache_dir = osp.join(torch.hub.get_dir(), 'checkpoints')
-        os.makedirs(cache_dir, exist_ok=True)
-        filename = osp.basename(urlparse(path_or_url).path) or 'clip_weights.pt'
-        local = osp.join(cache_dir, filename)
-        if not osp.isfile(local):
-            torch.hub.download_url_to_file(path_or_url, local, progress=False)
-        return local
+        from ...checkpoints.download import download_checkpoint
+        return download_checkpoint(path_or_url, cache_dir=cache_dir, progress=sys.stderr.isatty())
     if not osp.isfile(path_or_url):
         raise FileNotFoundError(f'CLIP weights file not found: {path_or_url!r}')
     return path_or_url
@@ -226,7 +226,7 @@ def load_clip_weights(path_or_url: str, cache_dir: Optional[str] = None) -> Stat
 
     Args:
         path_or_url (str): Local path or http(s) URL of the weights.
-        cache_dir (str, optional): Download folder for URLs (default: torch.hub's).
+        cache_dir (str, optional): Download cache for URLs (see :func:`resolve_weights_path`).
 
     Returns:
         dict[str, Tensor]: open_clip names (packed ``in_proj_weight``), floating tensors as

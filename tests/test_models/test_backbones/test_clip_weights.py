@@ -14,6 +14,7 @@ import torch.nn as nn
 from mmengine.runner import load_checkpoint
 from safetensors.torch import save_file
 
+from mmseg_escnet.checkpoints.download import cache_path
 from mmseg_escnet.models.backbones.clip import CLIPBackbone
 from mmseg_escnet.models.backbones.clip_weights import (detect_format, load_clip_weights,
                                                         merge_qkv, resize_pos_embed, split_qkv)
@@ -227,10 +228,7 @@ def test_load_errors_name_file_and_keys(ref, tmp_path):
                                    atol=1e-5, rtol=0)
 
 
-def test_url_download_into_torch_hub_cache(ref, files, tmp_path, monkeypatch):
-    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
-    monkeypatch.setenv('NO_PROXY', '127.0.0.1,localhost')
-    monkeypatch.setenv('no_proxy', '127.0.0.1,localhost')
+def test_url_download_into_the_checkpoint_cache(ref, files, tmp_path):
     handler = functools.partial(_QuietHandler, directory=osp.dirname(files['open_clip']))
     server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -239,12 +237,12 @@ def test_url_download_into_torch_hub_cache(ref, files, tmp_path, monkeypatch):
         url = f'http://127.0.0.1:{server.server_address[1]}/open_clip_model.bin'
         backbone = _backbone(pretrained=url)
         backbone.init_weights()
+        cached = cache_path(url)
     finally:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
-    cached = tmp_path / 'torch_home' / 'hub' / 'checkpoints' / 'open_clip_model.bin'
-    assert cached.is_file()
+    assert cached.startswith(str(tmp_path)) and osp.isfile(cached)  # conftest's temporary cache
     with torch.no_grad():
         torch.testing.assert_close(backbone.encode_image(ref['image']), ref['expected'][0],
                                    atol=1e-5, rtol=0)

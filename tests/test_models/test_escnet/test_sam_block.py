@@ -8,6 +8,7 @@ import torch.nn as nn
 from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncoder, Sam,
                                        TwoWayTransformer)
 
+from mmseg_escnet.checkpoints.download import cache_path
 from mmseg_escnet.checkpoints.sam_official import init_from_sam, load_sam_checkpoint
 from mmseg_escnet.models.necks.sam_block import SAMBlock, build_prompt_encoder
 
@@ -113,20 +114,18 @@ def test_load_plain_and_wrapped_checkpoints(official, tmp_path):
         assert set(other) == set(state) and all(torch.equal(other[k], state[k]) for k in state)
 
 
-def test_url_downloads_into_cache_dir(official, tmp_path):
+def test_url_downloads_into_cache_dir(official, tmp_path, monkeypatch):
     _, path = official
-    cache = tmp_path / 'hub' / 'checkpoints'
-    state = load_sam_checkpoint('file://' + osp.abspath(path), cache_dir=str(cache))
-    assert (cache / osp.basename(path)).is_file()
+    url = 'file://' + osp.abspath(path)
+    cache = tmp_path / 'checkpoints'
+    state = load_sam_checkpoint(url, cache_dir=str(cache))
+    assert osp.isfile(cache_path(url, str(cache)))
     assert torch.equal(state['mask_decoder.iou_token.weight'],
                        load_sam_checkpoint(path)['mask_decoder.iou_token.weight'])
-    old = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / 'hub2'))
-    try:  # default: torch.hub's checkpoints folder
-        load_sam_checkpoint('file://' + osp.abspath(path))
-        assert (tmp_path / 'hub2' / 'checkpoints' / osp.basename(path)).is_file()
-    finally:
-        torch.hub.set_dir(old)
+    # default: the package's checkpoint cache under $MMSEG_ESCNET_CACHE
+    monkeypatch.setenv('MMSEG_ESCNET_CACHE', str(tmp_path / 'home'))
+    load_sam_checkpoint(url)
+    assert cache_path(url).startswith(str(tmp_path / 'home')) and osp.isfile(cache_path(url))
 
 
 def test_prompt_encoder_equals_official(official, loaded):

@@ -1,0 +1,68 @@
+"""The model index (model-index.yml and the metafiles) agrees with the configs and the docs."""
+import os.path as osp
+import re
+
+import pytest
+import yaml
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+BENCHMARKS = {  # metafile dataset name -> benchmark config suffix
+    'ADE20K-847': 'a847', 'PASCAL-Context-459': 'pc459', 'ADE20K-150': 'a150',
+    'PASCAL-Context-59': 'pc59', 'PASCAL-VOC-20': 'pas20', 'PASCAL-VOC-20b': 'pas20b'}
+DOC_ROWS = {'CAT-Seg ViT-B/16': 'catseg_vitb16', 'CAT-Seg ViT-L/14': 'catseg_vitl14',
+            'ESC-Net ViT-B/16': 'escnet_vitb16', 'ESC-Net ViT-L/14': 'escnet_vitl14'}
+
+
+def _models():
+    with open(osp.join(REPO, 'model-index.yml')) as f:
+        index = yaml.safe_load(f)
+    models = {}
+    for metafile in index['Import']:
+        with open(osp.join(REPO, metafile)) as f:
+            meta = yaml.safe_load(f)
+        collections = {c['Name'] for c in meta['Collections']}
+        for collection in meta['Collections']:
+            assert osp.isfile(osp.join(REPO, collection['README'])), collection['README']
+        for model in meta['Models']:
+            assert model['In Collection'] in collections, model['Name']
+            assert model['Name'] not in models, f'duplicate model name {model["Name"]}'
+            models[model['Name']] = model
+    return models
+
+
+MODELS = _models()
+
+
+@pytest.mark.parametrize('name', sorted(MODELS))
+def test_model_entry_matches_its_config(name):
+    model = MODELS[name]
+    assert model['Config'] == f'configs/{name}.py'
+    assert osp.isfile(osp.join(REPO, model['Config']))
+    results = model['Results']
+    assert [r['Dataset'] for r in results] == list(BENCHMARKS), 'the six benchmarks, in order'
+    for result in results:
+        assert result['Task'] == 'Semantic Segmentation'
+        assert set(result['Metrics']) == {'mIoU'} and 0 < result['Metrics']['mIoU'] < 100
+        assert result['Source'].startswith(('paper: ', 'ours: ')), result['Source']
+    if model.get('Weights') is not None:
+        assert model['Weights'].startswith('https://')
+
+
+@pytest.mark.parametrize('name', sorted(DOC_ROWS.values()))
+def test_paper_models_have_all_benchmark_configs(name):
+    for suffix in BENCHMARKS.values():
+        assert osp.isfile(osp.join(REPO, 'configs', f'{name}_{suffix}.py')), (name, suffix)
+
+
+def test_published_table_in_the_docs_matches_the_metafiles():
+    with open(osp.join(REPO, 'docs', 'benchmarks.md')) as f:
+        text = f.read()
+    table = text.split('## Published numbers', 1)[1]
+    found = 0
+    for row in re.findall(r'^\| (CAT-Seg|ESC-Net)( ViT-[BL]/1[46]) \|(.*)\|$', table, re.M):
+        name = DOC_ROWS[row[0] + row[1]]
+        numbers = [float(x) for x in row[2].split('|')]
+        paper = [r['Metrics']['mIoU'] for r in MODELS[name]['Results'] if r['Source'].startswith('paper')]
+        assert numbers == paper, name
+        found += 1
+    assert found == len(DOC_ROWS)

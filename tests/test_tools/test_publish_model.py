@@ -1,0 +1,130 @@
+"""tools/publish_model.py: strip training state, name the file with its own SHA-256."""
+import hashlib
+import importlib.util
+import os
+import os.path as osp
+import re
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from mmengine.logging import MessageHub
+from mmengine.runner import load_checkpoint
+
+from mmseg_escnet.checkpoints.download import ChecksumError, download_checkpoint
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.join(ROOT, 'tests', 'test_checkpoints'))
+from http_server import LocalHTTPServer  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location('publish_model',
+                                               osp.join(ROOT, 'tools', 'publish_model.py'))
+publish_model = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(publish_model)
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+
+
+@pytest.fixture
+def training_checkpoint(tmp_path, model):
+    """A checkpoint as MMEngine's Runner writes it (message hub, optimizer, NumPy meta)."""
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(3, 4)).sum().backward()
+    optimizer.step()
+    hub = MessageHub.get_instance('publish_model_test')
+    hub.update_scalar('train/loss', 0.5)
+    state = model.state_dict()
+    big = torch.arange(100_000, dtype=torch.float32)
+    state['extra.view'] = big[10:20]  # a view of a large storage
+    state['extra.transposed'] = torch.randn(3, 5).t()  # not contiguous
+    checkpoint = {
+        'meta': {'epoch': np.int64(0), 'iter': np.int64(4), 'seed': 0,
+                 'cfg': "model = dict(type='X')\n", 'experiment_name': 'run', 'time': '20260101',
+                 'mmengine_version': '0.10.7',
+                 'dataset_meta': {'classes': ('sky', 'grass'), 'palette': [[0, 0, 1], [0, 1, 0]],
+                                  'label_map': np.arange(3)}},
+        'state_dict': state,
+        'message_hub': hub.state_dict(),
+        'optimizer': optimizer.state_dict(),
+        'param_schedulers': [{'last_step': 4}],
+    }
+    path = str(tmp_path / 'iter_4.pth')
+    torch.save(checkpoint, path)
+    return path, state
+
+
+def _sha256(path):
+    with open(path, 'rb') as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def test_publish_strips_and_names_by_own_hash(training_checkpoint, tmp_path, capsys):
+    source, state = training_checkpoint
+    final = publish_model.main([source, str(tmp_path / 'out' / 'catseg_depth.pth')])
+    sha = _sha256(final)
+    # the name carries the hash of the written file; '.pth' stripped as a suffix, not characters
+    assert osp.basename(final) == f'catseg_depth-{sha[:8]}.pth'
+    assert os.listdir(tmp_path / 'out') == [osp.basename(final)]  # no temporary file left
+    printed = capsys.readouterr().out
+    assert f'published {final}' in printed and f'SHA-256: {sha}' in printed
+    assert f'Weights: https://<host>/<path>/catseg_depth-{sha[:8]}.pth' in printed
+    assert f'    Weights SHA-256: {sha}' in printed
+    published = torch.load(final, map_location='cpu', weights_only=True)  # plain types only
+    assert set(published) == {'state_dict', 'meta'}
+    assert set(published['state_dict']) == set(state)
+    for name, tensor in published['state_dict'].items():
+        assert tensor.is_contiguous() and torch.equal(tensor, state[name]), name
+    meta = published['meta']
+    assert (meta['source_iter'], meta['source_epoch']) == (4, 0)
+    assert type(meta['source_iter']) is int
+    assert meta['config'] == "model = dict(type='X')\n"
+    assert meta['dataset_meta'] == {'classes': ['sky', 'grass'],
+                                    'palette': [[0, 0, 1], [0, 1, 0]], 'label_map': [0, 1, 2]}
+    assert meta['trained_with_mmengine'] == '0.10.7'
+    assert re.fullmatch(r'\d+\.\d+\.\d+.*', meta['mmseg_escnet_version'])
+    # the view did not drag its 400 kB storage along
+    assert osp.getsize(final) < osp.getsize(source) and osp.getsize(final) < 100_000
+
+
+def test_refuses_files_that_are_not_training_checkpoints(tmp_path, model):
+    plain = str(tmp_path / 'plain.pth')
+    torch.save(model.state_dict(), plain)
+    with pytest.raises(SystemExit, match=r'plain\.pth: no state_dict in the checkpoint \(top-level '
+                       r"keys: \['0\.bias'"):
+        publish_model.main([plain, str(tmp_path / 'out.pth')])
+    garbage = tmp_path / 'garbage.pth'
+    garbage.write_bytes(b'not a checkpoint')
+    with pytest.raises(SystemExit, match=r'garbage\.pth: not a readable checkpoint'):
+        publish_model.main([str(garbage), str(tmp_path / 'out.pth')])
+    with pytest.raises(SystemExit, match=r'checkpoint file not found: .*missing\.pth'):
+        publish_model.main([str(tmp_path / 'missing.pth'), str(tmp_path / 'out.pth')])
+    bad = str(tmp_path / 'bad.pth')
+    torch.save({'state_dict': {'w': torch.zeros(1), 'note': 'text'}}, bad)
+    with pytest.raises(SystemExit, match=r"state_dict entry 'note' is a str, not a tensor"):
+        publish_model.main([bad, str(tmp_path / 'out.pth')])
+    assert not [n for n in os.listdir(tmp_path) if n.startswith('out')]
+
+
+def test_published_file_downloads_with_verification(training_checkpoint, tmp_path, model):
+    source, _ = training_checkpoint
+    served = tmp_path / 'served'
+    final = publish_model.main([source, str(served / 'tiny.pth')])
+    name = osp.basename(final)
+    with LocalHTTPServer(str(served)) as server:
+        url = server.url(name)  # the hash comes from the '-<sha8>' name alone
+        path = download_checkpoint(url, progress=False)
+        assert _sha256(path) == _sha256(final)
+        other = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+        load_checkpoint(other, url, map_location='cpu', strict=False)
+        assert torch.equal(other[2].weight, model[2].weight)
+        with open(final, 'r+b') as f:  # the server now has other bytes under the same name
+            f.seek(osp.getsize(final) // 2)
+            f.write(b'\x00corrupt\x00')
+        with pytest.raises(ChecksumError, match=rf'but {name[-12:-4]} was expected'):
+            download_checkpoint(url, cache_dir=str(tmp_path / 'other_cache'), progress=False)

@@ -1,0 +1,174 @@
+"""Make a training checkpoint publishable: ``python tools/publish_model.py IN_FILE OUT_FILE``.
+
+Keeps only the model weights (``state_dict``, tensors made contiguous, on the CPU) and a ``meta`` of
+plain Python types (versions, the source iteration/epoch, the dataset classes, the config text);
+optimizer, parameter schedulers, message hub and anything else are dropped, so the file loads with
+``torch.load(..., weights_only=True)``. The file is written as ``<OUT_STEM>-<sha8>.pth``, ``sha8``
+being the first 8 hex digits of the SHA-256 *of the written file*, which is what
+:func:`mmseg_escnet.checkpoints.download.expected_sha256` checks when the file is downloaded. The
+full hash and the lines for a metafile (``Weights:`` / ``Weights SHA-256:``) are printed.
+"""
+import argparse
+import numbers
+import os
+import os.path as osp
+import sys
+import tempfile
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import mmengine
+import numpy as np
+import torch
+
+import mmseg_escnet
+from mmseg_escnet.checkpoints.download import file_sha256
+from mmseg_escnet.engine.checkpoint_loading import load_local_checkpoint
+
+#: Keys of a Runner checkpoint's ``meta`` that are kept (under the names on the right).
+KEPT_META = {'epoch': 'source_epoch', 'iter': 'source_iter', 'cfg': 'config', 'seed': 'seed',
+             'experiment_name': 'experiment_name', 'time': 'time',
+             'mmengine_version': 'trained_with_mmengine', 'dataset_meta': 'dataset_meta'}
+
+
+def _plain(value: Any, where: str) -> Any:
+    """``value`` as plain Python types (numbers, str, bool, None, lists, str-keyed dicts).
+
+    Raises:
+        TypeError: For anything else, naming ``where``.
+    """
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return str(value)  # also str subclasses such as torch's TorchVersion
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f'{where}[{i}]') for i, v in enumerate(value)]
+    if isinstance(value, Mapping):
+        if not all(isinstance(k, str) for k in value):
+            raise TypeError(f'{where}: a mapping with non-string keys')
+        return {k: _plain(v, f'{where}.{k}') for k, v in value.items()}
+    raise TypeError(f'{where}: {type(value).__name__} is not a plain Python type')
+
+
+def strip_checkpoint(checkpoint: Any, source: str) -> Dict[str, Any]:
+    """Keep the weights and a plain-typed ``meta`` of a (Runner) checkpoint.
+
+    Args:
+        checkpoint (Any): The loaded checkpoint, a dict with ``state_dict``.
+        source (str): Its file name, for messages.
+
+    Returns:
+        dict: ``{'state_dict': {name: contiguous CPU tensor}, 'meta': {...}}``.
+
+    Raises:
+        ValueError: ``checkpoint`` is not a dict with a non-empty ``state_dict`` of tensors.
+    """
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f'{source}: not a checkpoint (expected a dict with a state_dict, got '
+                         f'{type(checkpoint).__name__})')
+    state_dict = checkpoint.get('state_dict')
+    if not isinstance(state_dict, Mapping) or not state_dict:
+        raise ValueError(f'{source}: no state_dict in the checkpoint (top-level keys: '
+                         f'{sorted(map(str, checkpoint))}); tools/publish_model.py publishes '
+                         f'checkpoints written by the training Runner')
+    weights = {}
+    for name, tensor in state_dict.items():
+        if not isinstance(name, str) or not torch.is_tensor(tensor):
+            raise ValueError(f'{source}: state_dict entry {name!r} is a '
+                             f'{type(tensor).__name__}, not a tensor')
+        tensor = tensor.detach().cpu().contiguous()
+        if tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size():
+            tensor = tensor.clone()  # a view of a larger storage: do not save the rest
+        weights[name] = tensor
+    meta = _plain({'mmseg_escnet_version': mmseg_escnet.__version__,
+                   'mmengine_version': mmengine.__version__, 'torch_version': torch.__version__},
+                  'meta')
+    old_meta = checkpoint.get('meta') or {}
+    for key, new_key in KEPT_META.items():
+        if key not in old_meta:
+            continue
+        try:
+            meta[new_key] = _plain(old_meta[key], f'meta.{key}')
+        except TypeError as error:
+            print(f'publish_model: dropping meta.{key} ({error})', file=sys.stderr)
+    return {'state_dict': weights, 'meta': meta}
+
+
+def published_name(out_file: str, sha256: str) -> str:
+    """``<out_file without .pth>-<first 8 hex of sha256>.pth``."""
+    stem = out_file[:-len('.pth')] if out_file.endswith('.pth') else out_file
+    return f'{stem}-{sha256[:8]}.pth'
+
+
+def publish(in_file: str, out_file: str) -> Tuple[str, str]:
+    """Strip ``in_file`` and write it beside ``out_file``, named with its own SHA-256.
+
+    Args:
+        in_file (str): A checkpoint written by the training Runner.
+        out_file (str): Output name; ``-<sha8>`` is inserted before ``.pth``.
+
+    Returns:
+        tuple[str, str]: The written path and its full SHA-256.
+
+    Raises:
+        FileNotFoundError: ``in_file`` does not exist.
+        ValueError: ``in_file`` is not a checkpoint with a ``state_dict``.
+    """
+    try:
+        checkpoint = load_local_checkpoint(in_file, map_location='cpu')
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # not a torch file, or objects outside the allow-list
+        raise ValueError(f'{in_file}: not a readable checkpoint ({type(error).__name__}: '
+                         f'{error})') from error
+    stripped = strip_checkpoint(checkpoint, in_file)
+    out_dir = osp.dirname(osp.abspath(out_file))
+    os.makedirs(out_dir, exist_ok=True)
+    handle, partial = tempfile.mkstemp(suffix='.part', dir=out_dir)
+    os.close(handle)
+    try:
+        torch.save(stripped, partial)
+        # self-check: the file must load without unpickling arbitrary objects
+        torch.load(partial, map_location='cpu', weights_only=True, mmap=True)
+        sha256 = file_sha256(partial)
+        final = published_name(osp.abspath(out_file), sha256)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(partial, 0o666 & ~umask)  # mkstemp makes it private; a published file is not
+        os.replace(partial, final)
+    finally:
+        if osp.exists(partial):
+            os.remove(partial)
+    return final, sha256
+
+
+def main(argv: Optional[Sequence[str]] = None) -> str:
+    """Command-line entry; returns the written path."""
+    parser = argparse.ArgumentParser(
+        description='Strip a training checkpoint to its weights and name it with its SHA-256')
+    parser.add_argument('in_file', help='checkpoint written by tools/train.py')
+    parser.add_argument('out_file', help='output name, e.g. catseg_vitb16.pth (becomes '
+                        'catseg_vitb16-<sha8>.pth)')
+    args = parser.parse_args(argv)
+    try:
+        final, sha256 = publish(args.in_file, args.out_file)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f'tools/publish_model.py: error: {error}') from error
+    lines: List[str] = [
+        f'published {final}', f'SHA-256: {sha256}', 'metafile lines (use the URL you upload to):',
+        f'    Weights: https://<host>/<path>/{osp.basename(final)}',
+        f'    Weights SHA-256: {sha256}'
+    ]
+    print('\n'.join(lines))
+    return final
+
+
+if __name__ == '__main__':
+    main()
