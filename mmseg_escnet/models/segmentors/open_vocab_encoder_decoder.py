@@ -19,6 +19,8 @@ training, ``test_vocabulary`` in eval mode), which can be changed at any time wi
 """
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+import torch
+
 import torch.nn.functional as F
 from mmengine.structures import PixelData
 from mmseg.models.segmentors import EncoderDecoder
@@ -163,6 +165,31 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
         return self.decode_head.forward(self.extract_feat(inputs))
 
     # -- inference -------------------------------------------------------------------------------
+    def postprocess_result(self, seg_logits: Tensor,
+                           data_samples: Optional[List] = None) -> List[SegDataSample]:
+        """mmseg's post-processing, with argmax semantics for a one-class vocabulary too.
+
+        mmseg treats a single output channel as binary segmentation (sigmoid, then a threshold
+        the head does not have). Here a label is always the best class of the vocabulary, so with
+        one class every pixel is class 0 and ``seg_logits`` stay logits.
+
+        Args:
+            seg_logits (Tensor): (B, T, h, w) logits.
+            data_samples (list, optional): as in :meth:`EncoderDecoder.postprocess_result`.
+
+        Returns:
+            list[SegDataSample]: with ``seg_logits`` (T, H0, W0) and ``pred_sem_seg`` (1, H0, W0).
+        """
+        if seg_logits.shape[1] != 1:
+            return super().postprocess_result(seg_logits, data_samples)
+        # (B, 1, h, w) -> (B, 2, h, w): a constant channel that never wins the argmax (finite, so
+        # mmseg's bilinear resize cannot turn it into NaN), removed again afterwards.
+        floor = torch.full_like(seg_logits, torch.finfo(seg_logits.dtype).min / 4)
+        samples = super().postprocess_result(torch.cat([seg_logits, floor], dim=1), data_samples)
+        for sample in samples:
+            sample.seg_logits = PixelData(data=sample.seg_logits.data[:1])
+        return samples
+
     def predict(self, inputs: Tensor, data_samples: Optional[List] = None) -> List[SegDataSample]:
         """Predict label maps at the original image size.
 

@@ -75,3 +75,22 @@ def test_tensor_mode(model):
         logits = model(data['inputs'], mode='tensor')
     # 96 px CLIP input, patch 4 -> 24 x 24 grid -> logits at 4x the grid
     assert logits.shape == (2, 5, 96, 96)
+
+
+def test_one_class_vocabulary_keeps_argmax_semantics(model):
+    """mmseg would treat one channel as binary segmentation; here every pixel is the class."""
+    model.eval()
+    data = model.data_preprocessor(_batch(n=1, size=80), training=False)
+    try:
+        model.set_vocabulary(['sky'])
+        with torch.no_grad():
+            out = model.predict(data['inputs'], data['data_samples'])
+            logits = model.inference(data['inputs'],
+                                     [s.metainfo for s in data['data_samples']])  # (1, 1, 96, 96)
+        logits = logits[:, :, :80, :80]  # the preprocessor padded 80 -> 96 at the bottom right
+        assert out[0].seg_logits.data.shape == (1, 80, 80)
+        torch.testing.assert_close(out[0].seg_logits.data, logits[0])   # logits, not sigmoid
+        assert out[0].pred_sem_seg.data.shape == (1, 80, 80)
+        assert (out[0].pred_sem_seg.data == 0).all()
+    finally:
+        model.set_vocabulary(['sky', 'grass', 'sand', 'snow', 'brick'])
