@@ -1,0 +1,459 @@
+"""Any-vocabulary inference with CAT-Seg / ESC-Net: :class:`OpenVocabInferencer`.
+
+Example::
+
+    from mmseg_escnet.apis import OpenVocabInferencer
+
+    inferencer = OpenVocabInferencer('configs/escnet_vitl14.py', weights='escnet_vitl14.pth',
+                                     vocabulary=['cat', 'dog, puppy', 'sky'])
+    result = inferencer('photo.jpg')
+    result['predictions']['sem_seg']      # (H0, W0) int64 class ids at the image's size
+    result['predictions']['scores']       # classes present: pixel fraction, mean probability
+    inferencer.set_vocabulary('ade150')   # any other vocabulary, no rebuilding
+
+It follows :class:`mmseg.apis.MMSegInferencer` (``inputs`` = path | array | list | folder,
+``batch_size``, ``return_datasamples``, ``out_dir``, ``show``, ``return_vis``) with these
+differences: the class count is the vocabulary's, images are read robustly (:mod:`.image_io`),
+large images are shrunk before inference, and every prediction is a dict with the label map at the
+original size, the class names and per-class scores instead of a bare label map. Batches are
+processed one at a time (predictions, visualisations and files are produced as they come), so a
+large folder does not keep every image's ``(T, H, W)`` probabilities in memory.
+"""
+import copy
+import os
+import os.path as osp
+import warnings
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import cv2
+import numpy as np
+import torch
+from mmcv.transforms import Compose
+from mmengine.config import Config
+from mmengine.dataset import pseudo_collate
+from mmengine.structures import PixelData
+from mmseg.apis import MMSegInferencer
+from mmseg.structures import SegDataSample
+from torch import nn
+
+from ..checkpoints.model_zoo import get_model
+from ..models.text import Vocabulary
+from ..visualization import make_palette, render_segmentation
+from .image_io import (list_images, read_image, resize_label_map, shrink_to_max_side, to_bgr_uint8,
+                       write_label_map)
+
+InputType = Union[str, 'os.PathLike[str]', np.ndarray]
+VocabularyLike = Union[str, 'os.PathLike[str]', Sequence[str], dict, Vocabulary]
+
+_ANNOTATION_LOADERS = ('LoadAnnotations', 'LoadSegAnnotations', 'LoadDepthAnnotation')
+_DEFAULT_PIPELINE = [dict(type='LoadImageFromFile'), dict(type='PackSegInputs')]
+
+
+def _resolve_model(model: Union[str, 'os.PathLike[str]', Config, dict],
+                   weights: Optional[str]) -> Tuple[Config, Optional[str]]:
+    """Turn a config path, ``Config`` or model-zoo name into (config, weights)."""
+    if isinstance(model, Config):
+        return copy.deepcopy(model), weights
+    if isinstance(model, dict):
+        return Config(copy.deepcopy(dict(model))), weights
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f'model must be a config path, a Config or a model-zoo name, got '
+                        f'{type(model).__name__}')
+    text = os.fspath(model)
+    if text.endswith('.py') or os.sep in text or osp.isfile(text):
+        if not osp.isfile(text):
+            raise FileNotFoundError(f'config file not found: {text}')
+        return Config.fromfile(text), weights
+    try:
+        info = get_model(text)
+    except KeyError as err:  # unknown name: the message suggests close names
+        raise ValueError(f'{text!r} is not a config file (.py): {err.args[0]}') from err
+    return Config.fromfile(info.config), weights if weights is not None else f'zoo://{text}'
+
+
+class OpenVocabInferencer(MMSegInferencer):
+    """Open-vocabulary semantic segmentation of images, with any vocabulary.
+
+    Args:
+        model (str | Config | dict): A config path / ``Config``, or a model-zoo name (resolved by
+            ``mmseg_escnet.checkpoints.model_zoo.get_model``; its weights default to
+            ``'zoo://<name>'``).
+        weights (str, optional): Checkpoint path or URL (anything mmengine's ``CheckpointLoader``
+            reads). Loaded strictly: keys or shapes that do not fit the model raise a
+            ``ValueError``. None (with a config) leaves the model randomly initialised and warns:
+            meant for tests only.
+        vocabulary (optional): The classes to segment: a list of names (an entry ``'a, b'`` gives
+            synonyms), a ``.txt`` file (one class per line) or ``.json`` list, a built-in name
+            (``'ade150'``), a dict of :class:`Vocabulary` arguments or a :class:`Vocabulary`. None
+            keeps the config's test vocabulary.
+        device (str, optional): ``'cpu'``, ``'cuda'``, ``'cuda:1'``...; None: CUDA if available,
+            else CPU.
+        max_side (int, optional): Images whose longer side exceeds it are shrunk to it (area
+            interpolation) before inference; label maps are returned at the original size. None
+            disables shrinking.
+        synonyms (str | int): Synonym policy for vocabularies given here or to
+            :meth:`set_vocabulary` as names or files: ``'all'`` (default: every synonym is used,
+            their embeddings averaged), ``'first'`` (CAT-Seg's benchmark protocol) or k.
+        templates (str | list, optional): Prompt templates for such vocabularies; None uses the
+            templates of the config's test vocabulary.
+        scope (str): Registry scope.
+        show_progress (bool): Show a progress bar over the batches.
+    """
+
+    preprocess_kwargs: set = set()
+    forward_kwargs: set = set()
+    visualize_kwargs: set = {'show', 'wait_time', 'img_out_dir', 'opacity', 'return_vis',
+                             'with_legend'}
+    postprocess_kwargs: set = {'pred_out_dir', 'return_datasample', 'return_probabilities'}
+
+    def __init__(self,
+                 model: Union[str, 'os.PathLike[str]', Config, dict],
+                 weights: Optional[str] = None,
+                 vocabulary: Optional[VocabularyLike] = None,
+                 device: Optional[str] = None,
+                 max_side: Optional[int] = 1024,
+                 synonyms: Union[str, int] = 'all',
+                 templates: Optional[Union[str, Sequence[str]]] = None,
+                 scope: str = 'mmseg',
+                 show_progress: bool = False) -> None:
+        if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int)
+                                     or max_side < 1):
+            raise ValueError(f'max_side must be a positive int or None, got {max_side!r}')
+        cfg, weights = _resolve_model(model, weights)
+        self._weights = weights
+        self.max_side = max_side
+        self.synonyms = synonyms
+        self.templates = templates
+        if device is None:
+            device = 'cuda' if torch.cuda.is_available() else 'cpu'
+        super().__init__(model=cfg, weights=weights, device=device, scope=scope)
+        self.show_progress = show_progress
+        self._config_templates = self.vocabulary.templates
+        if vocabulary is None:
+            self._sync_meta()
+        else:
+            self.set_vocabulary(vocabulary)
+
+    # -- model, pipeline, vocabulary ---------------------------------------------------------------
+    def _load_weights_to_model(self, model: nn.Module, checkpoint: Optional[dict],
+                               cfg: Optional[Config]) -> None:
+        """Load the weights strictly (a mismatch is an error, not a warning)."""
+        if checkpoint is None:
+            warnings.warn('OpenVocabInferencer: no weights given, the model is randomly '
+                          'initialised and its predictions are meaningless (tests only)')
+            return
+        if not isinstance(checkpoint, dict):
+            raise ValueError(f'weights {self._weights} hold a {type(checkpoint).__name__}, '
+                             'expected a state dict or a checkpoint dict with "state_dict"')
+        state = checkpoint.get('state_dict', checkpoint)
+        state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            msg = ' '.join(str(err).split())  # torch's message spans lines
+            msg = msg if len(msg) < 2000 else msg[:2000] + ' ...'
+            raise ValueError(f'weights {self._weights} do not fit the model of the config '
+                             f'({cfg.filename if cfg is not None else "?"}): {msg}') from err
+
+    def _init_pipeline(self, cfg: Config) -> Compose:
+        """The config's test pipeline without label loading, fed with arrays."""
+        try:
+            pipeline = copy.deepcopy(cfg.test_dataloader.dataset.pipeline)
+        except AttributeError:
+            pipeline = copy.deepcopy(_DEFAULT_PIPELINE)
+        pipeline = [t for t in pipeline
+                    if str(t['type']).split('.')[-1] not in _ANNOTATION_LOADERS]
+        types = [str(t['type']).split('.')[-1] for t in pipeline]
+        if 'LoadImageFromFile' not in types:
+            raise ValueError(f'the test pipeline of the config must start from LoadImageFromFile, '
+                             f'got {types}')
+        pipeline[types.index('LoadImageFromFile')]['type'] = 'LoadImageFromNDArray'
+        return Compose(pipeline)
+
+    def _init_visualizer(self, cfg: Config):
+        """mmseg's visualiser, only used by ``show`` (files are written here, without backends)."""
+        visualizer = dict(cfg.get('visualizer') or dict(type='SegLocalVisualizer'))
+        visualizer.pop('vis_backends', None)
+        visualizer.pop('save_dir', None)
+        cfg.visualizer = visualizer
+        return super()._init_visualizer(cfg)
+
+    def _init_collate(self, cfg: Config):
+        """The config's ``collate_fn``, else mmengine's ``pseudo_collate`` (the default)."""
+        if cfg.get('test_dataloader', {}).get('collate_fn') is None:
+            return pseudo_collate
+        return super()._init_collate(cfg)
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        """The vocabulary the model segments with."""
+        return self.model.test_text.vocabulary
+
+    @property
+    def classes(self) -> List[str]:
+        """Display names (first synonyms) of the T classes."""
+        return self.vocabulary.names
+
+    @property
+    def palette(self) -> np.ndarray:
+        """``(T, 3)`` ``uint8`` RGB colours of the classes."""
+        return make_palette(len(self.vocabulary))
+
+    def set_vocabulary(self, vocabulary: VocabularyLike) -> Vocabulary:
+        """Segment with another vocabulary from now on.
+
+        Args:
+            vocabulary: As the constructor's ``vocabulary`` (not None). Names and files use this
+                inferencer's ``synonyms`` and ``templates``; a :class:`Vocabulary` is used as is.
+
+        Returns:
+            Vocabulary: The new vocabulary.
+
+        Raises:
+            ValueError: Empty vocabulary (an empty list or string, a file without classes), empty
+                or duplicate names, unknown built-in name, missing file.
+        """
+        if isinstance(vocabulary, str) and not vocabulary.strip():
+            raise ValueError('the vocabulary is empty: got an empty string instead of class '
+                             'names, a vocabulary file or a built-in vocabulary name')
+        if not isinstance(vocabulary, Vocabulary):
+            options = dict(synonyms=self.synonyms,
+                           templates=self.templates or self._config_templates)
+            if isinstance(vocabulary, dict):
+                vocabulary = Vocabulary(**{**options, **vocabulary})
+            else:
+                vocabulary = Vocabulary(vocabulary, **options)
+        self.model.set_vocabulary(vocabulary, which='test')
+        self._sync_meta()
+        return vocabulary
+
+    def _sync_meta(self) -> None:
+        """Class names and palette of the vocabulary into the model and the visualiser."""
+        meta = dict(classes=self.classes, palette=self.palette.tolist())
+        self.model.dataset_meta = meta
+        self.visualizer.set_dataset_meta(**meta)
+
+    # -- the inference loop ---------------------------------------------------------------------
+    def __call__(self,
+                 inputs: Union[InputType, Sequence[InputType]],
+                 return_datasamples: bool = False,
+                 batch_size: int = 1,
+                 return_vis: bool = False,
+                 show: bool = False,
+                 wait_time: float = 0,
+                 out_dir: str = '',
+                 img_out_dir: str = 'vis',
+                 pred_out_dir: str = 'pred',
+                 opacity: float = 0.5,
+                 with_legend: bool = True,
+                 return_probabilities: bool = False) -> Any:
+        """Segment images.
+
+        Args:
+            inputs: An image path, a ``(H, W[, C])`` array (**BGR** like ``cv2.imread``; grayscale,
+                RGBA, 16-bit and float in [0, 1] are converted, see :mod:`.image_io`), a folder
+                (its images, sorted by name) or a list of paths and arrays.
+            return_datasamples (bool): Return the model's :class:`SegDataSample` (one, or a list)
+                instead of dicts; their ``pred_sem_seg`` is at the original size, ``seg_logits``
+                at the inference size.
+            batch_size (int): Images per forward pass.
+            return_vis (bool): Also return the rendered overlays (RGB arrays).
+            show (bool): Show each overlay in a window.
+            wait_time (float): Seconds each window stays (0: until a key is pressed).
+            out_dir (str): If set, overlays go to ``out_dir/img_out_dir/<name>.png`` and label
+                maps to ``out_dir/pred_out_dir/<name>.png`` (uint8, or uint16 when T > 256).
+            img_out_dir (str): Subfolder of ``out_dir`` for overlays.
+            pred_out_dir (str): Subfolder of ``out_dir`` for label maps.
+            opacity (float): Weight of the class colours in the overlay, in [0, 1].
+            with_legend (bool): Draw the legend of the classes present beside the overlay.
+            return_probabilities (bool): Add ``probabilities`` to each prediction.
+
+        Returns:
+            dict: ``predictions``: one dict per image (the dict itself for a single image), with
+
+            - ``sem_seg``: (H0, W0) int64 class ids at the original size;
+            - ``classes``: the T display names;
+            - ``scores``: one dict per class present, largest first: ``index``, ``name``,
+              ``fraction`` (share of the label map's pixels) and ``mean_probability`` (mean
+              probability of the class over the pixels it wins, at the inference size);
+            - ``max_probabilities``: (T,) float32, every class's maximum probability;
+            - ``img_path``: the file, or None for an array;
+            - ``probabilities`` (if asked): (T, h, w) float32 at the inference size (h, w), the
+              original size unless shrunk by ``max_side``;
+
+            and ``visualization``: the overlays (an empty list if none were asked for).
+            Probabilities are the sigmoid of the logits, or the model's output in the
+            ``sliding_global`` test mode (already probabilities).
+        """
+        img_out_dir = osp.join(out_dir, img_out_dir) if out_dir else ''
+        pred_out_dir = osp.join(out_dir, pred_out_dir) if out_dir else ''
+        items = self._inputs_to_list(inputs)
+        self._used_names: Dict[str, set] = {}
+        predictions, visualization, samples = [], [], []
+        batches = self.preprocess(items, batch_size=batch_size)
+        if self.show_progress:
+            from rich.progress import track
+            batches = track(batches, description='Inference', total=-(-len(items) // batch_size))
+        for images, data in batches:
+            preds = self.forward(data)
+            vis = self.visualize(images, preds, return_vis=return_vis, show=show,
+                                 wait_time=wait_time, img_out_dir=img_out_dir, opacity=opacity,
+                                 with_legend=with_legend)
+            visualization.extend(vis or [])
+            if return_datasamples:
+                samples.extend(preds)
+            else:
+                predictions.extend(self.postprocess(preds, vis, False, pred_out_dir=pred_out_dir,
+                                                    return_probabilities=return_probabilities))
+        if return_datasamples:
+            return samples[0] if len(samples) == 1 else samples
+        if len(predictions) == 1:
+            return dict(predictions=predictions[0],
+                        visualization=visualization[0] if visualization else visualization)
+        return dict(predictions=predictions, visualization=visualization)
+
+    def _inputs_to_list(self, inputs: Union[InputType, Sequence[InputType]]) -> List[InputType]:
+        """Expand a folder, check that files exist, wrap a single input in a list."""
+        if isinstance(inputs, (str, os.PathLike)) and osp.isdir(inputs):
+            return list_images(inputs)
+        items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        if not items:
+            raise ValueError('no input images: got an empty list')
+        for i, item in enumerate(items):
+            if isinstance(item, (str, os.PathLike)):
+                if osp.isdir(item):
+                    raise ValueError(f'input {i} is a folder ({os.fspath(item)}): pass a folder '
+                                     'alone, not inside a list')
+                if not osp.isfile(item):
+                    raise FileNotFoundError(f'image file {os.fspath(item)} not found')
+            elif not isinstance(item, np.ndarray):
+                raise TypeError(f'input {i}: expected an image path or a numpy array, got '
+                                f'{type(item).__name__}')
+        return items
+
+    def _load(self, item: InputType, index: int) -> Tuple[np.ndarray, Optional[str]]:
+        """One input as a ``(H0, W0, 3)`` BGR uint8 image, and its path (None for arrays)."""
+        if isinstance(item, np.ndarray):
+            return to_bgr_uint8(item, name=f'input {index}'), None
+        return read_image(item), os.fspath(item)
+
+    def preprocess(self, inputs: List[InputType], batch_size: int = 1,
+                   **kwargs) -> Iterator[Tuple[List[np.ndarray], dict]]:
+        """Read, shrink and run the test pipeline, batch by batch.
+
+        Yields:
+            Tuple[list, dict]: The batch's ``(H0, W0, 3)`` BGR images and the collated model input;
+            each data sample carries ``img_path`` and ``source_shape`` (H0, W0) in its metainfo.
+        """
+        if batch_size < 1:
+            raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+        for start in range(0, len(inputs), batch_size):
+            images, packed = [], []
+            for index in range(start, min(start + batch_size, len(inputs))):
+                image, path = self._load(inputs[index], index)
+                data = self.pipeline(dict(img=shrink_to_max_side(image, self.max_side)))
+                data['data_samples'].set_metainfo(dict(img_path=path,
+                                                       source_shape=tuple(image.shape[:2])))
+                images.append(image)
+                packed.append(data)
+            yield images, self.collate_fn(packed)
+
+    @torch.no_grad()
+    def forward(self, inputs: dict, **kwargs) -> List[SegDataSample]:
+        """Run the model; adds ``probabilities`` (T, h, w) and the original-size label map.
+
+        Images of different sizes in one batch are run one by one (mmseg's test preprocessor
+        needs equal sizes).
+        """
+        images, samples = inputs['inputs'], inputs['data_samples']
+        if len({tuple(x.shape) for x in images}) == 1:
+            preds = self.model.test_step(inputs)
+        else:
+            preds = [p for i in range(len(images))
+                     for p in self.model.test_step(dict(inputs=[images[i]],
+                                                        data_samples=[samples[i]]))]
+        for pred in preds:
+            logits = pred.seg_logits.data                                     # (T, h, w)
+            # the sliding_global mode returns probabilities, the other modes logits
+            is_prob = (self.model.test_cfg or {}).get('mode', 'whole') == 'sliding_global'
+            probs = (logits if is_prob else logits.sigmoid()).float().cpu()
+            small = probs.argmax(dim=0).numpy()                               # (h, w)
+            label_map = resize_label_map(small, pred.metainfo['source_shape'])  # (H0, W0)
+            pred.set_field(probs, 'probabilities', field_type='data')
+            pred.pred_sem_seg = PixelData(data=torch.from_numpy(label_map).long()[None])
+        return preds
+
+    def visualize(self, inputs: List[np.ndarray], preds: List[SegDataSample],
+                  return_vis: bool = False, show: bool = False, wait_time: float = 0,
+                  img_out_dir: str = '', opacity: float = 0.5,
+                  with_legend: bool = True) -> Optional[List[np.ndarray]]:
+        """Render overlays with a legend (see :func:`render_segmentation`).
+
+        Args:
+            inputs (list): The batch's ``(H0, W0, 3)`` BGR images.
+            preds (list): Their predictions from :meth:`forward`.
+
+        Returns:
+            list | None: RGB canvases if ``return_vis``.
+        """
+        if not (return_vis or show or img_out_dir):
+            return None
+        canvases = []
+        for image, pred in zip(inputs, preds):
+            canvas, _ = render_segmentation(image[:, :, ::-1], pred.pred_sem_seg.data[0].numpy(),
+                                            self.classes, self.palette, opacity, with_legend)
+            name = self._output_name(pred.metainfo['img_path'], 'vis', self.num_visualized_imgs)
+            if img_out_dir:
+                os.makedirs(img_out_dir, exist_ok=True)
+                if not cv2.imwrite(osp.join(img_out_dir, name), canvas[:, :, ::-1]):
+                    raise ValueError(f'could not write {osp.join(img_out_dir, name)}')
+            if show:
+                self.visualizer.show(canvas, win_name=name, wait_time=wait_time)
+            canvases.append(canvas)
+            self.num_visualized_imgs += 1
+        return canvases if return_vis else None
+
+    def postprocess(self, preds: List[SegDataSample], visualization: Optional[List[np.ndarray]],
+                    return_datasample: bool = False, pred_out_dir: str = '',
+                    return_probabilities: bool = False) -> List[Dict[str, Any]]:
+        """Per-image result dicts (see :meth:`__call__`); saves label maps to ``pred_out_dir``."""
+        names = self.classes
+        results = []
+        for pred in preds:
+            probs = pred.probabilities                                        # (T, h, w)
+            label_map = pred.pred_sem_seg.data[0].numpy()                     # (H0, W0)
+            num_classes = probs.shape[0]
+            small = probs.argmax(dim=0).flatten()
+            chosen = probs.flatten(1).gather(0, small[None])[0]               # (h * w,)
+            small_counts = torch.bincount(small, minlength=num_classes).double()
+            small_sums = torch.bincount(small, weights=chosen.double(), minlength=num_classes)
+            counts = np.bincount(label_map.ravel(), minlength=num_classes)
+            present = np.flatnonzero(counts)
+            scores = [dict(index=int(i), name=names[i], fraction=float(counts[i] / label_map.size),
+                           mean_probability=float(small_sums[i] / small_counts[i]))
+                      for i in present[np.lexsort((present, -counts[present]))]]
+            result = dict(sem_seg=label_map, classes=list(names), scores=scores,
+                          max_probabilities=probs.flatten(1).amax(dim=1).numpy(),
+                          img_path=pred.metainfo['img_path'])
+            if return_probabilities:
+                result['probabilities'] = probs.numpy()
+            if pred_out_dir:
+                name = self._output_name(pred.metainfo['img_path'], 'pred', self.num_pred_imgs)
+                write_label_map(osp.join(pred_out_dir, name), label_map, num_classes)
+            self.num_pred_imgs += 1
+            results.append(result)
+        return results
+
+    def _output_name(self, path: Optional[str], kind: str, counter: int) -> str:
+        """``<stem>.png`` for files, ``<counter>_<kind>.png`` for arrays (mmseg's naming).
+
+        A stem already written in this call (``a.jpg`` after ``a.png``) gets the suffix too
+        (``a_jpg.png``), so no output is overwritten.
+        """
+        if path is None:
+            return f'{counter:08d}_{kind}.png'
+        stem, suffix = osp.splitext(osp.basename(path))
+        used = self._used_names.setdefault(kind, set())
+        name = f'{stem}.png' if stem not in used else f'{stem}_{suffix.lstrip(".")}.png'
+        used.update((stem, osp.splitext(name)[0]))
+        return name

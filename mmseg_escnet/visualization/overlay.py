@@ -1,0 +1,264 @@
+"""Colours for any vocabulary size, label-map overlays and a legend of the classes present.
+
+All images here are **RGB** ``uint8`` arrays (``(H, W, 3)``); label maps are ``(H, W)`` integer
+class ids in ``[0, T)`` for a vocabulary of T classes. The palette depends only on T (class ``i``
+always gets colour ``i``), so a label map can be re-coloured without the vocabulary.
+
+Legend text is drawn with OpenCV's Hershey font, which has ASCII glyphs only: other characters are
+shown as ``'?'``.
+"""
+import colorsys
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+_GOLDEN = 0.618033988749895
+# (saturation, value) levels, cycled every few classes so that classes with close hues differ in
+# brightness; none is grey (s >= 0.45), so colours never collide with legend text and borders.
+_LEVELS = ((0.85, 0.95), (0.60, 0.70), (1.00, 0.55), (0.45, 0.90), (0.95, 0.80), (0.70, 0.45))
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_WHITE = (255, 255, 255)
+_BLACK = (0, 0, 0)
+
+
+@dataclass(frozen=True)
+class LegendEntry:
+    """One row of the legend: a class present in a label map.
+
+    Attributes:
+        index (int): Class id (channel of the logits).
+        name (str): Display name.
+        color (Tuple[int, int, int]): RGB colour in the palette.
+        fraction (float): Share of the label map's pixels, in ``(0, 1]``.
+    """
+
+    index: int
+    name: str
+    color: Tuple[int, int, int]
+    fraction: float
+
+
+def make_palette(num_classes: int) -> np.ndarray:
+    """A deterministic palette of pairwise distinct colours.
+
+    Hues follow the golden-ratio sequence (consecutive classes are far apart on the colour wheel);
+    saturation and brightness cycle through a few levels. Any collision after rounding to 8 bits is
+    resolved deterministically, so the colours are distinct for every ``num_classes <= 2**24``.
+
+    Args:
+        num_classes (int): T >= 1.
+
+    Returns:
+        np.ndarray: ``(T, 3)`` ``uint8`` RGB colours; row ``i`` is the colour of class ``i`` and
+        does not depend on T.
+
+    Raises:
+        ValueError: T < 1 or T > 2**24.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
+            or not 1 <= num_classes <= 2**24:
+        raise ValueError(f'num_classes must be an int in [1, 2**24], got {num_classes!r}')
+    palette = np.empty((num_classes, 3), dtype=np.uint8)
+    used = set()
+    fallback = 0  # next candidate of the exhaustive search, used only after many collisions
+    for i in range(num_classes):
+        sat, val = _LEVELS[(i // 5) % len(_LEVELS)]
+        rgb = colorsys.hsv_to_rgb((i * _GOLDEN) % 1.0, sat, val)
+        color = tuple(int(round(c * 255)) for c in rgb)
+        step = 0
+        while color in used:
+            step += 1
+            if step <= 256:  # deterministic walk through nearby-looking colours
+                color = ((color[0] + 37) % 256, (color[1] + 91) % 256, (color[2] + 53) % 256)
+            else:
+                while (fallback >> 16, (fallback >> 8) & 255, fallback & 255) in used:
+                    fallback += 1
+                color = (fallback >> 16, (fallback >> 8) & 255, fallback & 255)
+        used.add(color)
+        palette[i] = color
+    return palette
+
+
+def _check_label_map(label_map: np.ndarray, num_classes: int) -> np.ndarray:
+    """Validate a label map against a palette size; returns it as an integer array."""
+    label_map = np.asarray(label_map)
+    if label_map.ndim != 2 or not np.issubdtype(label_map.dtype, np.integer):
+        raise ValueError(f'label map must be a 2-D integer array (H, W), got shape '
+                         f'{label_map.shape} and dtype {label_map.dtype}')
+    if label_map.size and (label_map.min() < 0 or label_map.max() >= num_classes):
+        raise ValueError(f'label map holds ids in [{label_map.min()}, {label_map.max()}], but the '
+                         f'palette has {num_classes} colours')
+    return label_map
+
+
+def _check_palette(palette: np.ndarray) -> np.ndarray:
+    palette = np.asarray(palette)
+    if palette.ndim != 2 or palette.shape[1] != 3 or len(palette) == 0:
+        raise ValueError(f'palette must have shape (T, 3) with T >= 1, got {palette.shape}')
+    return palette.astype(np.uint8)
+
+
+def colorize(label_map: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """Paint every pixel with its class colour.
+
+    Args:
+        label_map (np.ndarray): ``(H, W)`` class ids in ``[0, T)``.
+        palette (np.ndarray): ``(T, 3)`` RGB colours.
+
+    Returns:
+        np.ndarray: ``(H, W, 3)`` ``uint8`` RGB.
+
+    Raises:
+        ValueError: Bad shapes or ids outside the palette.
+    """
+    palette = _check_palette(palette)
+    return palette[_check_label_map(label_map, len(palette))]
+
+
+def overlay(image: np.ndarray, label_map: np.ndarray, palette: np.ndarray,
+            opacity: float = 0.5) -> np.ndarray:
+    """Blend the coloured label map over an image.
+
+    Args:
+        image (np.ndarray): ``(H, W, 3)`` ``uint8`` RGB.
+        label_map (np.ndarray): ``(H, W)`` class ids in ``[0, T)``.
+        palette (np.ndarray): ``(T, 3)`` RGB colours.
+        opacity (float): Weight of the colours in ``[0, 1]``; 1 shows the colours only.
+
+    Returns:
+        np.ndarray: ``(H, W, 3)`` ``uint8`` RGB,
+        ``round((1 - opacity) * image + opacity * colour)``.
+
+    Raises:
+        ValueError: Bad opacity, shapes or dtype.
+    """
+    if not 0.0 <= float(opacity) <= 1.0:
+        raise ValueError(f'opacity must be in [0, 1], got {opacity}')
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f'image must be (H, W, 3) uint8 RGB, got shape {image.shape} and dtype '
+                         f'{image.dtype}')
+    colors = colorize(label_map, palette)
+    if colors.shape != image.shape:
+        raise ValueError(f'label map shape {np.shape(label_map)} does not match image shape '
+                         f'{image.shape[:2]}')
+    blended = (1.0 - opacity) * image.astype(np.float32) + opacity * colors.astype(np.float32)
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
+def legend_entries(label_map: np.ndarray, class_names: Sequence[str],
+                   palette: np.ndarray) -> List[LegendEntry]:
+    """The classes present in a label map, largest area first (ties: lower class id first).
+
+    Args:
+        label_map (np.ndarray): ``(H, W)`` class ids in ``[0, T)``.
+        class_names (Sequence[str]): T display names.
+        palette (np.ndarray): ``(T, 3)`` RGB colours.
+
+    Returns:
+        List[LegendEntry]: One entry per class present.
+
+    Raises:
+        ValueError: ``class_names`` and ``palette`` differ in length, or bad label map.
+    """
+    palette = _check_palette(palette)
+    if len(class_names) != len(palette):
+        raise ValueError(f'{len(class_names)} class names but {len(palette)} palette colours')
+    label_map = _check_label_map(label_map, len(palette))
+    counts = np.bincount(label_map.ravel(), minlength=len(palette))
+    present = np.flatnonzero(counts)
+    order = present[np.lexsort((present, -counts[present]))]
+    total = float(label_map.size)
+    return [LegendEntry(index=int(i), name=str(class_names[i]),
+                        color=tuple(int(c) for c in palette[i]), fraction=counts[i] / total)
+            for i in order]
+
+
+def legend_row_height(image_height: int) -> int:
+    """Legend row height for an image: readable on small images, not tiny on large ones.
+
+    Args:
+        image_height (int): H of the image the legend goes with.
+
+    Returns:
+        int: Row height in pixels, in ``[20, 64]``.
+    """
+    return int(np.clip(image_height // 24, 20, 64))
+
+
+def draw_legend(entries: Sequence[LegendEntry], row_height: int = 20,
+                show_fraction: bool = True) -> np.ndarray:
+    """Draw a legend panel: one row per entry, a colour swatch then the name.
+
+    Args:
+        entries (Sequence[LegendEntry]): Rows, top to bottom.
+        row_height (int): Height of a row in pixels (>= 8).
+        show_fraction (bool): Append the pixel share, e.g. ``'sky 42.0%'``.
+
+    Returns:
+        np.ndarray: ``(len(entries) * row_height + 2 * pad, width, 3)`` ``uint8`` RGB on white;
+        swatches are filled with the entry colour and outlined in black, text is black.
+    """
+    if row_height < 8:
+        raise ValueError(f'row_height must be >= 8, got {row_height}')
+    pad = max(2, row_height // 5)
+    swatch = row_height - pad
+    scale = cv2.getFontScaleFromHeight(_FONT, max(1, int(row_height * 0.5)), 1)
+    thickness = max(1, row_height // 24)
+    texts = []
+    for entry in entries:
+        text = entry.name.encode('ascii', 'replace').decode('ascii')
+        texts.append(f'{text} {entry.fraction:.1%}' if show_fraction else text)
+    text_width = max([cv2.getTextSize(t, _FONT, scale, thickness)[0][0] for t in texts] or [0])
+    height = len(entries) * row_height + 2 * pad
+    width = pad + swatch + pad + text_width + 2 * pad
+    panel = np.full((height, width, 3), 255, dtype=np.uint8)
+    for row, (entry, text) in enumerate(zip(entries, texts)):
+        top = pad + row * row_height + pad // 2
+        x0, y0, x1, y1 = pad, top, pad + swatch - 1, top + swatch - 1
+        cv2.rectangle(panel, (x0, y0), (x1, y1), entry.color, thickness=-1)
+        cv2.rectangle(panel, (x0, y0), (x1, y1), _BLACK, thickness=1)
+        (_, text_h), _ = cv2.getTextSize(text, _FONT, scale, thickness)
+        baseline_y = top + (swatch + text_h) // 2
+        cv2.putText(panel, text, (x1 + 1 + pad, baseline_y), _FONT, scale, _BLACK, thickness,
+                    cv2.LINE_AA)
+    return panel
+
+
+def render_segmentation(image: np.ndarray,
+                        label_map: np.ndarray,
+                        class_names: Sequence[str],
+                        palette: Optional[np.ndarray] = None,
+                        opacity: float = 0.5,
+                        with_legend: bool = True) -> Tuple[np.ndarray, List[LegendEntry]]:
+    """The overlay with a legend of the classes present placed to its right.
+
+    The overlay occupies ``canvas[:H, :W]`` unchanged; the legend panel is pasted at
+    ``canvas[:h, W:]`` and the rest is white, so nothing covers the image however small it is.
+
+    Args:
+        image (np.ndarray): ``(H, W, 3)`` ``uint8`` RGB.
+        label_map (np.ndarray): ``(H, W)`` class ids in ``[0, T)``.
+        class_names (Sequence[str]): T display names.
+        palette (np.ndarray, optional): ``(T, 3)`` RGB; defaults to :func:`make_palette` (T).
+        opacity (float): See :func:`overlay`.
+        with_legend (bool): False returns the bare overlay.
+
+    Returns:
+        Tuple[np.ndarray, List[LegendEntry]]: The ``(max(H, h), W + w, 3)`` RGB canvas
+        (``(H, W, 3)`` without legend) and the legend entries (classes present, largest first).
+    """
+    if palette is None:
+        palette = make_palette(len(class_names))
+    entries = legend_entries(label_map, class_names, palette)
+    blended = overlay(image, label_map, palette, opacity)
+    if not with_legend:
+        return blended, entries
+    panel = draw_legend(entries, row_height=legend_row_height(blended.shape[0]))
+    height = max(blended.shape[0], panel.shape[0])
+    canvas = np.full((height, blended.shape[1] + panel.shape[1], 3), 255, dtype=np.uint8)
+    canvas[:blended.shape[0], :blended.shape[1]] = blended
+    canvas[:panel.shape[0], blended.shape[1]:] = panel
+    return canvas, entries

@@ -1,0 +1,171 @@
+"""Image reading/conversion and label-map writing (mmseg_escnet.apis.image_io): no model needed."""
+import cv2
+import numpy as np
+import pytest
+
+from mmseg_escnet.apis.image_io import (label_map_dtype, list_images, read_image, resize_label_map,
+                                        shrink_to_max_side, to_bgr_uint8, write_label_map)
+
+
+@pytest.fixture(scope='module')
+def bgr():
+    return np.random.default_rng(0).integers(0, 256, (9, 13, 3), dtype=np.uint8)
+
+
+def test_grayscale_is_repeated_to_three_channels(bgr):
+    gray = bgr[:, :, 1]
+    for array in (gray, gray[:, :, None]):
+        out = to_bgr_uint8(array)
+        assert out.shape == (9, 13, 3) and out.dtype == np.uint8
+        for c in range(3):
+            np.testing.assert_array_equal(out[:, :, c], gray)
+
+
+def test_alpha_is_dropped_and_channel_order_kept(bgr):
+    alpha = np.full((9, 13, 1), 7, dtype=np.uint8)
+    np.testing.assert_array_equal(to_bgr_uint8(np.concatenate([bgr, alpha], axis=2)), bgr)
+    np.testing.assert_array_equal(to_bgr_uint8(bgr), bgr)
+
+
+def test_uint16_scales_the_full_range():
+    values = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    out = to_bgr_uint8(values)[:, :, 0].astype(np.int64)
+    # x / 257 is never exactly k + 0.5 (257 is odd), so round-half-up and rint agree.
+    np.testing.assert_array_equal(out, np.rint(values / 257.0).astype(np.int64))
+    assert out[0, 0] == 0 and out[-1, -1] == 255
+
+
+def test_uint16_of_an_8bit_image_gives_it_back(bgr):
+    np.testing.assert_array_equal(to_bgr_uint8(bgr.astype(np.uint16) * 257), bgr)
+
+
+def test_float_in_unit_range(bgr):
+    np.testing.assert_array_equal(to_bgr_uint8(bgr / 255.0), bgr)
+    np.testing.assert_array_equal(to_bgr_uint8((bgr / 255.0).astype(np.float32)), bgr)
+
+
+@pytest.mark.parametrize('array, message', [
+    (np.zeros((4, 4, 3), dtype=bool), r'unsupported dtype bool \(shape \(4, 4, 3\)\)'),
+    (np.zeros((4, 4, 3), dtype=np.int32), 'unsupported dtype int32'),
+    (np.zeros((4, 4, 2), dtype=np.uint8), r'got shape \(4, 4, 2\) \(dtype uint8\)'),
+    (np.zeros((2, 4, 4, 3), dtype=np.uint8), r'got shape \(2, 4, 4, 3\)'),
+    (np.zeros((4, ), dtype=np.uint8), r'got shape \(4,\)'),
+    (np.zeros((0, 4, 3), dtype=np.uint8), r'the image is empty, shape \(0, 4, 3\)'),
+    (np.full((4, 4), 1.5), r'values in \[1.5, 1.5\]'),
+    (np.full((4, 4), -0.1, dtype=np.float32), r'values in \[-0.1, -0.1\]'),
+    (np.full((4, 4), np.nan), 'non-finite values'),
+])
+def test_bad_arrays_are_refused(array, message):
+    with pytest.raises(ValueError, match=message):
+        to_bgr_uint8(array, name='input 0')
+
+
+def test_non_array_is_refused():
+    with pytest.raises(TypeError, match='input 3: expected a numpy array, got list'):
+        to_bgr_uint8([[1, 2]], name='input 3')
+
+
+def test_read_image_formats(tmp_path, bgr):
+    cv2.imwrite(str(tmp_path / 'c.png'), bgr)
+    cv2.imwrite(str(tmp_path / 'g.png'), bgr[:, :, 0])
+    cv2.imwrite(str(tmp_path / 'c16.png'), bgr.astype(np.uint16) * 257)
+    cv2.imwrite(str(tmp_path / 'a.png'), np.concatenate([bgr, bgr[:, :, :1]], axis=2))
+    cv2.imwrite(str(tmp_path / 'c.bmp'), bgr)
+    np.testing.assert_array_equal(read_image(tmp_path / 'c.png'), bgr)
+    np.testing.assert_array_equal(read_image(tmp_path / 'g.png'), np.repeat(bgr[:, :, :1], 3, 2))
+    np.testing.assert_array_equal(read_image(tmp_path / 'c16.png'), bgr)
+    np.testing.assert_array_equal(read_image(tmp_path / 'a.png'), bgr)
+    np.testing.assert_array_equal(read_image(str(tmp_path / 'c.bmp')), bgr)
+
+
+def test_read_image_non_ascii_path(tmp_path, bgr):
+    path = tmp_path / 'café_图像.png'
+    ok, data = cv2.imencode('.png', bgr)
+    assert ok
+    path.write_bytes(data.tobytes())
+    np.testing.assert_array_equal(read_image(path), bgr)
+
+
+def test_read_image_applies_exif_orientation(tmp_path):
+    from PIL import Image
+    stored = np.zeros((20, 40, 3), dtype=np.uint8)
+    stored[:, :20] = 255  # left half white
+    image = Image.fromarray(stored)
+    exif = image.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    image.save(tmp_path / 'rotated.jpg', exif=exif.tobytes(), quality=100)
+    shown = read_image(tmp_path / 'rotated.jpg')
+    assert shown.shape == (40, 20, 3)
+    assert shown[:18].mean() > 200 and shown[22:].mean() < 50  # white half now on top
+
+
+def test_read_image_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match='image file .*missing.png not found'):
+        read_image(tmp_path / 'missing.png')
+    with pytest.raises(FileNotFoundError, match='is a folder, not an image file'):
+        read_image(tmp_path)
+    (tmp_path / 'bad.png').write_bytes(b'this is not a png')
+    with pytest.raises(ValueError, match='cannot decode image file .*bad.png'):
+        read_image(tmp_path / 'bad.png')
+    (tmp_path / 'empty.jpg').write_bytes(b'')
+    with pytest.raises(ValueError, match='cannot decode image file .*empty.jpg'):
+        read_image(tmp_path / 'empty.jpg')
+
+
+def test_list_images_sorted_and_filtered(tmp_path, bgr):
+    for name in ('b.png', 'a.JPG', 'c.tif', 'notes.txt', 'z.npy'):
+        (tmp_path / name).write_bytes(b'x')
+    (tmp_path / 'sub.png').mkdir()  # a folder with an image suffix is not an image
+    assert [p.split('/')[-1] for p in list_images(tmp_path)] == ['a.JPG', 'b.png', 'c.tif']
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    (empty / 'readme.md').write_text('no images')
+    with pytest.raises(FileNotFoundError, match='image folder .*empty holds no image file'):
+        list_images(empty)
+    with pytest.raises(FileNotFoundError, match='image folder .*nope not found'):
+        list_images(tmp_path / 'nope')
+
+
+def test_shrink_to_max_side():
+    big = np.zeros((3000, 2000, 3), dtype=np.uint8)
+    assert shrink_to_max_side(big, 64).shape == (64, 43, 3)
+    assert shrink_to_max_side(big[:2000, :1], 100).shape == (100, 1, 3)  # sides stay >= 1
+    small = np.zeros((7, 5, 3), dtype=np.uint8)
+    assert shrink_to_max_side(small, 64) is small
+    assert shrink_to_max_side(big, None) is big
+
+
+@pytest.mark.parametrize('src, dst', [((7, 5), (30, 11)), ((30, 11), (7, 5)), ((1, 1), (4, 9))])
+def test_resize_label_map_is_opencv_nearest(src, dst):
+    labels = np.random.default_rng(1).integers(0, 200, src).astype(np.uint8)
+    expected = cv2.resize(labels, dst[::-1], interpolation=cv2.INTER_NEAREST)
+    resized = resize_label_map(labels.astype(np.int64), dst)
+    assert resized.dtype == np.int64
+    np.testing.assert_array_equal(resized, expected)
+    if dst[0] >= src[0] and dst[1] >= src[1]:  # enlarging keeps every class
+        assert set(np.unique(resized)) == set(np.unique(labels))
+
+
+def test_write_label_map_round_trip(tmp_path):
+    labels = np.random.default_rng(2).integers(0, 5, (6, 7))
+    path = write_label_map(tmp_path / 'sub' / 'l.png', labels, num_classes=5)
+    back = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert back.dtype == np.uint8
+    np.testing.assert_array_equal(back, labels)
+    wide = labels * 100  # ids up to 400 of 401 classes
+    back = cv2.imread(write_label_map(tmp_path / 'w.png', wide, 401), cv2.IMREAD_UNCHANGED)
+    assert back.dtype == np.uint16
+    np.testing.assert_array_equal(back, wide)
+    assert label_map_dtype(256) is np.uint8 and label_map_dtype(257) is np.uint16
+
+
+def test_write_label_map_errors(tmp_path):
+    labels = np.zeros((2, 2), dtype=np.int64)
+    with pytest.raises(ValueError, match='l.jpg does not end in .png'):
+        write_label_map(tmp_path / 'l.jpg', labels, 3)
+    with pytest.raises(ValueError, match=r'ids in \[0, 3\], outside \[0, 3\)'):
+        write_label_map(tmp_path / 'l.png', labels + np.array([[0, 3], [0, 0]]), 3)
+    with pytest.raises(ValueError, match='2-D integer array'):
+        write_label_map(tmp_path / 'l.png', labels.astype(float), 3)
+    with pytest.raises(ValueError, match='1 to 65536 classes, got 70000'):
+        write_label_map(tmp_path / 'l.png', labels, 70000)

@@ -1,0 +1,104 @@
+"""demo/image_demo.py: one real run as a subprocess, the rest in-process through ``main(argv)``."""
+import importlib.util
+import os
+import os.path as osp
+import re
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmseg.registry import MODELS
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+CONFIG = osp.join(ROOT, 'configs', 'catseg_tiny_synthetic.py')
+
+
+@pytest.fixture(scope='module')
+def demo():
+    spec = importlib.util.spec_from_file_location('image_demo',
+                                                  osp.join(ROOT, 'demo', 'image_demo.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='module')
+def files(tmp_path_factory):
+    """A random tiny CAT-Seg checkpoint, a 16-bit test image (45 x 70) and a broken one."""
+    folder = tmp_path_factory.mktemp('demo')
+    init_default_scope('mmseg')
+    model = MODELS.build(Config.fromfile(CONFIG).model)
+    torch.save(dict(state_dict=model.state_dict()), folder / 'tiny.pth')
+    image = np.random.default_rng(0).integers(0, 65536, (45, 70, 3), dtype=np.uint16)
+    cv2.imwrite(str(folder / 'image.png'), image)
+    (folder / 'bad.jpg').write_bytes(b'not a jpeg')
+    return folder
+
+
+def test_demo_subprocess_writes_overlay_and_labels(files, tmp_path):
+    out = tmp_path / 'result' / 'out.png'
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+    proc = subprocess.run(
+        [sys.executable, 'demo/image_demo.py', str(files / 'image.png'), CONFIG, '--checkpoint',
+         str(files / 'tiny.pth'), '--vocab', 'cat,dog|puppy,sky', '--out', str(out),
+         '--opacity', '1', '--device', 'cpu'],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    labels = cv2.imread(str(tmp_path / 'result' / 'out_labels.png'), cv2.IMREAD_UNCHANGED)
+    assert labels.dtype == np.uint8 and labels.shape == (45, 70) and labels.max() < 3
+    overlay = cv2.imread(str(out))
+    assert overlay.shape[1] > 70 and overlay.shape[0] >= 45  # image plus the legend beside it
+    names = ['cat', 'dog', 'sky']
+    printed = dict(re.findall(r'^\s+(\w+)\s+([\d.]+)%', proc.stdout, flags=re.M))
+    present = np.unique(labels)
+    assert sorted(printed) == sorted(names[i] for i in present)
+    for i in present:
+        assert float(printed[names[i]]) == pytest.approx(100 * (labels == i).mean(), abs=0.006)
+    assert f'wrote {out}' in proc.stdout
+
+
+def test_parse_vocab(demo, tmp_path):
+    assert demo.parse_vocab('cat, dog|puppy ,sky') == ['cat', 'dog, puppy', 'sky']
+    assert demo.parse_vocab('sky') == ['sky']
+    assert demo.parse_vocab('ade150') == 'ade150'
+    assert demo.parse_vocab(str(tmp_path / 'my.txt')) == str(tmp_path / 'my.txt')
+    assert demo.labels_path('a/b.jpg') == 'a/b_labels.png'
+
+
+def test_257_classes_give_a_uint16_label_map(demo, files, tmp_path, capsys):
+    vocab = tmp_path / 'many.txt'
+    vocab.write_text('\n'.join(f'class {i}' for i in range(257)))
+    out = tmp_path / 'o.jpg'
+    assert demo.main([str(files / 'image.png'), CONFIG, '--checkpoint', str(files / 'tiny.pth'),
+                      '--vocab', str(vocab), '--out', str(out), '--device', 'cpu']) == 0
+    labels = cv2.imread(str(tmp_path / 'o_labels.png'), cv2.IMREAD_UNCHANGED)
+    assert labels.dtype == np.uint16 and labels.shape == (45, 70) and labels.max() < 257
+    assert out.is_file() and 'of 257 classes present' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('case, message', [
+    (dict(image='bad.jpg'), 'cannot decode image file .*bad.jpg'),
+    (dict(image='missing.png'), 'image file .*missing.png not found'),
+    (dict(vocab=''), '--vocab is empty'),
+    (dict(vocab='cat,,dog'), 'class 1 .*empty name'),
+    (dict(vocab='none.txt'), 'vocabulary file not found: .*none.txt'),
+    (dict(config='nope.py'), 'config file not found: .*nope.py'),
+    (dict(checkpoint='nope.pth'), "checkpoint '.*nope.pth' is not an existing file"),
+    (dict(out='out.txt'), '--out .*out.txt: expected one of'),
+])
+def test_errors_exit_1_with_a_message(demo, files, capsys, case, message):
+    args = dict(image='image.png', config=CONFIG, checkpoint='tiny.pth', vocab='cat,dog',
+                out='out.png')
+    args.update(case)
+    argv = [str(files / args['image']), osp.join(files, args['config']), '--checkpoint',
+            str(files / args['checkpoint']), '--vocab', args['vocab'], '--out',
+            str(files / args['out'])]
+    assert demo.main(argv) == 1
+    err = capsys.readouterr().err
+    assert re.search(f'image_demo.py: error: {message}', err), err
+    assert 'Traceback' not in err
