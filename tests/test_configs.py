@@ -3,6 +3,7 @@ import glob
 import os.path as osp
 
 import pytest
+import yaml
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
@@ -31,6 +32,21 @@ OFFICIAL_COUNTS = {
 PAPER_TOTALS = {'escnet_vitl14.py': 451.3e6}
 
 
+def _metafile_params():
+    """``Parameters (M)`` of every model-zoo entry, by config file name."""
+    with open(osp.join(ROOT, 'model-index.yml')) as f:
+        metafiles = yaml.safe_load(f)['Import']
+    params = {}
+    for metafile in metafiles:
+        with open(osp.join(ROOT, metafile)) as f:
+            for model in yaml.safe_load(f)['Models']:
+                params[osp.basename(model['Config'])] = model['Metadata']['Parameters (M)']
+    return params
+
+
+METAFILE_PARAMS = _metafile_params()
+
+
 def _build(path):
     cfg = Config.fromfile(path)
     init_default_scope(cfg.get('default_scope', 'mmseg'))
@@ -49,7 +65,9 @@ def test_config_builds_without_weights(path):
     if name in PAPER_TOTALS:
         total = sum(p.numel() for p in model.parameters())
         assert abs(total - PAPER_TOTALS[name]) / PAPER_TOTALS[name] < 0.01, total
-
+    if name in METAFILE_PARAMS:  # the model index states our count, rounded to 0.1M
+        total = sum(p.numel() for p in model.parameters())
+        assert METAFILE_PARAMS[name] == round(total / 1e6, 1), (name, total)
 
 
 def test_every_paper_model_has_all_six_benchmark_configs():

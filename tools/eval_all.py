@@ -23,8 +23,9 @@ from mmengine.dist import get_rank
 from mmengine.runner import Runner
 
 import mmseg_escnet  # noqa: F401  (registers our modules; safe checkpoint loading)
-from mmseg_escnet.engine.launch import (add_common_arguments, checkpoint_argument, load_config,
-                                        prepare_distributed, set_local_rank)
+from mmseg_escnet.engine.launch import (add_common_arguments, check_zoo_checkpoint,
+                                        checkpoint_argument, load_config, prepare_distributed,
+                                        set_local_rank)
 
 BENCHMARKS = dict(a847='A-847', pc459='PC-459', a150='A-150', pc59='PC-59', pas20='PAS-20',
                   pas20b='PAS-20b')
@@ -79,6 +80,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     model = osp.splitext(osp.basename(args.config))[0]
     configs = {b: benchmark_config(args.config, b) for b in args.benchmarks}  # fail early
+    try:
+        check_zoo_checkpoint(load_config(args.config), args.checkpoint)
+    except ValueError as error:
+        raise SystemExit(f'tools/eval_all.py: error: {error}') from error
     work_dir = args.work_dir or osp.join('work_dirs', f'{model}_eval_all')
     summary_path = osp.join(work_dir, 'eval_all.json')
     summary = dict(config=args.config, checkpoint=args.checkpoint, results={})

@@ -134,7 +134,10 @@ def publish(in_file: str, out_file: str) -> Tuple[str, str]:
     handle, partial = tempfile.mkstemp(suffix='.part', dir=out_dir)
     os.close(handle)
     try:
-        torch.save(stripped, partial)
+        # Through a file object: torch.save then names the zip records 'archive/...' instead of
+        # after the (random) temporary file, so the same input always gives the same bytes and name.
+        with open(partial, 'wb') as f:
+            torch.save(stripped, f)
         # self-check: the file must load without unpickling arbitrary objects
         torch.load(partial, map_location='cpu', weights_only=True, mmap=True)
         sha256 = file_sha256(partial)

@@ -14,8 +14,9 @@ import argparse
 from mmengine.runner import Runner
 
 import mmseg_escnet  # noqa: F401  (registers our modules; safe checkpoint loading)
-from mmseg_escnet.engine.launch import (add_common_arguments, checkpoint_argument, load_config,
-                                        prepare_distributed, set_local_rank)
+from mmseg_escnet.engine.launch import (add_common_arguments, check_zoo_checkpoint,
+                                        checkpoint_argument, load_config, prepare_distributed,
+                                        set_local_rank)
 
 
 def parse_args() -> argparse.Namespace:
@@ -35,6 +36,10 @@ def main() -> None:
     args = parse_args()
     cfg = load_config(args.config, cfg_options=args.cfg_options, work_dir=args.work_dir,
                       launcher=args.launcher)
+    try:
+        check_zoo_checkpoint(cfg, args.checkpoint)
+    except ValueError as error:
+        raise SystemExit(f'tools/test.py: error: {error}') from error
     cfg.load_from = args.checkpoint
     if args.show_dir:
         if 'visualization' not in cfg.get('default_hooks', {}):

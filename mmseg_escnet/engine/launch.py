@@ -15,6 +15,9 @@ import torch.distributed as dist
 from mmengine.config import Config
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
+#: Config keys that decide whether a model's weights fit another config's model.
+ARCHITECTURE_KEYS = ('type', 'backbone.type', 'backbone.model_name', 'backbone.model_cfg',
+                     'neck.type', 'decode_head.type')
 
 
 def load_config(config: str, *, cfg_options: Optional[dict] = None, work_dir: Optional[str] = None,
@@ -111,3 +114,40 @@ def checkpoint_argument(value: str) -> str:
         return resolve_checkpoint_arg(value)
     except FileNotFoundError as error:
         raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def _lookup(cfg: dict, dotted: str):
+    for key in dotted.split('.'):
+        if not isinstance(cfg, dict):
+            return None
+        cfg = cfg.get(key)
+    return cfg
+
+
+def check_zoo_checkpoint(cfg: Config, checkpoint: str) -> None:
+    """Refuse model-zoo weights made for another architecture than the config's model.
+
+    MMEngine loads ``load_from`` non-strictly: ViT-B/16 weights given to a ViT-L/14 config would only
+    log size mismatches and then evaluate a mostly random model. For ``zoo://NAME`` the model of
+    NAME's config is compared with ``cfg.model`` on :data:`ARCHITECTURE_KEYS`.
+
+    Args:
+        cfg (Config): The config about to be run.
+        checkpoint (str): The checkpoint argument (``zoo://NAME``; anything else is not checked).
+
+    Raises:
+        ValueError: Naming the model, both configs and the first differing key.
+    """
+    if not checkpoint.startswith('zoo://'):
+        return
+    from ..checkpoints.model_zoo import get_model
+    info = get_model(checkpoint[len('zoo://'):])
+    zoo_model = Config.fromfile(info.config).model.to_dict()
+    model = cfg.model.to_dict()
+    for key in ARCHITECTURE_KEYS:
+        if _lookup(model, key) != _lookup(zoo_model, key):
+            raise ValueError(
+                f'model-zoo weights {info.name!r} are for the model of {info.config}, but '
+                f'{cfg.filename} builds another one: model.{key} is {_lookup(model, key)!r} here '
+                f'and {_lookup(zoo_model, key)!r} there. Use the matching config (e.g. '
+                f'configs/{info.name}_<benchmark>.py) or a checkpoint made for this one.')

@@ -5,7 +5,8 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from mmseg_escnet.engine.launch import enable_amp, load_config, prepare_distributed
+from mmseg_escnet.engine.launch import (check_zoo_checkpoint, enable_amp, load_config,
+                                        prepare_distributed)
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TINY = osp.join(ROOT, 'configs', 'catseg_tiny_synthetic.py')
@@ -39,3 +40,18 @@ def test_cpu_distributed_setup(monkeypatch):
 def test_amp_refused_on_cpu():
     with pytest.raises(RuntimeError, match='--amp needs a CUDA device'):
         enable_amp(Config(dict(optim_wrapper=dict(type='OptimWrapper'))))
+
+
+def test_zoo_weights_must_fit_the_config():
+    """zoo://NAME is checked against the config before MMEngine's non-strict load_from."""
+    def config(name):
+        return load_config(osp.join(ROOT, 'configs', name))
+
+    check_zoo_checkpoint(config('catseg_vitb16_a150.py'), 'zoo://catseg_vitb16')  # fits
+    check_zoo_checkpoint(config('catseg_vitb16_a150.py'), 'work_dirs/x.pth')       # not checked
+    with pytest.raises(ValueError, match=r"'catseg_vitb16' are for the model of .*catseg_vitb16.py, "
+                       r"but .*catseg_vitl14_a150.py builds another one: "
+                       r"model.backbone.model_name is 'ViT-L-14-336' here and 'ViT-B-16' there"):
+        check_zoo_checkpoint(config('catseg_vitl14_a150.py'), 'zoo://catseg_vitb16')
+    with pytest.raises(ValueError, match=r'model.neck.type is .ESCNeck. here and .CATSegAggregator'):
+        check_zoo_checkpoint(config('escnet_vitb16.py'), 'zoo://catseg_vitb16')

@@ -90,6 +90,9 @@ def test_publish_strips_and_names_by_own_hash(training_checkpoint, tmp_path, cap
     assert re.fullmatch(r'\d+\.\d+\.\d+.*', meta['mmseg_escnet_version'])
     # the view did not drag its 400 kB storage along
     assert osp.getsize(final) < osp.getsize(source) and osp.getsize(final) < 100_000
+    # reproducible: publishing the same checkpoint again gives the same bytes, hence the same name
+    again = publish_model.main([source, str(tmp_path / 'again' / 'catseg_depth.pth')])
+    assert osp.basename(again) == osp.basename(final) and _sha256(again) == sha
 
 
 def test_refuses_files_that_are_not_training_checkpoints(tmp_path, model):

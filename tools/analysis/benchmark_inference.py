@@ -1,0 +1,89 @@
+"""Measure inference speed and peak memory of a config through :class:`OpenVocabInferencer`.
+
+``python tools/analysis/benchmark_inference.py CONFIG [--vocab ade150] [--size 480 640] [--runs 3]
+[--cfg-options model.test_cfg.views_per_batch=1]``
+
+The model is built with random weights (speed and memory do not depend on them) and segments a
+random image of ``--size`` (H W) with the vocabulary ``--vocab`` (a built-in name, a file or
+comma-separated names), with the config's own test mode (the paper configs: CAT-Seg's
+sliding + global protocol). Reported, as one markdown table row:
+
+- first image: includes encoding the vocabulary's text (cached afterwards);
+- per image: the mean over ``--runs`` further images with the cached text;
+- peak memory: the process's peak resident set size (CPU) or ``torch.cuda.max_memory_allocated``.
+
+Speed and memory are measured here, not in the test suite; docs/inference.md lists the results.
+"""
+import argparse
+import resource
+import time
+import warnings
+
+import numpy as np
+import torch
+from mmengine.config import Config, DictAction
+
+from mmseg_escnet.apis import OpenVocabInferencer
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Benchmark inference speed and memory')
+    parser.add_argument('config', help='config file or model-zoo name')
+    parser.add_argument('--vocab', default='ade150',
+                        help='built-in vocabulary, .txt file or comma-separated names')
+    parser.add_argument('--size', type=int, nargs=2, default=(480, 640), metavar=('H', 'W'),
+                        help='image size (default 480 640)')
+    parser.add_argument('--runs', type=int, default=3, help='timed images after the first')
+    parser.add_argument('--device', default=None, help='cpu, cuda, ... (default: CUDA if any)')
+    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
+                        help='override config keys, e.g. model.test_cfg.views_per_batch=1')
+    return parser.parse_args()
+
+
+def peak_memory_gb(device: str) -> float:
+    """Peak memory so far: CUDA allocations, or the process's peak RSS (Linux: KiB)."""
+    if device.startswith('cuda'):
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def main() -> None:
+    args = parse_args()
+    if args.runs < 1:
+        raise SystemExit('--runs must be at least 1')
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    vocab = args.vocab if ',' not in args.vocab else [c.strip() for c in args.vocab.split(',')]
+    model = args.config
+    if args.cfg_options:
+        model = Config.fromfile(args.config)
+        model.merge_from_dict(args.cfg_options)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # "no weights given": random weights are intended here
+        inferencer = OpenVocabInferencer(model, vocabulary=vocab, device=args.device)
+    device = str(next(inferencer.model.parameters()).device)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (*args.size, 3), dtype=np.uint8) for _ in range(args.runs + 1)]
+
+    start = time.perf_counter()
+    inferencer(images[0])
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    for image in images[1:]:
+        inferencer(image)
+    per_image = (time.perf_counter() - start) / args.runs
+    test_cfg = dict(inferencer.model.test_cfg or {})
+    mode = test_cfg.get('mode', 'whole')
+    if mode == 'sliding_global':
+        mode += f' (views_per_batch={test_cfg.get("views_per_batch", 0)})'
+    print('| config | classes | image | mode | device | threads | first image (s) | per image (s) '
+          '| peak memory (GB) |')
+    print('|---|---|---|---|---|---|---|---|---|')
+    print(f'| {args.config} | {len(inferencer.vocabulary)} | {args.size[0]}x{args.size[1]} | {mode} '
+          f'| {device} | {torch.get_num_threads()} | {first:.2f} | {per_image:.2f} '
+          f'| {peak_memory_gb(device):.2f} |')
+
+
+if __name__ == '__main__':
+    main()
