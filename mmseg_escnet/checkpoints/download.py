@@ -1,65 +1,47 @@
-"""Verified, resumable checkpoint downloads into a local cache.
+"""Verified, resumable checkpoint downloads into a local cache (the cache/verification layer).
 
 A URL is downloaded once into ``<cache>/<host>/<url path>`` (:func:`cache_path`), checked against
-its SHA-256 (:func:`expected_sha256` says where the expected value comes from) and then used from
-the cache without touching the network. An interrupted transfer leaves ``<path>.part`` behind,
-which the next call continues with an HTTP ``Range`` request. The final file appears only after
-verification, by an atomic rename, so a file in the cache is always complete.
+its SHA-256 (see :func:`download_checkpoint`) and then used from the cache without network. The
+transfer (resuming ``<path>.part`` only when provably safe) is :mod:`.http_transfer`'s job. The
+final file appears only after verification, by an atomic rename, together with ``<path>.sha256``
+(JSON: its SHA-256, size, mtime and URL). Without any known hash this record is *trust on first
+use*: a cached file whose size or mtime no longer match it is hashed again, and deleted and
+downloaded again if it changed. Everything that writes ``<path>`` runs under the inter-process lock
+``<path>.lock`` (:func:`cache_lock`): concurrent processes wait and then use the verified file.
 
 :func:`load_checkpoint_from_url` is what :mod:`mmseg_escnet.engine.checkpoint_loading` registers for
 ``http://`` and ``https://`` in MMEngine's ``CheckpointLoader``, so ``load_from``,
 ``init_cfg=dict(type='Pretrained', checkpoint=URL)`` and ``tools/test.py CONFIG URL`` all verify.
-Only the standard library's :mod:`urllib` is used for HTTP.
 """
 import hashlib
+import json
 import logging
 import os
 import os.path as osp
-import re
+import pickle
 import sys
-from http.client import HTTPException
-from typing import Any, Callable, Dict, Optional, Tuple, TypeVar, Union
-from urllib.error import HTTPError, URLError
-from urllib.parse import unquote, urldefrag, urlsplit
-from urllib.request import Request, urlopen
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, TypeVar, Union
+from urllib.parse import unquote, urlsplit
 
-from mmengine.dist import barrier, get_dist_info
+from filelock import FileLock, Timeout
+from mmengine.dist import all_gather_object, get_dist_info
 from mmengine.logging import print_log
 
-from ..version import __version__
+from .hash_sources import (FULL_HEX, KNOWN_SHA256, ExpectedHash, expected_sha256, resolve_hash,
+                           split_url)
+from .http_transfer import ChecksumError, DownloadError, discard_partial, transfer
 
 __all__ = [
     'DownloadError', 'ChecksumError', 'KNOWN_SHA256', 'default_cache_dir', 'cache_path',
-    'expected_sha256', 'file_sha256', 'download_checkpoint', 'rank_zero_first',
+    'expected_sha256', 'file_sha256', 'cache_lock', 'download_checkpoint', 'rank_zero_first',
     'load_checkpoint_from_url'
 ]
 
-#: SHA-256 of official files whose URLs carry no (full) hash, keyed by URL.
-KNOWN_SHA256 = {
-    'https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth':
-    'a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e',
-    'https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth':
-    '3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622',
-    'https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth':
-    'ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912',
-}
-SCHEMES = ('http', 'https', 'file')
-_HEX_PREFIX = re.compile(r'^[0-9a-fA-F]{8,64}$')
-_FULL_HEX = re.compile(r'^[0-9a-fA-F]{64}$')
-_NAME_SUFFIX = re.compile(r'-([0-9a-fA-F]{8,64})\.[A-Za-z0-9]+$')
 _CHUNK = 1 << 20
 T = TypeVar('T')
 # (realpath, size, mtime_ns) -> sha256: a file hashed once in this process is not hashed again.
 _HASH_MEMO: Dict[Tuple[str, int, int], str] = {}
-
-
-class DownloadError(RuntimeError):
-    """A checkpoint could not be downloaded (HTTP error, unreachable host, truncated transfer)."""
-
-
-class ChecksumError(DownloadError):
-    """The downloaded data does not have the expected SHA-256."""
-
 
 def default_cache_dir() -> str:
     """``$MMSEG_ESCNET_CACHE/checkpoints``; ``~/.cache/mmseg_escnet/checkpoints`` by default.
@@ -70,16 +52,17 @@ def default_cache_dir() -> str:
     return osp.join(osp.abspath(osp.expanduser(root)), 'checkpoints')
 
 
-def _split_url(url: str) -> Tuple[str, str]:
-    """Check the scheme and split ``url`` into (URL to request, fragment)."""
-    if not isinstance(url, str):
-        raise TypeError(f'checkpoint URL must be a string, got {type(url).__name__}')
-    scheme = urlsplit(url).scheme.lower()
-    if scheme not in SCHEMES:
-        raise ValueError(f'{url!r}: not a downloadable URL (expected one of the schemes '
-                         f'{", ".join(s + "://" for s in SCHEMES)})')
-    clean, fragment = urldefrag(url)
-    return clean, fragment
+def _cache_segment(raw: str, url: str) -> str:
+    """One unquoted path segment as a file or folder name ('' for empty, ``.`` and ``..``)."""
+    segment = unquote(raw)
+    if segment in ('', '.', '..'):
+        return ''
+    if '\0' in segment:
+        raise ValueError(f'{url!r}: the path segment {raw!r} holds a NUL character and cannot be '
+                         f'mirrored in the cache')
+    for sep in {'/', os.sep, os.altsep} - {None}:
+        segment = segment.replace(sep, '_')
+    return segment
 
 
 def cache_path(url: str, cache_dir: Optional[str] = None) -> str:
@@ -87,7 +70,12 @@ def cache_path(url: str, cache_dir: Optional[str] = None) -> str:
 
     The host and path of the URL are mirrored under the cache folder, so two URLs with the same
     file name never collide: ``https://host:8080/a/b/x.pth`` -> ``<cache>/host_8080/a/b/x.pth``.
-    The fragment and query are not part of the path; ``file://`` URLs go under ``<cache>/file/``.
+    The fragment is not part of the path. A query string is: the first 8 hex digits of its
+    SHA-256 are added to the file name, so ``.../download.pth?id=1`` and ``?id=2`` are different
+    files (``download-<8 hex>.pth``); URLs without a query keep their plain path. An encoded ``/``
+    inside a path segment (``%2F``, as in GCS or Firebase object URLs ``.../o/dir%2Fx.pth``)
+    becomes ``_`` (``dir_x.pth``, the same cache file as a literal ``dir_x.pth`` in that folder).
+    ``file://`` URLs go under ``<cache>/file/``.
 
     Args:
         url (str): ``http://``, ``https://`` or ``file://`` URL.
@@ -97,67 +85,23 @@ def cache_path(url: str, cache_dir: Optional[str] = None) -> str:
         str: Absolute path of the cached file.
 
     Raises:
-        ValueError: For another scheme or a URL without a file name.
+        ValueError: For another scheme, a URL without a file name or a NUL in the path.
     """
-    clean, _ = _split_url(url)
+    clean, _ = split_url(url)
     parts = urlsplit(clean)
     host = (parts.hostname or parts.scheme.lower()).lower()
     if parts.port is not None:
         host += f'_{parts.port}'
-    segments = [unquote(s) for s in parts.path.split('/')]
-    segments = [s for s in segments if s not in ('', '.', '..')]
+    segments = [_cache_segment(s, url) for s in parts.path.split('/')]
+    segments = [s for s in segments if s]
     if not segments or parts.path.endswith('/'):
         raise ValueError(f'{url!r}: the URL names no file (its path must end with a file name)')
-    bad = [s for s in segments if os.sep in s or (os.altsep and os.altsep in s) or '\0' in s]
-    if bad:
-        raise ValueError(f'{url!r}: path segments {bad} cannot be mirrored in the cache')
+    if parts.query:
+        stem, ext = osp.splitext(segments[-1])
+        tag = hashlib.sha256(parts.query.encode('utf-8')).hexdigest()[:8]
+        segments[-1] = f'{stem}-{tag}{ext}'
     root = osp.abspath(osp.expanduser(cache_dir)) if cache_dir else default_cache_dir()
     return osp.join(root, host, *segments)
-
-
-def _check_hex(value: str, what: str) -> str:
-    if not isinstance(value, str) or not _HEX_PREFIX.match(value):
-        raise ValueError(f'{what}: expected a SHA-256 in hex (8 to 64 hex digits, a prefix of the '
-                         f'full hash is allowed), got {value!r}')
-    return value.lower()
-
-
-def expected_sha256(url: str) -> Optional[str]:
-    """The SHA-256 (full or a hex prefix of at least 8 digits) that ``url``'s file must have.
-
-    Looked up in this order:
-
-    1. a fragment ``#sha256=<hex>`` (the way to pin any URL);
-    2. a path segment of exactly 64 hex digits (OpenAI's CLIP URLs,
-       ``.../clip/models/<sha256>/ViT-B-16.pt``);
-    3. :data:`KNOWN_SHA256` (official files such as SAM's ``sam_vit_h_4b8939.pth``);
-    4. a file name ending in ``-<8 to 64 hex>.<ext>`` (as ``tools/publish_model.py`` and
-       OpenMMLab name their files): a prefix of the hash.
-
-    Args:
-        url (str): The checkpoint URL.
-
-    Returns:
-        str | None: Lower-case hex digits, or None when nothing is known.
-
-    Raises:
-        ValueError: For a malformed ``#sha256=`` fragment or an unsupported scheme.
-    """
-    clean, fragment = _split_url(url)
-    if fragment:
-        key, _, value = fragment.partition('=')
-        if key != 'sha256':
-            raise ValueError(f'{url!r}: unsupported URL fragment {fragment!r}; only '
-                             f'#sha256=<hex> is understood')
-        return _check_hex(value, f'{url!r} #sha256 fragment')
-    path = urlsplit(clean).path
-    for segment in path.split('/')[:-1]:
-        if _FULL_HEX.match(segment):
-            return segment.lower()
-    if clean in KNOWN_SHA256:
-        return KNOWN_SHA256[clean]
-    match = _NAME_SUFFIX.search(path.rsplit('/', 1)[-1])
-    return match.group(1).lower() if match else None
 
 
 def _memo_key(path: str) -> Tuple[str, int, int]:
@@ -184,166 +128,156 @@ def file_sha256(path: str) -> str:
     return _HASH_MEMO[key]
 
 
-def _warn(message: str) -> None:
-    print_log(message, logger='current', level=logging.WARNING)
-
-
-def _progress_bar(total: Optional[int], initial: int, name: str, enabled: bool) -> Any:
-    """A tqdm bar on stderr, or an object whose ``update``/``close`` do nothing."""
-    if enabled:
-        try:
-            from tqdm import tqdm
-        except ImportError:  # tqdm is optional: no bar
-            pass
-        else:
-            return tqdm(total=total, initial=initial, unit='B', unit_scale=True,
-                        unit_divisor=1024, desc=name, file=sys.stderr, leave=False)
-
-    class _NoBar:
-
-        def update(self, n: int) -> None:
-            pass
-
-        def close(self) -> None:
-            pass
-
-    return _NoBar()
-
-
-def _content_range(value: Optional[str]) -> Tuple[Optional[int], Optional[int]]:
-    """(start, total) of a ``Content-Range`` header (``bytes a-b/N`` or ``bytes */N``)."""
-    match = re.match(r'^\s*bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)\s*$', value or '')
-    if not match:
-        return None, None
-    start = int(match.group(1)) if match.group(1) is not None else None
-    total = int(match.group(2)) if match.group(2) != '*' else None
-    return start, total
-
-
-def _transfer(url: str, part: str, target: str, *, progress: bool, timeout: float) -> None:
-    """Download ``url`` into ``part``, continuing an existing partial file.
-
-    Returns when the server has sent the complete body (or says there is nothing left to send);
-    verification is the caller's job.
-    """
-    offset = osp.getsize(part) if osp.isfile(part) else 0
-    headers = {'User-Agent': f'mmseg_escnet/{__version__}', 'Accept-Encoding': 'identity'}
-    if offset:
-        headers['Range'] = f'bytes={offset}-'
-    where = f'(cache path {target})'
-    try:
-        response = urlopen(Request(url, headers=headers), timeout=timeout)
-    except HTTPError as error:
-        error.close()
-        if error.code == 416 and offset:  # nothing left to send: the part may be complete
-            _, total = _content_range(error.headers.get('Content-Range'))
-            if total is not None and total != offset:
-                os.remove(part)  # the partial file is longer than the file: start afresh
-                raise DownloadError(f'downloading {url} failed: the partial file {part} has '
-                                    f'{offset} bytes but the file has {total}; it was deleted, run '
-                                    f'again to download from the start {where}') from error
-            return
-        raise DownloadError(f'downloading {url} failed: HTTP {error.code} {error.reason} '
-                            f'{where}') from error
-    except (URLError, HTTPException, OSError) as error:  # unreachable, refused, timed out
-        reason = getattr(error, 'reason', error)
-        raise DownloadError(f'downloading {url} failed: cannot reach the server ({reason}) '
-                            f'{where}; without network access, put the verified file there') \
-            from error
-    with response:
-        status = response.status or 200  # file:// responses carry no status
-        length = response.headers.get('Content-Length')
-        length = int(length) if length and length.isdigit() else None
-        if status == 206:
-            start, total = _content_range(response.headers.get('Content-Range'))
-            if start != offset:
-                os.remove(part)
-                raise DownloadError(f'downloading {url} failed: asked to resume at byte {offset}, '
-                                    f'the server answered with Content-Range '
-                                    f'{response.headers.get("Content-Range")!r}; the partial file '
-                                    f'was deleted, run again to download from the start {where}')
-            if total is None and length is not None:
-                total = offset + length
-        else:  # 200: the server ignored the range (or none was asked for): from zero
-            offset, total = 0, length
-        if total is not None and offset > total:
-            os.remove(part)
-            raise DownloadError(f'downloading {url} failed: the partial file {part} is longer '
-                                f'than the file; it was deleted, run again {where}')
-        received = offset
-        bar = _progress_bar(total, offset, osp.basename(target), progress)
-        try:
-            with open(part, 'ab' if offset else 'wb') as f:
-                while True:
-                    block = response.read(_CHUNK)
-                    if not block:
-                        break
-                    f.write(block)
-                    received += len(block)
-                    bar.update(len(block))
-        except (HTTPException, OSError) as error:  # connection reset, timeout, IncompleteRead
-            raise DownloadError(
-                f'downloading {url} was interrupted after {received} of '
-                f'{total if total is not None else "?"} bytes ({type(error).__name__}: {error}); '
-                f'the partial file {part} is kept and running again resumes it') from error
-        finally:
-            bar.close()
-    if total is not None and received < total:
-        raise DownloadError(f'downloading {url} was interrupted: {received} of {total} bytes '
-                            f'arrived (connection closed early); the partial file {part} is kept '
-                            f'and running again resumes it')
-
-
 def _matches(actual: str, expected: str) -> bool:
     return actual.startswith(expected)
 
 
-def _fetch(url: str, expected: Optional[str], target: str, *, progress: bool,
-           timeout: float) -> str:
-    """Return ``target`` once it holds the verified file, downloading if needed."""
-    clean, _ = _split_url(url)
-    if osp.isfile(target):
-        if expected is None:
-            return target
-        actual = file_sha256(target)
-        if _matches(actual, expected):
-            return target
-        _warn(f'cached {target} has SHA-256 {actual}, expected {expected}: deleting it and '
-              f'downloading {clean} again')
-        os.remove(target)
-    os.makedirs(osp.dirname(target), exist_ok=True)
+def _warn(message: str) -> None:
+    print_log(message, logger='current', level=logging.WARNING)
+
+
+def _info(message: str) -> None:
+    print_log(message, logger='current', level=logging.INFO)
+
+
+@contextmanager
+def cache_lock(path: str, what: str) -> Iterator[None]:
+    """Hold the inter-process lock ``<path>.lock`` (a :class:`filelock.FileLock`).
+
+    Whoever creates or replaces ``path`` in the cache holds this lock, and checks again after
+    acquiring it whether ``path`` is already there (another process may have finished it while
+    this one waited). Waiting is logged once. The lock dies with its process.
+
+    Args:
+        path (str): The cache file to protect (its folder must exist).
+        what (str): What the holder does, for the log message, e.g. ``'downloading <url>'``.
+
+    Raises:
+        DownloadError: The lock file cannot be created (e.g. a read-only cache folder).
+    """
+    lock = FileLock(path + '.lock')
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:  # (a subclass of OSError, so first)
+        _info(f'{path} is locked by another process ({path}.lock); waiting until it has '
+              f'finished {what}')
+        lock.acquire()
+    except OSError as error:
+        raise DownloadError(f'cannot create the lock file {path}.lock ({error}); the cache '
+                            f'folder must be writable for {what}') from error
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _record_path(target: str) -> str:
+    return target + '.sha256'
+
+
+def _read_record(target: str) -> Optional[Dict[str, Any]]:
+    """``<target>.sha256``: dict(sha256, size, mtime_ns, url); None if missing or unusable."""
+    try:
+        with open(_record_path(target), encoding='utf-8') as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(record, dict) and isinstance(record.get('sha256'), str)
+            and FULL_HEX.match(record['sha256']) and isinstance(record.get('size'), int)
+            and isinstance(record.get('mtime_ns'), int)):
+        return None
+    return record
+
+
+def _record_fits(record: Optional[Dict[str, Any]], target: str) -> bool:
+    """Whether ``target`` still has the size and mtime recorded with its hash."""
+    if record is None:
+        return False
+    stat = os.stat(target)
+    return (record['size'], record['mtime_ns']) == (stat.st_size, stat.st_mtime_ns)
+
+
+def _write_record(target: str, sha256: str, url: str, stat_of: str) -> None:
+    """Record ``sha256`` with the size and mtime of ``stat_of`` (the file before its rename)."""
+    stat = os.stat(stat_of)
+    record = dict(sha256=sha256, size=stat.st_size, mtime_ns=stat.st_mtime_ns, url=url)
+    tmp = _record_path(target) + '.tmp'
+    with open(tmp, 'w', encoding='utf-8') as f:
+        json.dump(record, f)
+    os.replace(tmp, _record_path(target))
+
+
+def _cache_problem(target: str, expected: Optional[ExpectedHash], url: str, *,
+                   locked: bool) -> Optional[str]:
+    """Why the existing ``target`` cannot be used as it is, or None.
+
+    Writes nothing unless ``locked``: without the lock, an unpinned file whose record is missing
+    or stale is a problem to look at again under the lock (which hashes it and (re)writes the
+    record).
+    """
+    record = _read_record(target)
+    fits = _record_fits(record, target)
+    if expected is None and fits:  # trust on first use: unchanged since it was recorded
+        _HASH_MEMO[_memo_key(target)] = record['sha256']
+        return None
+    if expected is None and not locked:
+        return 'has no up-to-date record of its SHA-256'
+    actual = file_sha256(target)
+    if expected is not None and not _matches(actual, expected.value):
+        return f'has SHA-256 {actual}, expected {expected.value} ({expected.source})'
+    if expected is None and record is not None and actual != record['sha256']:
+        return (f'has SHA-256 {actual}, but {record["sha256"]} was recorded when it was '
+                f'downloaded (it was damaged or replaced since)')
+    if expected is None and record is None:
+        _info(f'{target} has no recorded SHA-256 (cached by an older version, or put there by '
+              f'hand): recording its SHA-256 {actual} and checking the file against it from now on')
+    if locked and not (fits and record['sha256'] == actual):
+        _write_record(target, actual, url, target)
+    return None
+
+
+def _download(url: str, expected: Optional[ExpectedHash], target: str, *, progress: bool,
+              timeout: float) -> None:
+    """Download, verify, record and rename into ``target`` (under the lock of ``target``)."""
     part = target + '.part'
-    print_log(f'downloading {clean} to {target}', logger='current')
-    _transfer(clean, part, target, progress=progress, timeout=timeout)
+    print_log(f'downloading {url} to {target}', logger='current')
+    transfer(url, part, target, verified=expected is not None, progress=progress, timeout=timeout)
     actual = file_sha256(part)
-    if expected is not None and not _matches(actual, expected):
-        os.remove(part)
-        raise ChecksumError(f'downloading {clean} gave data with SHA-256 {actual}, but '
-                            f'{expected} was expected ({_hash_source(url, expected)}); the bad '
-                            f'data was deleted, nothing was cached at {target}')
+    if expected is not None and not _matches(actual, expected.value):
+        discard_partial(part)
+        raise ChecksumError(f'downloading {url} gave data with SHA-256 {actual}, but '
+                            f'{expected.value} was expected ({expected.source}); the bad data was '
+                            f'deleted, nothing was cached at {target}')
     if expected is None:
-        _warn(f'{clean} has no known SHA-256, so its download could not be verified; it has '
-              f'SHA-256 {actual}. Pin it by using the URL {clean}#sha256={actual}')
+        _warn(f'{url} has no known SHA-256, so its download could not be verified; it has SHA-256 '
+              f'{actual}, recorded in {_record_path(target)} to detect later changes of the '
+              f'cached file. Pin it by using the URL {url}#sha256={actual}')
+    _write_record(target, actual, url, part)  # first: a cached file always has its record
     part_key = _memo_key(part)
     os.replace(part, target)
+    discard_partial(part)  # the validators recorded for the partial file
     _HASH_MEMO.pop(part_key, None)
     _HASH_MEMO[_memo_key(target)] = actual  # a rename keeps size and mtime
+
+
+def _fetch(url: str, expected: Optional[ExpectedHash], target: str, *, progress: bool,
+           timeout: float) -> str:
+    """Return ``target`` once it holds the verified file, downloading if needed."""
+    clean, _ = split_url(url)
+    if osp.isfile(target) and _cache_problem(target, expected, clean, locked=False) is None:
+        return target
+    os.makedirs(osp.dirname(target), exist_ok=True)
+    with cache_lock(target, f'downloading {clean}'):
+        if osp.isfile(target):  # maybe just written by the process that held the lock
+            problem = _cache_problem(target, expected, clean, locked=True)
+            if problem is None:
+                return target
+            _warn(f'cached {target} {problem}: deleting it and downloading {clean} again')
+            for path in (target, _record_path(target)):
+                if osp.exists(path):
+                    os.remove(path)
+        _download(clean, expected, target, progress=progress, timeout=timeout)
     return target
-
-
-def _hash_source(url: str, expected: str) -> str:
-    """Say where an expected hash came from, for error messages."""
-    clean, fragment = _split_url(url)
-    if fragment:
-        return 'from the #sha256= fragment of the URL'
-    if expected_sha256(url) != expected:
-        return 'as given by the caller or the model index'
-    if clean in KNOWN_SHA256:
-        return 'the published hash of this official file'
-    if any(_FULL_HEX.match(s) for s in urlsplit(clean).path.split('/')[:-1]):
-        return 'from the 64-hex-digit segment of the URL path'
-    return ('from the "-<hex>" suffix of the file name; if this name does not carry a hash, pin '
-            'the real one with #sha256=<hex>')
 
 
 def _local_rank(rank: int) -> int:
@@ -363,16 +297,21 @@ def download_checkpoint(url: str,
     """Download ``url`` once into the cache, verify its SHA-256 and return the local path.
 
     A cached file that verifies is returned without network access. Otherwise the file is
-    downloaded into ``<path>.part`` (continuing an existing partial file with a ``Range``
-    request), verified and renamed into place. In a distributed run (``torch.distributed``
-    initialised) every rank must call this: rank 0 downloads while the others wait at a barrier
-    (see :func:`rank_zero_first`).
+    downloaded into ``<path>.part`` (continuing an existing partial file when the server's file
+    is provably unchanged), verified and renamed into place, all under the lock ``<path>.lock``
+    (concurrent processes wait and then use the verified file). In a distributed run
+    (``torch.distributed`` initialised) every rank must call this: rank 0 downloads while the
+    others wait (see :func:`rank_zero_first`).
+
+    The expected hash is ``sha256`` if given, else :func:`expected_sha256`'s; ``sha256``
+    contradicting the URL's fragment, 64-hex path segment or :data:`KNOWN_SHA256` is an error, but
+    it overrides a ``-<hex>`` name suffix (logged). Without any hash the file is downloaded
+    anyway, a warning gives its hash and how to pin it, and ``<path>.sha256`` records it (trust on
+    first use).
 
     Args:
         url (str): ``http(s)://`` (or ``file://``) URL, optionally ending in ``#sha256=<hex>``.
-        sha256 (str, optional): Expected SHA-256 (full or a prefix of >= 8 hex digits); overrides
-            :func:`expected_sha256`. Without any known hash the file is downloaded anyway and a
-            warning gives its hash and how to pin it.
+        sha256 (str, optional): Expected SHA-256 (full or a prefix of >= 8 hex digits).
         cache_dir (str, optional): Cache folder; :func:`default_cache_dir` if not given.
         progress (bool): Show a progress bar on stderr. Defaults to True.
         timeout (float): Seconds to wait for the server before giving up. Defaults to 60.
@@ -381,31 +320,35 @@ def download_checkpoint(url: str,
         str: Path of the verified file in the cache (see :func:`cache_path`).
 
     Raises:
-        ValueError: For a bad URL or hash, or ``sha256`` contradicting the URL's own hash.
+        ValueError: For a bad URL or hash, or two sources of the hash contradicting each other.
         ChecksumError: The data does not have the expected hash (it is deleted).
         DownloadError: HTTP error, unreachable host, or a transfer cut short (the partial file
-            is kept; calling again resumes).
+            is kept; calling again resumes it when that is safe).
     """
-    from_url = expected_sha256(url)
-    expected = from_url
-    if sha256 is not None:
-        expected = _check_hex(sha256, f'sha256 for {url!r}')
-        if from_url is not None and not (expected.startswith(from_url)
-                                         or from_url.startswith(expected)):
-            raise ValueError(f'sha256={expected} contradicts the hash {from_url} that {url!r} '
-                             f'carries ({_hash_source(url, from_url)})')
+    expected = resolve_hash(url, sha256, log=True)
     target = cache_path(url, cache_dir)
     return rank_zero_first(_fetch, url, expected, target, progress=progress, timeout=timeout)
+
+
+def _shareable(error: BaseException) -> BaseException:
+    """``error`` if it survives pickling (to send it to other ranks), else a RuntimeError."""
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:  # e.g. an exception class whose __init__ needs other arguments
+        return RuntimeError(f'{type(error).__name__}: {error}')
+    return error
 
 
 def rank_zero_first(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Call ``fn(*args, **kwargs)`` once on every rank, rank 0 first.
 
     Without ``torch.distributed`` this is a plain call. In a distributed run every rank must call
-    it: rank 0 runs ``fn`` while the others wait at a barrier; then the local rank 0 of every other
-    node (whose cache may not be shared), then the remaining ranks, which find rank 0's result in
-    the cache. Every rank passes every barrier, even after an error, so that no rank waits forever;
-    errors are raised after the last barrier.
+    it: rank 0 runs ``fn`` while the others wait; then the local rank 0 of every other node
+    (whose cache may not be shared), then the remaining ranks, which find rank 0's result in the
+    cache. After each turn the ranks exchange their errors (``all_gather_object``). If rank 0
+    failed, or the local rank 0 of a rank's node, the rank does not call ``fn`` itself but raises
+    that error (with a note naming the rank it came from), so that a failure is one clear error on
+    every rank rather than a download by every rank. No rank waits forever for another.
 
     Args:
         fn (Callable): The work, e.g. a download into the cache.
@@ -422,15 +365,27 @@ def rank_zero_first(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     if 'progress' in kwargs:
         kwargs['progress'] = kwargs['progress'] and rank == 0
     local_rank = _local_rank(rank)
+    leaders = (0, rank - local_rank)  # ranks of a node are consecutive (as torchrun numbers them)
     result: Any = None
     error: Optional[BaseException] = None
+    failed: Dict[int, BaseException] = {}
     for turn in (rank == 0, rank != 0 and local_rank == 0, rank != 0 and local_rank != 0):
-        if turn:
+        report = None
+        if turn and error is None:
             try:
                 result = fn(*args, **kwargs)
-            except Exception as err:  # re-raised below, after the barriers
+            except Exception as err:  # shared with the other ranks, raised below
                 error = err
-        barrier()
+                report = _shareable(err)
+        for other, reported in enumerate(all_gather_object(report)):
+            if reported is not None:
+                failed.setdefault(other, reported)
+        leader = next((r for r in leaders if r in failed and r != rank), None)
+        if error is None and leader is not None:
+            error = failed[leader]
+            if hasattr(error, 'add_note'):  # Python >= 3.11
+                error.add_note(f'(raised on rank {leader}, which did this for rank {rank}; rank '
+                               f'{rank} did not try again)')
     if error is not None:
         raise error
     return result

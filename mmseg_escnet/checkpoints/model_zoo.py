@@ -14,9 +14,10 @@ one at the repository root) whose ``Import`` list names metafiles relative to it
       Converter: catseg_official          # optional: third-party weights converted on first use
 
 :func:`fetch_weights` downloads the weights with :func:`~.download.download_checkpoint` and, with a
-converter, writes the converted state dict once beside the download
-(``<download>.converted.pth``). ``zoo://NAME`` works wherever MMEngine loads a checkpoint
-(``load_from``, ``init_cfg=dict(type='Pretrained', checkpoint='zoo://NAME')``, ``tools/test.py``).
+converter, writes the converted state dict once beside the download (``<download>.converted.pth``,
+under the inter-process lock ``<download>.converted.pth.lock``). ``zoo://NAME`` works wherever
+MMEngine loads a checkpoint (``load_from``, ``init_cfg=dict(type='Pretrained',
+checkpoint='zoo://NAME')``, ``tools/test.py``).
 """
 import difflib
 import fnmatch
@@ -30,7 +31,7 @@ import torch
 import yaml
 from mmengine.logging import print_log
 
-from .download import download_checkpoint, file_sha256, rank_zero_first
+from .download import cache_lock, download_checkpoint, file_sha256, rank_zero_first
 
 __all__ = [
     'ZOO_SCHEME', 'CONVERTERS', 'ModelInfo', 'model_index_path', 'load_model_index',
@@ -238,30 +239,47 @@ def _converter(name: str) -> ConverterFn:
             from error
 
 
+def _conversion_is_current(converted: str, stamp: Mapping[str, Any], *, log: bool) -> bool:
+    """Whether ``converted`` exists and was made from the download and converter of ``stamp``."""
+    if not osp.isfile(converted):
+        return False
+    try:  # memory-mapped: only the small meta is read
+        meta = torch.load(converted, map_location='cpu', weights_only=True, mmap=True)['meta']
+    except Exception:  # unreadable (e.g. damaged): convert again
+        meta = {}
+    if all(meta.get(k) == v for k, v in stamp.items()):
+        return True
+    if log:
+        print_log(f'{converted} is unreadable or was made from another download or converter; '
+                  f'converting again', logger='current')
+    return False
+
+
 def _convert_once(info: ModelInfo, download: str) -> str:
-    """Write ``<download>.converted.pth`` unless an up-to-date one exists; return its path."""
+    """Write ``<download>.converted.pth`` unless an up-to-date one exists; return its path.
+
+    The conversion runs under the inter-process lock ``<converted>.lock``; a process that waited
+    for it uses the file the other process wrote.
+    """
     from ..engine.checkpoint_loading import load_local_checkpoint
     converted = download + '.converted.pth'
     stamp = dict(converter=info.converter, source=info.weights, source_sha256=file_sha256(download))
-    if osp.isfile(converted):
-        try:  # memory-mapped: only the small meta is read
-            meta = torch.load(converted, map_location='cpu', weights_only=True, mmap=True)['meta']
-        except Exception:  # unreadable (e.g. damaged): convert again
-            meta = {}
-        if all(meta.get(k) == v for k, v in stamp.items()):
+    if _conversion_is_current(converted, stamp, log=False):
+        return converted
+    with cache_lock(converted, f'converting {download}'):
+        if _conversion_is_current(converted, stamp, log=True):  # maybe written while we waited
             return converted
-        print_log(f'{converted} is unreadable or was made from another download or converter; '
-                  f'converting again', logger='current')
-    print_log(f'converting {download} for {info.name} with the {info.converter!r} converter',
-              logger='current')
-    state_dict = _converter(info.converter)(load_local_checkpoint(download, map_location='cpu'))
-    if not isinstance(state_dict, Mapping) or not state_dict or not all(
-            isinstance(k, str) and torch.is_tensor(v) for k, v in state_dict.items()):
-        raise TypeError(f'converter {info.converter!r} must return a non-empty dict of tensors '
-                        f'for {download}, got {type(state_dict).__name__}')
-    partial = converted + '.part'
-    torch.save(dict(state_dict=dict(state_dict), meta=stamp), partial)
-    os.replace(partial, converted)
+        print_log(f'converting {download} for {info.name} with the {info.converter!r} converter',
+                  logger='current')
+        state_dict = _converter(info.converter)(load_local_checkpoint(download,
+                                                                      map_location='cpu'))
+        if not isinstance(state_dict, Mapping) or not state_dict or not all(
+                isinstance(k, str) and torch.is_tensor(v) for k, v in state_dict.items()):
+            raise TypeError(f'converter {info.converter!r} must return a non-empty dict of '
+                            f'tensors for {download}, got {type(state_dict).__name__}')
+        partial = converted + '.part'
+        torch.save(dict(state_dict=dict(state_dict), meta=stamp), partial)
+        os.replace(partial, converted)
     return converted
 
 

@@ -1,4 +1,4 @@
-"""A local HTTP file server for download tests: ``Range`` requests, injected faults, a request log.
+"""A local HTTP file server for download tests: ranges, validators, injected faults, a request log.
 
 Usage::
 
@@ -6,20 +6,29 @@ Usage::
         server.truncate('a.pth', 100)         # next GET of a.pth sends 100 bytes, then hangs up
         server.fail('b.pth', 500, times=None)  # every request for b.pth gets HTTP 500
         server.delay('c.pth', 1.0)             # the next GET of c.pth is answered after 1 s
+        server.slow('d.pth', 2.0)              # the next GET of d.pth sends its body over 2 s
         url = server.url('a.pth')
         ...
         assert server.requests[-1].range == 'bytes=100-'
+
+Every file is served with an ``ETag`` (from its content) and ``Last-Modified`` (its mtime), and
+``If-Range`` is honoured: a ``Range`` request whose ``If-Range`` does not match the current file is
+answered with 200 and the whole file. ``validators=False`` sends neither header, and
+``if_range=False`` ignores ``If-Range`` (as servers without it do). Files are read on every request,
+so a test changes a served file by writing it.
 
 It binds 127.0.0.1 on a free port and serves the files below ``folder`` (GET and HEAD) in a
 background thread. Tests that use it should set ``NO_PROXY=127.0.0.1`` so that a proxy configured
 in the environment is not asked for local addresses.
 """
+import hashlib
 import os
 import os.path as osp
 import re
 import threading
 import time
 from dataclasses import dataclass
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, List, Optional, Tuple
 from urllib.parse import unquote, urlsplit
@@ -34,13 +43,15 @@ class RequestRecord:
         path (str): The file name asked for (URL path without the leading ``/``, unquoted).
         range (str | None): The ``Range`` header, e.g. ``'bytes=100-'``.
         status (int): The status code sent.
-        sent (int): Body bytes actually sent.
+        sent (int): Body bytes actually sent (final once the response is complete).
+        if_range (str | None): The ``If-Range`` header.
     """
     method: str
     path: str
     range: Optional[str]
     status: int
     sent: int
+    if_range: Optional[str] = None
 
 
 @dataclass
@@ -48,6 +59,7 @@ class _Fault:
     status: Optional[int] = None  # answer with this status
     truncate: Optional[int] = None  # send only this many body bytes, announce the full length
     delay: float = 0.0  # seconds to wait before answering
+    pace: float = 0.0  # seconds over which the body is sent, in small pieces
     times: Optional[int] = 1  # how many requests it applies to; None = all
 
 
@@ -57,12 +69,17 @@ class LocalHTTPServer:
     Args:
         root (str): Folder whose files are served (``/<relative path>``).
         ignore_range (bool): Answer every GET with 200 and the whole file, as servers without
-            range support do. Can be changed while running.
+            range support do. Can be changed while running (as the two below).
+        validators (bool): Send ``ETag`` and ``Last-Modified``.
+        if_range (bool): Honour ``If-Range``.
     """
 
-    def __init__(self, root: str, *, ignore_range: bool = False) -> None:
+    def __init__(self, root: str, *, ignore_range: bool = False, validators: bool = True,
+                 if_range: bool = True) -> None:
         self.root = osp.abspath(root)
         self.ignore_range = ignore_range
+        self.validators = validators
+        self.if_range = if_range
         self.requests: List[RequestRecord] = []
         self._faults: Dict[str, _Fault] = {}
         self._lock = threading.Lock()
@@ -124,6 +141,11 @@ class LocalHTTPServer:
         with self._lock:
             self._faults[name] = _Fault(delay=seconds, times=times)
 
+    def slow(self, name: str, seconds: float, *, times: Optional[int] = 1) -> None:
+        """Send the body of the next ``times`` GETs of ``name`` in 20 pieces over ``seconds``."""
+        with self._lock:
+            self._faults[name] = _Fault(pace=seconds, times=times)
+
     def clear(self) -> None:
         """Forget the faults and the request log."""
         with self._lock:
@@ -168,22 +190,32 @@ class LocalHTTPServer:
 
             def _reply(self, name: str, status: int, headers: Dict[str, str], data: bytes,
                        fault: Optional[_Fault], body: bool) -> None:
+                record = RequestRecord(self.command, name, self.headers.get('Range'), status, 0,
+                                       self.headers.get('If-Range'))
+                server._log(record)  # logged before answering: the log is in order of arrival
                 self.send_response(status)
                 for key, value in headers.items():
                     self.send_header(key, value)
                 self.send_header('Content-Length', str(len(data)))
                 self.send_header('Connection', 'close')
                 self.end_headers()
-                sent = 0
                 if body:
                     if fault is not None and fault.truncate is not None:
                         data = data[:fault.truncate]
-                    self.wfile.write(data)
-                    self.wfile.flush()
-                    sent = len(data)
+                    pieces = 20 if fault is not None and fault.pace else 1
+                    step = -(-len(data) // pieces) or 1
+                    for start in range(0, len(data), step):
+                        if pieces > 1:
+                            time.sleep(fault.pace / pieces)
+                        piece = data[start:start + step]
+                        record.sent += len(piece)  # counted first: the client may be faster
+                        try:
+                            self.wfile.write(piece)
+                            self.wfile.flush()
+                        except (BrokenPipeError, ConnectionResetError):  # the client hung up
+                            record.sent -= len(piece)
+                            break
                 self.close_connection = True
-                server._log(RequestRecord(self.command, name, self.headers.get('Range'), status,
-                                          sent))
 
             def _serve(self, body: bool) -> None:
                 name = unquote(urlsplit(self.path).path).lstrip('/')
@@ -201,15 +233,25 @@ class LocalHTTPServer:
                 with open(path, 'rb') as f:
                     data = f.read()
                 size = len(data)
+                validators = {}
+                if server.validators:
+                    validators = {
+                        'ETag': f'"{hashlib.sha256(data).hexdigest()[:16]}"',
+                        'Last-Modified': formatdate(osp.getmtime(path), usegmt=True)}
                 span = _parse_range(self.headers.get('Range'), size)
+                if_range = self.headers.get('If-Range')
+                if server.if_range and if_range is not None and \
+                        if_range not in validators.values():
+                    span = None  # the file changed: send all of it
                 if span is None or server.ignore_range:
-                    self._reply(name, 200, {'Accept-Ranges': 'bytes'}, data, fault, body)
+                    self._reply(name, 200, {'Accept-Ranges': 'bytes', **validators}, data, fault,
+                                body)
                 elif span == 'unsatisfiable':
                     self._reply(name, 416, {'Content-Range': f'bytes */{size}'}, b'', None, body)
                 else:
                     start, end = span
-                    self._reply(name, 206, {'Content-Range': f'bytes {start}-{end}/{size}'},
-                                data[start:end + 1], fault, body)
+                    self._reply(name, 206, {'Content-Range': f'bytes {start}-{end}/{size}',
+                                            **validators}, data[start:end + 1], fault, body)
 
         return Handler
 

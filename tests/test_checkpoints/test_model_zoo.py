@@ -1,23 +1,29 @@
 """Model-zoo names: the index, weights by name, ``zoo://``, converters, tools/test.py NAME."""
 import hashlib
 import importlib.util
+import logging
 import os
 import os.path as osp
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 import torch
 import torch.nn as nn
 import yaml
+from filelock import FileLock
 from http_server import LocalHTTPServer
 from mmengine.config import Config
+from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
 
 from mmseg_escnet.checkpoints import model_zoo
-from mmseg_escnet.checkpoints.download import cache_path, default_cache_dir
+from mmseg_escnet.checkpoints.download import (cache_path, default_cache_dir, download_checkpoint,
+                                               file_sha256)
 from mmseg_escnet.checkpoints.model_zoo import (CONVERTERS, fetch_weights, get_model, list_models,
                                                 load_model_index, register_converter,
                                                 resolve_checkpoint_arg)
@@ -154,6 +160,60 @@ def test_converter_runs_once_and_is_reused(zoo, linear):
     assert len(zoo.requests) == 1
 
 
+def test_conversion_waits_for_another_process(zoo):
+    """A process that finds the conversion locked waits, then uses the other process's file."""
+    download = download_checkpoint(zoo.url('third_party.pth'), progress=False)
+    converted = download + '.converted.pth'
+    logger, messages = MMLogger.get_current_instance(), []
+    handler = logging.Handler(level=logging.INFO)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger.addHandler(handler)
+    other_process = FileLock(converted + '.lock')  # another file descriptor: another holder
+    other_process.acquire()
+    results = []
+    waiting = threading.Thread(target=lambda: results.append(fetch_weights('converted_linear')))
+    try:
+        waiting.start()
+        deadline = time.monotonic() + 30
+        while not any('is locked by another process' in m for m in messages):
+            assert time.monotonic() < deadline and waiting.is_alive(), messages
+            time.sleep(0.01)
+        # the other process writes its conversion (recognisable values) and releases the lock
+        theirs = {'fc.weight': torch.full((3, 4), 7.0), 'fc.bias': torch.zeros(3)}
+        stamp = dict(converter='test_linear', source=zoo.url('third_party.pth'),
+                     source_sha256=file_sha256(download))
+        torch.save({'state_dict': theirs, 'meta': stamp}, converted)
+    finally:
+        other_process.release()
+        waiting.join(timeout=30)
+        logger.removeHandler(handler)
+    assert results == [converted] and CALLS == []  # not converted a second time
+    saved = torch.load(converted, map_location='cpu', weights_only=True)['state_dict']
+    assert torch.equal(saved['fc.weight'], theirs['fc.weight'])
+
+
+def _served_weights(tmp_path, name, state_dict):
+    """Write ``{'state_dict': ...}`` as ``<tmp>/served/<name>``; returns (folder, its SHA-256)."""
+    served = tmp_path / 'served'
+    served.mkdir()
+    torch.save({'state_dict': state_dict}, served / name)
+    return served, hashlib.sha256((served / name).read_bytes()).hexdigest()
+
+
+def test_index_hash_wins_over_a_dated_file_name(tmp_path, monkeypatch, linear):
+    """``Weights SHA-256`` overrides a ``-<8 digits>`` name suffix that is a date, not a hash."""
+    served, sha = _served_weights(tmp_path, 'iter_80000-20240115.pth', linear.state_dict())
+    index = tmp_path / 'model-index.yml'
+    with LocalHTTPServer(str(served)) as server:
+        _write_yaml(str(index), {'Models': [{'Name': 'dated', 'Config': 'c.py',
+                                             'Weights': server.url('iter_80000-20240115.pth'),
+                                             'Weights SHA-256': sha}]})
+        monkeypatch.setenv('MMSEG_ESCNET_MODEL_INDEX', str(index))
+        path = fetch_weights('dated')
+    with open(path, 'rb') as f:
+        assert hashlib.sha256(f.read()).hexdigest() == sha
+
+
 def test_index_errors(tmp_path, monkeypatch):
     monkeypatch.setenv('MMSEG_ESCNET_MODEL_INDEX', str(tmp_path / 'missing.yml'))
     with pytest.raises(FileNotFoundError, match=r'model index file not found: .*missing\.yml'):
@@ -236,10 +296,7 @@ def test_tools_test_with_a_zoo_name(tmp_path, monkeypatch):
     cfg = Config.fromfile(TINY_CONFIG)
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
-    served = tmp_path / 'served'
-    served.mkdir()
-    torch.save({'state_dict': model.state_dict()}, served / 'tiny_catseg.pth')
-    sha = hashlib.sha256((served / 'tiny_catseg.pth').read_bytes()).hexdigest()
+    served, sha = _served_weights(tmp_path, 'tiny_catseg.pth', model.state_dict())
     index = tmp_path / 'model-index.yml'
     with LocalHTTPServer(str(served)) as server:
         _write_yaml(str(index), {'Models': [{'Name': 'tiny_catseg', 'Config': TINY_CONFIG,
