@@ -8,11 +8,13 @@ line, synonyms comma-separated) or ``.json`` list, or a built-in vocabulary name
 CONFIG: a config file or a model-zoo name (then ``--checkpoint`` is optional). Writes ``OUT`` (the
 image, the coloured classes and a legend of the classes present, largest first) and
 ``<OUT stem>_labels.png`` (class ids: uint8, or uint16 above 256 classes). Exits with status 1 and a
-one-line message for an unreadable image, a bad vocabulary, a missing config or checkpoint.
+one-line message (no traceback) for an unreadable or too large image, a bad vocabulary, a missing
+config or checkpoint, a failed checkpoint download, or ``--device cuda`` without CUDA.
 """
 import argparse
 import os
 import os.path as osp
+import pickle
 import sys
 from typing import List, Optional, Sequence, Union
 
@@ -70,6 +72,7 @@ def labels_path(out: str) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the demo; returns the exit status."""
     args = parse_args(argv)
+    from mmseg_escnet.checkpoints.download import DownloadError
     try:
         # Everything that depends on the user's input is checked before the model is built.
         if osp.splitext(args.out)[1].lower() not in _OUT_SUFFIXES:
@@ -77,16 +80,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not 0.0 <= args.opacity <= 1.0:
             raise ValueError(f'--opacity must be in [0, 1], got {args.opacity}')
         from mmseg_escnet.apis import OpenVocabInferencer, read_image
+        from mmseg_escnet.apis.model_args import check_device
         from mmseg_escnet.checkpoints.model_zoo import resolve_checkpoint_arg
         from mmseg_escnet.models.text import Vocabulary
+        if args.device is not None:
+            check_device(args.device, what='--device')  # before any work: no GPU, no CUDA torch
         vocab = parse_vocab(args.vocab)
         Vocabulary(vocab)  # validation only: empty, duplicate or missing classes fail here
         image = read_image(args.image)
         checkpoint = None if args.checkpoint is None else resolve_checkpoint_arg(args.checkpoint)
         inferencer = OpenVocabInferencer(args.config, weights=checkpoint, vocabulary=vocab,
                                          device=args.device, max_side=args.max_side)
-    except (FileNotFoundError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, DownloadError, pickle.UnpicklingError) as err:
+        # OSError: missing or unreadable files; DownloadError: a checkpoint URL or model-zoo
+        # download failed; UnpicklingError: a checkpoint refused as unsafe or not a checkpoint.
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        message = ' '.join(str(message).split())  # one line
         print(f'image_demo.py: error: {message}', file=sys.stderr)
         return 1
 

@@ -11,7 +11,9 @@ input                       conversion
 ``(H, W, 4)``               the fourth (alpha) channel is **dropped**; transparency is not
                             composited on any background, the colour channels are kept as stored
 ``uint16``                  scaled over its full range to 8 bits: ``round(x / 257)``
-                            (65535 -> 255, and ``v * 257 -> v`` exactly)
+                            (65535 -> 255, and ``v * 257 -> v`` exactly); a warning is emitted
+                            when the maximum is below 4096 (e.g. 12-bit data stored in 16 bits),
+                            which comes out dark (see :data:`DARK_UINT16_MAX`)
 ``float16/32/64``           must lie in ``[0, 1]``: ``round(x * 255)``
 anything else               ``ValueError`` naming the dtype (bool, int32, complex, ...)
 ==========================  =====================================================================
@@ -20,9 +22,13 @@ Arrays keep their channel order: an array given by a user is taken to be BGR, li
 ``cv2.imread``. An RGB array (PIL, matplotlib, imageio) must be flipped first
 (``rgb[..., ::-1]``), or the file read through :func:`read_image`. Files are decoded with OpenCV,
 so EXIF orientation is applied and 16-bit PNG/TIFF keep their depth until the conversion above.
+OpenCV refuses images of more than ``OPENCV_IO_MAX_IMAGE_PIXELS`` pixels (2**30 by default, read
+once when OpenCV is loaded); :func:`read_image` reports this as a ``ValueError`` naming the file.
 """
 import os
 import os.path as osp
+import re
+import warnings
 from typing import List, Optional, Tuple, Union
 
 import cv2
@@ -33,6 +39,14 @@ PathLike = Union[str, 'os.PathLike[str]']
 #: File suffixes (lower case) treated as images when a folder is given.
 IMAGE_SUFFIXES = ('.bmp', '.jpeg', '.jpg', '.jp2', '.pbm', '.pgm', '.png', '.ppm', '.tif', '.tiff',
                   '.webp')
+
+#: A ``uint16`` image whose maximum is below this value (12-bit data or less) is dark after the
+#: documented ``x / 257`` scaling; :func:`to_bgr_uint8` warns about it.
+DARK_UINT16_MAX = 4096
+
+#: OpenCV's environment variable limiting the pixels of a decoded image, and its default.
+OPENCV_PIXEL_LIMIT_ENV = 'OPENCV_IO_MAX_IMAGE_PIXELS'
+OPENCV_DEFAULT_PIXEL_LIMIT = 1 << 30
 
 _CHANNELS = (1, 3, 4)
 
@@ -54,6 +68,10 @@ def to_bgr_uint8(image: np.ndarray, name: str = 'image array') -> np.ndarray:
     Raises:
         TypeError: ``image`` is not a NumPy array.
         ValueError: Unsupported shape or dtype, an empty image, or float values outside ``[0, 1]``.
+
+    Warns:
+        UserWarning: A ``uint16`` image whose maximum is below :data:`DARK_UINT16_MAX`: it is still
+        scaled by ``1 / 257`` (the result is dark); rescale it yourself and pass ``uint8``.
     """
     if not isinstance(image, np.ndarray):
         raise TypeError(f'{name}: expected a numpy array, got {type(image).__name__}')
@@ -69,6 +87,7 @@ def to_bgr_uint8(image: np.ndarray, name: str = 'image array') -> np.ndarray:
     if dtype == np.uint8:
         pass
     elif dtype == np.uint16:
+        _warn_if_dark_uint16(image, name)
         # Full-range scaling; integer arithmetic rounds half up: (x + 128) // 257.
         image = ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
     elif dtype in (np.float16, np.float32, np.float64):
@@ -90,6 +109,69 @@ def to_bgr_uint8(image: np.ndarray, name: str = 'image array') -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+def _warn_if_dark_uint16(image: np.ndarray, name: str) -> None:
+    """Warn when a ``uint16`` image uses less than 12 bits: ``x / 257`` makes it nearly black."""
+    peak = int(image.max())
+    if peak < DARK_UINT16_MAX:
+        warnings.warn(
+            f'{name}: 16-bit image with maximum value {peak} < {DARK_UINT16_MAX} (12-bit or '
+            f'lower-depth data stored in uint16?); it is scaled by 1/257 over the full 16-bit '
+            f'range as documented, so it is dark after scaling (maximum {round(peak / 257)} of '
+            f'255) and predictions may suffer. To use its actual range, pass an 8-bit array '
+            f'rescaled yourself instead, e.g. '
+            f'np.round(image * (255 / image.max())).astype(np.uint8)',
+            UserWarning, stacklevel=3)
+
+
+def opencv_pixel_limit() -> int:
+    """OpenCV's limit on the pixels of a decoded image.
+
+    Returns:
+        int: ``$OPENCV_IO_MAX_IMAGE_PIXELS`` if set to an integer, else 2**30. OpenCV reads the
+        variable once, when it is loaded: this is the value in force if it was set before that.
+    """
+    try:
+        return int(os.environ.get(OPENCV_PIXEL_LIMIT_ENV, OPENCV_DEFAULT_PIXEL_LIMIT))
+    except ValueError:
+        return OPENCV_DEFAULT_PIXEL_LIMIT
+
+
+def _header_size(path: str) -> Optional[str]:
+    """The size of an image file read from its header by Pillow, e.g. ``'40000 x 30000'``.
+
+    Returns None if Pillow is missing or cannot read the header. Pillow's own decompression-bomb
+    limit refuses very large images but names their pixel count, which is returned then.
+    """
+    try:
+        from PIL import Image
+    except ImportError:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            with Image.open(path) as image:
+                width, height = image.size
+        return f'{width} x {height} = {width * height} pixels'
+    except Image.DecompressionBombError as err:
+        found = re.search(r'\((\d+) pixels\)', str(err))
+        return f'{found.group(1)} pixels' if found else None
+    except Exception:  # noqa: BLE001 - best effort, only used to enrich an error message
+        return None
+
+
+def _decode_error(path: str, err: Exception) -> ValueError:
+    """A ``ValueError`` naming the file for an OpenCV decoding failure."""
+    text = ' '.join(str(err).split())
+    if 'MAX_IMAGE_PIXELS' in text or 'validateInputImageSize' in text:
+        size = _header_size(path)
+        return ValueError(
+            f'cannot decode image file {path}: it is larger ({size or "size unknown"}) than '
+            f'OpenCV\'s limit of {opencv_pixel_limit()} pixels; raise the limit by setting the '
+            f'environment variable {OPENCV_PIXEL_LIMIT_ENV} (e.g. to {1 << 40}) before OpenCV is '
+            f'imported, or shrink the image first')
+    return ValueError(f'cannot decode image file {path}: OpenCV failed ({text})')
+
+
 def read_image(path: PathLike) -> np.ndarray:
     """Read an image file as a ``(H, W, 3)`` ``uint8`` BGR array.
 
@@ -104,7 +186,9 @@ def read_image(path: PathLike) -> np.ndarray:
 
     Raises:
         FileNotFoundError: ``path`` does not exist or is not a file.
-        ValueError: The file cannot be decoded as an image, or holds an unsupported format.
+        ValueError: The file cannot be decoded as an image, holds an unsupported format, or has
+            more pixels than OpenCV's limit (the message names the file, its size when Pillow can
+            read it, the limit and ``OPENCV_IO_MAX_IMAGE_PIXELS``).
     """
     path = os.fspath(path)
     if not osp.isfile(path):
@@ -116,7 +200,10 @@ def read_image(path: PathLike) -> np.ndarray:
         raise ValueError(f'cannot read image file {path}: {err}') from err
     # ANYDEPTH keeps 16-bit and float data; ANYCOLOR keeps grayscale as one channel; OpenCV drops
     # alpha here (it would be dropped below anyway); EXIF orientation is applied.
-    image = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR) if data.size else None
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR) if data.size else None
+    except cv2.error as err:
+        raise _decode_error(path, err) from err
     if image is None:
         raise ValueError(f'cannot decode image file {path}: it is empty, truncated or not an image '
                          'in a format OpenCV reads')

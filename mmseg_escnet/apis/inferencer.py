@@ -7,7 +7,7 @@ Example::
     inferencer = OpenVocabInferencer('configs/escnet_vitl14.py', weights='escnet_vitl14.pth',
                                      vocabulary=['cat', 'dog, puppy', 'sky'])
     result = inferencer('photo.jpg')
-    result['predictions']['sem_seg']      # (H0, W0) int64 class ids at the image's size
+    result['predictions']['sem_seg']      # (H0, W0) int32 class ids at the image's size
     result['predictions']['scores']       # classes present: pixel fraction, mean probability
     inferencer.set_vocabulary('ade150')   # any other vocabulary, no rebuilding
 
@@ -17,7 +17,9 @@ differences: the class count is the vocabulary's, images are read robustly (:mod
 large images are shrunk before inference, and every prediction is a dict with the label map at the
 original size, the class names and per-class scores instead of a bare label map. Batches are
 processed one at a time (predictions, visualisations and files are produced as they come), so a
-large folder does not keep every image's ``(T, H, W)`` probabilities in memory.
+large folder does not keep every image's ``(T, H, W)`` probabilities in memory. Label maps are
+``int32`` (mmseg's are int64), half the memory of a large image; output files are named by
+:mod:`.outputs` (unique within a call).
 """
 import copy
 import os
@@ -25,7 +27,6 @@ import os.path as osp
 import warnings
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-import cv2
 import numpy as np
 import torch
 from mmcv.transforms import Compose
@@ -36,11 +37,12 @@ from mmseg.apis import MMSegInferencer
 from mmseg.structures import SegDataSample
 from torch import nn
 
-from ..checkpoints.model_zoo import get_model
 from ..models.text import Vocabulary
 from ..visualization import make_palette, render_segmentation
 from .image_io import (list_images, read_image, resize_label_map, shrink_to_max_side, to_bgr_uint8,
                        write_label_map)
+from .model_args import check_device, resolve_model
+from .outputs import OutputNamer, class_scores, write_overlay
 
 InputType = Union[str, 'os.PathLike[str]', np.ndarray]
 VocabularyLike = Union[str, 'os.PathLike[str]', Sequence[str], dict, Vocabulary]
@@ -49,33 +51,12 @@ _ANNOTATION_LOADERS = ('LoadAnnotations', 'LoadSegAnnotations', 'LoadDepthAnnota
 _DEFAULT_PIPELINE = [dict(type='LoadImageFromFile'), dict(type='PackSegInputs')]
 
 
-def _resolve_model(model: Union[str, 'os.PathLike[str]', Config, dict],
-                   weights: Optional[str]) -> Tuple[Config, Optional[str]]:
-    """Turn a config path, ``Config`` or model-zoo name into (config, weights)."""
-    if isinstance(model, Config):
-        return copy.deepcopy(model), weights
-    if isinstance(model, dict):
-        return Config(copy.deepcopy(dict(model))), weights
-    if not isinstance(model, (str, os.PathLike)):
-        raise TypeError(f'model must be a config path, a Config or a model-zoo name, got '
-                        f'{type(model).__name__}')
-    text = os.fspath(model)
-    if text.endswith('.py') or os.sep in text or osp.isfile(text):
-        if not osp.isfile(text):
-            raise FileNotFoundError(f'config file not found: {text}')
-        return Config.fromfile(text), weights
-    try:
-        info = get_model(text)
-    except KeyError as err:  # unknown name: the message suggests close names
-        raise ValueError(f'{text!r} is not a config file (.py): {err.args[0]}') from err
-    return Config.fromfile(info.config), weights if weights is not None else f'zoo://{text}'
-
-
 class OpenVocabInferencer(MMSegInferencer):
     """Open-vocabulary semantic segmentation of images, with any vocabulary.
 
     Args:
-        model (str | Config | dict): A config path / ``Config``, or a model-zoo name (resolved by
+        model (str | Config | dict): A config file (a path ending in ``.py``, ``.yml``, ``.yaml``
+            or ``.json``), a ``Config`` or dict, or else a model-zoo name (resolved by
             ``mmseg_escnet.checkpoints.model_zoo.get_model``; its weights default to
             ``'zoo://<name>'``).
         weights (str, optional): Checkpoint path or URL (anything mmengine's ``CheckpointLoader``
@@ -87,7 +68,7 @@ class OpenVocabInferencer(MMSegInferencer):
             (``'ade150'``), a dict of :class:`Vocabulary` arguments or a :class:`Vocabulary`. None
             keeps the config's test vocabulary.
         device (str, optional): ``'cpu'``, ``'cuda'``, ``'cuda:1'``...; None: CUDA if available,
-            else CPU.
+            else CPU. A CUDA device without CUDA available is a ``ValueError``.
         max_side (int, optional): Images whose longer side exceeds it are shrunk to it (area
             interpolation) before inference; label maps are returned at the original size. None
             disables shrinking.
@@ -119,13 +100,15 @@ class OpenVocabInferencer(MMSegInferencer):
         if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int)
                                      or max_side < 1):
             raise ValueError(f'max_side must be a positive int or None, got {max_side!r}')
-        cfg, weights = _resolve_model(model, weights)
+        cfg, weights = resolve_model(model, weights)
         self._weights = weights
         self.max_side = max_side
         self.synonyms = synonyms
         self.templates = templates
         if device is None:
             device = 'cuda' if torch.cuda.is_available() else 'cpu'
+        check_device(device)
+        self._namer: Optional[OutputNamer] = None  # output names of the current call
         super().__init__(model=cfg, weights=weights, device=device, scope=scope)
         self.show_progress = show_progress
         self._config_templates = self.vocabulary.templates
@@ -254,14 +237,19 @@ class OpenVocabInferencer(MMSegInferencer):
                 RGBA, 16-bit and float in [0, 1] are converted, see :mod:`.image_io`), a folder
                 (its images, sorted by name) or a list of paths and arrays.
             return_datasamples (bool): Return the model's :class:`SegDataSample` (one, or a list)
-                instead of dicts; their ``pred_sem_seg`` is at the original size, ``seg_logits``
-                at the inference size.
+                instead of dicts; their ``pred_sem_seg`` (int32) is at the original size,
+                ``seg_logits`` at the inference size; ``out_names`` in their metainfo are the
+                output file names.
             batch_size (int): Images per forward pass.
             return_vis (bool): Also return the rendered overlays (RGB arrays).
             show (bool): Show each overlay in a window.
             wait_time (float): Seconds each window stays (0: until a key is pressed).
             out_dir (str): If set, overlays go to ``out_dir/img_out_dir/<name>.png`` and label
-                maps to ``out_dir/pred_out_dir/<name>.png`` (uint8, or uint16 when T > 256).
+                maps to ``out_dir/pred_out_dir/<name>.png`` (uint8, or uint16 when T > 256), also
+                with ``return_datasamples``. ``<name>`` is the file's stem, made unique within the
+                call with a counter (``a.png``, ``a_1.png``, ``a_2.png``... the same in both
+                folders), or ``<counter:08d>_vis`` / ``<counter:08d>_pred`` for arrays; see
+                :mod:`.outputs`.
             img_out_dir (str): Subfolder of ``out_dir`` for overlays.
             pred_out_dir (str): Subfolder of ``out_dir`` for label maps.
             opacity (float): Weight of the class colours in the overlay, in [0, 1].
@@ -271,7 +259,8 @@ class OpenVocabInferencer(MMSegInferencer):
         Returns:
             dict: ``predictions``: one dict per image (the dict itself for a single image), with
 
-            - ``sem_seg``: (H0, W0) int64 class ids at the original size;
+            - ``sem_seg``: (H0, W0) **int32** class ids at the original size (mmseg returns
+              int64; int32 halves the memory of large images);
             - ``classes``: the T display names;
             - ``scores``: one dict per class present, largest first: ``index``, ``name``,
               ``fraction`` (share of the label map's pixels) and ``mean_probability`` (mean
@@ -288,7 +277,7 @@ class OpenVocabInferencer(MMSegInferencer):
         img_out_dir = osp.join(out_dir, img_out_dir) if out_dir else ''
         pred_out_dir = osp.join(out_dir, pred_out_dir) if out_dir else ''
         items = self._inputs_to_list(inputs)
-        self._used_names: Dict[str, set] = {}
+        self._namer = OutputNamer()  # output names are unique within this call
         predictions, visualization, samples = [], [], []
         batches = self.preprocess(items, batch_size=batch_size)
         if self.show_progress:
@@ -296,11 +285,15 @@ class OpenVocabInferencer(MMSegInferencer):
             batches = track(batches, description='Inference', total=-(-len(items) // batch_size))
         for images, data in batches:
             preds = self.forward(data)
+            for pred in preds:
+                self._output_names(pred)
             vis = self.visualize(images, preds, return_vis=return_vis, show=show,
                                  wait_time=wait_time, img_out_dir=img_out_dir, opacity=opacity,
                                  with_legend=with_legend)
             visualization.extend(vis or [])
             if return_datasamples:
+                for pred in preds:  # label maps are written in both modes, as in mmseg
+                    self._write_label_map(pred, pred_out_dir)
                 samples.extend(preds)
             else:
                 predictions.extend(self.postprocess(preds, vis, False, pred_out_dir=pred_out_dir,
@@ -360,7 +353,7 @@ class OpenVocabInferencer(MMSegInferencer):
 
     @torch.no_grad()
     def forward(self, inputs: dict, **kwargs) -> List[SegDataSample]:
-        """Run the model; adds ``probabilities`` (T, h, w) and the original-size label map.
+        """Run the model; adds ``probabilities`` (T, h, w) and the (H0, W0) int32 label map.
 
         Images of different sizes in one batch are run one by one (mmseg's test preprocessor
         needs equal sizes).
@@ -377,10 +370,10 @@ class OpenVocabInferencer(MMSegInferencer):
             # the sliding_global mode returns probabilities, the other modes logits
             is_prob = (self.model.test_cfg or {}).get('mode', 'whole') == 'sliding_global'
             probs = (logits if is_prob else logits.sigmoid()).float().cpu()
-            small = probs.argmax(dim=0).numpy()                               # (h, w)
-            label_map = resize_label_map(small, pred.metainfo['source_shape'])  # (H0, W0)
+            small = probs.argmax(dim=0).to(torch.int32).numpy()               # (h, w)
+            label_map = resize_label_map(small, pred.metainfo['source_shape'])  # (H0, W0) int32
             pred.set_field(probs, 'probabilities', field_type='data')
-            pred.pred_sem_seg = PixelData(data=torch.from_numpy(label_map).long()[None])
+            pred.pred_sem_seg = PixelData(data=torch.from_numpy(label_map)[None])
         return preds
 
     def visualize(self, inputs: List[np.ndarray], preds: List[SegDataSample],
@@ -402,11 +395,9 @@ class OpenVocabInferencer(MMSegInferencer):
         for image, pred in zip(inputs, preds):
             canvas, _ = render_segmentation(image[:, :, ::-1], pred.pred_sem_seg.data[0].numpy(),
                                             self.classes, self.palette, opacity, with_legend)
-            name = self._output_name(pred.metainfo['img_path'], 'vis', self.num_visualized_imgs)
+            name = self._output_names(pred)['vis']
             if img_out_dir:
-                os.makedirs(img_out_dir, exist_ok=True)
-                if not cv2.imwrite(osp.join(img_out_dir, name), canvas[:, :, ::-1]):
-                    raise ValueError(f'could not write {osp.join(img_out_dir, name)}')
+                write_overlay(osp.join(img_out_dir, name), canvas)
             if show:
                 self.visualizer.show(canvas, win_name=name, wait_time=wait_time)
             canvases.append(canvas)
@@ -421,39 +412,32 @@ class OpenVocabInferencer(MMSegInferencer):
         results = []
         for pred in preds:
             probs = pred.probabilities                                        # (T, h, w)
-            label_map = pred.pred_sem_seg.data[0].numpy()                     # (H0, W0)
-            num_classes = probs.shape[0]
-            small = probs.argmax(dim=0).flatten()
-            chosen = probs.flatten(1).gather(0, small[None])[0]               # (h * w,)
-            small_counts = torch.bincount(small, minlength=num_classes).double()
-            small_sums = torch.bincount(small, weights=chosen.double(), minlength=num_classes)
-            counts = np.bincount(label_map.ravel(), minlength=num_classes)
-            present = np.flatnonzero(counts)
-            scores = [dict(index=int(i), name=names[i], fraction=float(counts[i] / label_map.size),
-                           mean_probability=float(small_sums[i] / small_counts[i]))
-                      for i in present[np.lexsort((present, -counts[present]))]]
-            result = dict(sem_seg=label_map, classes=list(names), scores=scores,
+            label_map = pred.pred_sem_seg.data[0].numpy()                     # (H0, W0) int32
+            result = dict(sem_seg=label_map, classes=list(names),
+                          scores=class_scores(probs, label_map, names),
                           max_probabilities=probs.flatten(1).amax(dim=1).numpy(),
                           img_path=pred.metainfo['img_path'])
             if return_probabilities:
                 result['probabilities'] = probs.numpy()
-            if pred_out_dir:
-                name = self._output_name(pred.metainfo['img_path'], 'pred', self.num_pred_imgs)
-                write_label_map(osp.join(pred_out_dir, name), label_map, num_classes)
-            self.num_pred_imgs += 1
+            self._write_label_map(pred, pred_out_dir)
             results.append(result)
         return results
 
-    def _output_name(self, path: Optional[str], kind: str, counter: int) -> str:
-        """``<stem>.png`` for files, ``<counter>_<kind>.png`` for arrays (mmseg's naming).
+    def _output_names(self, pred: SegDataSample) -> Dict[str, str]:
+        """The image's output file names (``vis`` and ``pred``), assigned once per image.
 
-        A stem already written in this call (``a.jpg`` after ``a.png``) gets the suffix too
-        (``a_jpg.png``), so no output is overwritten.
+        Stored in the metainfo (``out_names``), so overlays and label maps get the same name.
         """
-        if path is None:
-            return f'{counter:08d}_{kind}.png'
-        stem, suffix = osp.splitext(osp.basename(path))
-        used = self._used_names.setdefault(kind, set())
-        name = f'{stem}.png' if stem not in used else f'{stem}_{suffix.lstrip(".")}.png'
-        used.update((stem, osp.splitext(name)[0]))
-        return name
+        if 'out_names' not in pred.metainfo:
+            if self._namer is None:  # visualize/postprocess called outside __call__
+                self._namer = OutputNamer()
+            pred.set_metainfo(dict(out_names=self._namer.assign(pred.metainfo['img_path'],
+                                                                self.num_pred_imgs)))
+            self.num_pred_imgs += 1
+        return pred.metainfo['out_names']
+
+    def _write_label_map(self, pred: SegDataSample, pred_out_dir: str) -> None:
+        """Write the (H0, W0) label map to ``pred_out_dir/<name>.png``, if a folder is given."""
+        if pred_out_dir:
+            write_label_map(osp.join(pred_out_dir, self._output_names(pred)['pred']),
+                            pred.pred_sem_seg.data[0].numpy(), len(pred.probabilities))

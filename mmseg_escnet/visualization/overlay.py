@@ -6,6 +6,10 @@ always gets colour ``i``), so a label map can be re-coloured without the vocabul
 
 Legend text is drawn with OpenCV's Hershey font, which has ASCII glyphs only: other characters are
 shown as ``'?'``.
+
+Large images: colouring, blending and counting go through bands of rows (about
+:data:`BAND_PIXELS` pixels each), so beyond the inputs and the output only band-sized temporaries
+are allocated; :func:`render_segmentation` blends straight into its canvas.
 """
 import colorsys
 from dataclasses import dataclass
@@ -21,6 +25,9 @@ _LEVELS = ((0.85, 0.95), (0.60, 0.70), (1.00, 0.55), (0.45, 0.90), (0.95, 0.80),
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _WHITE = (255, 255, 255)
 _BLACK = (0, 0, 0)
+
+#: Pixels per band of rows processed at once (bounds the temporaries of large images).
+BAND_PIXELS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,35 @@ def _check_palette(palette: np.ndarray) -> np.ndarray:
     return palette.astype(np.uint8)
 
 
+def _row_bands(height: int, width: int) -> List[slice]:
+    """Row slices of bands of about :data:`BAND_PIXELS` pixels (at least one row each)."""
+    step = max(1, BAND_PIXELS // max(1, width))
+    return [slice(top, top + step) for top in range(0, height, step)]
+
+
+def class_pixel_counts(label_map: np.ndarray, num_classes: int) -> np.ndarray:
+    """Pixels of each class in a label map, counted band by band (no full-size temporary).
+
+    Args:
+        label_map (np.ndarray): ``(H, W)`` integer class ids in ``[0, T)``.
+        num_classes (int): T.
+
+    Returns:
+        np.ndarray: ``(T,)`` ``int64`` counts.
+
+    Raises:
+        ValueError: An id is negative or not below T.
+    """
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for rows in _row_bands(*label_map.shape):
+        band_counts = np.bincount(label_map[rows].ravel(), minlength=num_classes)
+        if len(band_counts) > num_classes:
+            raise ValueError(f'label map holds class id {len(band_counts) - 1}, expected ids in '
+                             f'[0, {num_classes})')
+        counts += band_counts
+    return counts
+
+
 def colorize(label_map: np.ndarray, palette: np.ndarray) -> np.ndarray:
     """Paint every pixel with its class colour.
 
@@ -114,7 +150,49 @@ def colorize(label_map: np.ndarray, palette: np.ndarray) -> np.ndarray:
         ValueError: Bad shapes or ids outside the palette.
     """
     palette = _check_palette(palette)
-    return palette[_check_label_map(label_map, len(palette))]
+    label_map = _check_label_map(label_map, len(palette))
+    colors = np.empty((*label_map.shape, 3), dtype=np.uint8)
+    for rows in _row_bands(*label_map.shape):
+        colors[rows] = palette[label_map[rows]]
+    return colors
+
+
+def _check_overlay_args(image: np.ndarray, label_map: np.ndarray, palette: np.ndarray,
+                        opacity: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate the arguments of :func:`overlay`; returns image, label map and palette arrays."""
+    if not 0.0 <= float(opacity) <= 1.0:
+        raise ValueError(f'opacity must be in [0, 1], got {opacity}')
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f'image must be (H, W, 3) uint8 RGB, got shape {image.shape} and dtype '
+                         f'{image.dtype}')
+    palette = _check_palette(palette)
+    label_map = _check_label_map(label_map, len(palette))
+    if label_map.shape != image.shape[:2]:
+        raise ValueError(f'label map shape {label_map.shape} does not match image shape '
+                         f'{image.shape[:2]}')
+    return image, label_map, palette
+
+
+def _blend_into(out: np.ndarray, image: np.ndarray, label_map: np.ndarray, palette: np.ndarray,
+                opacity: float) -> None:
+    """Write the blend of :func:`overlay` into ``out`` (``(H, W, 3)`` uint8), band by band.
+
+    Each band computes ``rint((1 - opacity) * image + opacity * colour)`` in float32 (the same
+    arithmetic on every pixel, whatever the band size); opacity 0 and 1 only copy.
+    """
+    for rows in _row_bands(*label_map.shape):
+        if opacity == 0.0:
+            out[rows] = image[rows]
+            continue
+        colors = palette[label_map[rows]]                                   # (b, W, 3) uint8
+        if opacity == 1.0:
+            out[rows] = colors
+            continue
+        blended = (1.0 - opacity) * image[rows].astype(np.float32)
+        blended += opacity * colors.astype(np.float32)
+        np.rint(blended, out=blended)
+        out[rows] = np.clip(blended, 0, 255)
 
 
 def overlay(image: np.ndarray, label_map: np.ndarray, palette: np.ndarray,
@@ -123,29 +201,23 @@ def overlay(image: np.ndarray, label_map: np.ndarray, palette: np.ndarray,
 
     Args:
         image (np.ndarray): ``(H, W, 3)`` ``uint8`` RGB.
-        label_map (np.ndarray): ``(H, W)`` class ids in ``[0, T)``.
+        label_map (np.ndarray): ``(H, W)`` class ids in ``[0, T)`` (any integer dtype; int32
+            keeps large maps small).
         palette (np.ndarray): ``(T, 3)`` RGB colours.
         opacity (float): Weight of the colours in ``[0, 1]``; 1 shows the colours only.
 
     Returns:
         np.ndarray: ``(H, W, 3)`` ``uint8`` RGB,
-        ``round((1 - opacity) * image + opacity * colour)``.
+        ``round((1 - opacity) * image + opacity * colour)`` (float32 arithmetic, half to even).
+        Temporaries are limited to bands of :data:`BAND_PIXELS` pixels.
 
     Raises:
         ValueError: Bad opacity, shapes or dtype.
     """
-    if not 0.0 <= float(opacity) <= 1.0:
-        raise ValueError(f'opacity must be in [0, 1], got {opacity}')
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f'image must be (H, W, 3) uint8 RGB, got shape {image.shape} and dtype '
-                         f'{image.dtype}')
-    colors = colorize(label_map, palette)
-    if colors.shape != image.shape:
-        raise ValueError(f'label map shape {np.shape(label_map)} does not match image shape '
-                         f'{image.shape[:2]}')
-    blended = (1.0 - opacity) * image.astype(np.float32) + opacity * colors.astype(np.float32)
-    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    image, label_map, palette = _check_overlay_args(image, label_map, palette, opacity)
+    out = np.empty(image.shape, dtype=np.uint8)
+    _blend_into(out, image, label_map, palette, float(opacity))
+    return out
 
 
 def legend_entries(label_map: np.ndarray, class_names: Sequence[str],
@@ -167,7 +239,7 @@ def legend_entries(label_map: np.ndarray, class_names: Sequence[str],
     if len(class_names) != len(palette):
         raise ValueError(f'{len(class_names)} class names but {len(palette)} palette colours')
     label_map = _check_label_map(label_map, len(palette))
-    counts = np.bincount(label_map.ravel(), minlength=len(palette))
+    counts = class_pixel_counts(label_map, len(palette))
     present = np.flatnonzero(counts)
     order = present[np.lexsort((present, -counts[present]))]
     total = float(label_map.size)
@@ -249,16 +321,20 @@ def render_segmentation(image: np.ndarray,
     Returns:
         Tuple[np.ndarray, List[LegendEntry]]: The ``(max(H, h), W + w, 3)`` RGB canvas
         (``(H, W, 3)`` without legend) and the legend entries (classes present, largest first).
+        The overlay is blended straight into the canvas: besides the inputs and the canvas, memory
+        use is bounded by bands of :data:`BAND_PIXELS` pixels.
     """
     if palette is None:
         palette = make_palette(len(class_names))
     entries = legend_entries(label_map, class_names, palette)
-    blended = overlay(image, label_map, palette, opacity)
+    image, label_map, palette = _check_overlay_args(image, label_map, palette, opacity)
     if not with_legend:
-        return blended, entries
-    panel = draw_legend(entries, row_height=legend_row_height(blended.shape[0]))
-    height = max(blended.shape[0], panel.shape[0])
-    canvas = np.full((height, blended.shape[1] + panel.shape[1], 3), 255, dtype=np.uint8)
-    canvas[:blended.shape[0], :blended.shape[1]] = blended
-    canvas[:panel.shape[0], blended.shape[1]:] = panel
+        return overlay(image, label_map, palette, opacity), entries
+    height, width = label_map.shape
+    panel = draw_legend(entries, row_height=legend_row_height(height))
+    canvas = np.empty((max(height, panel.shape[0]), width + panel.shape[1], 3), dtype=np.uint8)
+    canvas[height:, :width] = 255
+    canvas[panel.shape[0]:, width:] = 255
+    canvas[:panel.shape[0], width:] = panel
+    _blend_into(canvas[:height, :width], image, label_map, palette, float(opacity))
     return canvas, entries

@@ -1,8 +1,17 @@
 """Image reading/conversion and label-map writing (mmseg_escnet.apis.image_io): no model needed."""
+import json
+import os
+import os.path as osp
+import struct
+import subprocess
+import sys
+import warnings
+
 import cv2
 import numpy as np
 import pytest
 
+from mmseg_escnet.apis import image_io
 from mmseg_escnet.apis.image_io import (label_map_dtype, list_images, read_image, resize_label_map,
                                         shrink_to_max_side, to_bgr_uint8, write_label_map)
 
@@ -36,7 +45,25 @@ def test_uint16_scales_the_full_range():
 
 
 def test_uint16_of_an_8bit_image_gives_it_back(bgr):
-    np.testing.assert_array_equal(to_bgr_uint8(bgr.astype(np.uint16) * 257), bgr)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # full-range data: no warning
+        np.testing.assert_array_equal(to_bgr_uint8(bgr.astype(np.uint16) * 257), bgr)
+
+
+def test_dark_uint16_warns_but_keeps_the_documented_scaling(tmp_path):
+    twelve_bit = np.array([[0, 1000, 4095]], dtype=np.uint16)
+    with pytest.warns(UserWarning, match=r'input 2: 16-bit image with maximum value 4095 < 4096 '
+                      r'\(12-bit .*dark after scaling \(maximum 16 of 255\).*pass an 8-bit '
+                      r'array'):
+        out = to_bgr_uint8(twelve_bit, name='input 2')
+    np.testing.assert_array_equal(out[0, :, 0], [0, 4, 16])  # round(x / 257)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        to_bgr_uint8(np.array([[4096]], dtype=np.uint16))  # 13 bits used: no warning
+    cv2.imwrite(str(tmp_path / 'dark.png'), np.full((3, 4), 300, dtype=np.uint16))
+    with pytest.warns(UserWarning, match='image file .*dark.png: 16-bit image with maximum '
+                      'value 300'):
+        assert read_image(tmp_path / 'dark.png').max() == 1
 
 
 def test_float_in_unit_range(bgr):
@@ -110,6 +137,66 @@ def test_read_image_errors_name_the_file(tmp_path):
     (tmp_path / 'empty.jpg').write_bytes(b'')
     with pytest.raises(ValueError, match='cannot decode image file .*empty.jpg'):
         read_image(tmp_path / 'empty.jpg')
+
+
+def _bmp_header(width, height):
+    """A BMP file header claiming a 24-bit image of this size, without pixel data."""
+    row = (width * 3 + 3) // 4 * 4
+    info = struct.pack('<IiiHHIIiiII', 40, width, height, 1, 24, 0, row * height, 2835, 2835, 0, 0)
+    return b'BM' + struct.pack('<IHHI', 54 + row * height, 0, 0, 54) + info
+
+
+def test_image_beyond_the_opencv_pixel_limit_is_a_value_error(tmp_path):
+    limit = image_io.opencv_pixel_limit()
+    if limit >= 1_200_000_000:
+        pytest.skip(f'OPENCV_IO_MAX_IMAGE_PIXELS={limit} in the environment allows the image')
+    # OpenCV checks the size from the header, before reading pixels: a header is enough
+    (tmp_path / 'huge.bmp').write_bytes(_bmp_header(40000, 30000))
+    with pytest.raises(ValueError, match=r'cannot decode image file .*huge.bmp: it is larger '
+                       r'\(1200000000 pixels\) than OpenCV\'s limit of 1073741824 pixels; .*'
+                       'environment variable OPENCV_IO_MAX_IMAGE_PIXELS'):
+        read_image(tmp_path / 'huge.bmp')
+
+
+_LIMIT_SCRIPT = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location('image_io', sys.argv[1])
+image_io = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(image_io)  # only cv2 and numpy: no package import, fast
+messages = []
+for pil_limit in (None, 10):  # 10: Pillow's own limit refuses the header too
+    if pil_limit:
+        from PIL import Image
+        Image.MAX_IMAGE_PIXELS = pil_limit
+    try:
+        image_io.read_image(sys.argv[2])
+        messages.append('no error')
+    except ValueError as err:
+        messages.append(str(err))
+print(json.dumps(messages))
+"""
+
+
+def test_opencv_pixel_limit_from_the_environment(tmp_path):
+    cv2.imwrite(str(tmp_path / 'photo.png'), np.zeros((20, 30, 3), dtype=np.uint8))
+    module = osp.join(osp.dirname(image_io.__file__), 'image_io.py')
+    env = dict(os.environ, OPENCV_IO_MAX_IMAGE_PIXELS='100')  # read when OpenCV is loaded
+    argv = [sys.executable, '-c', _LIMIT_SCRIPT, module, str(tmp_path / 'photo.png')]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    with_size, pixels_only = json.loads(proc.stdout)
+    assert with_size == (f'cannot decode image file {tmp_path / "photo.png"}: it is larger (30 x '
+                         f'20 = 600 pixels) than OpenCV\'s limit of 100 pixels; raise the limit by '
+                         f'setting the environment variable OPENCV_IO_MAX_IMAGE_PIXELS (e.g. to '
+                         f'{1 << 40}) before OpenCV is imported, or shrink the image first')
+    assert '(600 pixels) than OpenCV\'s limit of 100 pixels' in pixels_only
+
+
+def test_opencv_pixel_limit_value(monkeypatch):
+    monkeypatch.delenv('OPENCV_IO_MAX_IMAGE_PIXELS', raising=False)
+    assert image_io.opencv_pixel_limit() == 1 << 30
+    monkeypatch.setenv('OPENCV_IO_MAX_IMAGE_PIXELS', '5000')
+    assert image_io.opencv_pixel_limit() == 5000
 
 
 def test_list_images_sorted_and_filtered(tmp_path, bgr):

@@ -1,6 +1,9 @@
 """OpenVocabInferencer on tiny randomly initialised CAT-Seg / ESC-Net models; palette, legend."""
 import hashlib
+import importlib
+import os
 import os.path as osp
+import tracemalloc
 import warnings
 
 import cv2
@@ -11,9 +14,12 @@ from mmengine.config import Config
 
 from mmseg_escnet.apis import OpenVocabInferencer
 from mmseg_escnet.apis.image_io import resize_label_map, shrink_to_max_side
+from mmseg_escnet.apis.outputs import OutputNamer, write_overlay
 from mmseg_escnet.models.text import Vocabulary
-from mmseg_escnet.visualization import (draw_legend, legend_entries, make_palette, overlay,
-                                        render_segmentation)
+from mmseg_escnet.visualization import (colorize, draw_legend, legend_entries, make_palette,
+                                        overlay, render_segmentation)
+
+overlay_module = importlib.import_module('mmseg_escnet.visualization.overlay')  # not the function
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CATSEG = osp.join(ROOT, 'configs', 'catseg_tiny_synthetic.py')
@@ -59,7 +65,7 @@ def _predict(inferencer, image, **kwargs):
 @pytest.mark.parametrize('size', [(1, 1), (7, 5), (96, 96), (50, 130)])
 def test_result_at_original_size(catseg, size):
     pred = _predict(catseg, _image(*size))
-    assert pred['sem_seg'].shape == size and pred['sem_seg'].dtype == np.int64
+    assert pred['sem_seg'].shape == size and pred['sem_seg'].dtype == np.int32  # documented
     assert pred['classes'] == CLASSES and pred['img_path'] is None
     assert pred['probabilities'].shape == (5, *size)
     np.testing.assert_array_equal(pred['sem_seg'], pred['probabilities'].argmax(0))
@@ -84,6 +90,7 @@ def test_scores_match_probabilities_and_logits(catseg):
     # 'whole' mode: probabilities are the sigmoid of the model's logits
     sample = catseg(image, return_datasamples=True)
     np.testing.assert_allclose(probs, sample.seg_logits.data.sigmoid().numpy(), rtol=1e-6)
+    assert sample.pred_sem_seg.data.dtype == torch.int32
     np.testing.assert_array_equal(sample.pred_sem_seg.data[0].numpy(), labels)
 
 
@@ -162,6 +169,74 @@ def test_folder_input_sorted_with_outputs(catseg, tmp_path):
     np.testing.assert_array_equal(single['sem_seg'], preds[1]['sem_seg'])
 
 
+def _write(path, image):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, data = cv2.imencode('.png', image)
+    assert ok
+    path.write_bytes(data.tobytes())  # no suffix needed: files are decoded by content
+    return str(path)
+
+
+def test_same_file_names_get_numbered_outputs(catseg, tmp_path):
+    # different sizes: an overwritten output would not match its image's prediction
+    files = [_write(tmp_path / f'd{i}' / name, _image(5 + i, 7 + i, seed=20 + i))
+             for i, name in enumerate(['a.png', 'a.png', 'a.png', 'a', 'a_1.png'])]
+    array = _image(4, 6, seed=30)
+    start = catseg.num_pred_imgs  # arrays are numbered like mmseg's, over the inferencer's life
+    out = tmp_path / 'out'
+    result = catseg(files + [array], out_dir=str(out), return_vis=True, batch_size=2)
+    names = ['a.png', 'a_1.png', 'a_2.png', 'a_3.png', 'a_1_1.png']
+    vis_names = names + [f'{start + 5:08d}_vis.png']
+    pred_names = names + [f'{start + 5:08d}_pred.png']
+    assert sorted(os.listdir(out / 'vis')) == sorted(vis_names)
+    assert sorted(os.listdir(out / 'pred')) == sorted(pred_names)
+    for pred, canvas, vis_name, pred_name in zip(result['predictions'], result['visualization'],
+                                                 vis_names, pred_names):
+        saved = cv2.imread(str(out / 'pred' / pred_name), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(saved, pred['sem_seg'])
+        np.testing.assert_array_equal(cv2.imread(str(out / 'vis' / vis_name))[:, :, ::-1], canvas)
+
+
+def test_output_namer_never_reuses_a_name():
+    namer = OutputNamer()
+    assert namer.assign('x/00000001_vis.png', 0) == dict(vis='00000001_vis.png',
+                                                         pred='00000001_vis.png')
+    # an array's name taken by a file in one folder: the counter moves on in both folders
+    assert namer.assign(None, 1) == dict(vis='00000001_vis_1.png', pred='00000001_pred_1.png')
+    assert namer.assign('y/B.jpg', 2) == dict(vis='B.png', pred='B.png')
+    assert namer.assign('z/b.png', 3) == dict(vis='b_1.png', pred='b_1.png')  # case-insensitive
+    assert OutputNamer().assign('z/b.png', 3) == dict(vis='b.png', pred='b.png')  # per call
+
+
+def test_write_overlay_round_trip_keeps_the_canvas(tmp_path):
+    canvas = _image(6, 9, seed=33)  # RGB
+    original = canvas.copy()
+    path = write_overlay(str(tmp_path / 'sub' / 'é.png'), canvas)
+    np.testing.assert_array_equal(canvas, original)  # channels swapped back after encoding
+    np.testing.assert_array_equal(cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR),
+                                  original[:, :, ::-1])  # BGR on disk
+    frozen = original.copy()
+    frozen.flags.writeable = False
+    write_overlay(str(tmp_path / 'frozen.png'), frozen)
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / 'frozen.png'))[:, :, ::-1], original)
+    with pytest.raises(ValueError, match='overlays are written as PNG; .*x.jpg does not end'):
+        write_overlay(str(tmp_path / 'x.jpg'), canvas)
+    with pytest.raises(ValueError, match=r'must be \(H, W, 3\) uint8 RGB, got shape \(6, 9\)'):
+        write_overlay(str(tmp_path / 'x.png'), canvas[:, :, 0])
+
+
+def test_datasamples_mode_writes_label_maps_too(catseg, tmp_path):
+    path = _write(tmp_path / 'in' / 'photo.jpg', _image(9, 11, seed=31))
+    sample = catseg(path, return_datasamples=True, out_dir=str(tmp_path / 'out'))
+    saved = cv2.imread(str(tmp_path / 'out' / 'pred' / 'photo.png'), cv2.IMREAD_UNCHANGED)
+    assert saved.shape == (9, 11)
+    np.testing.assert_array_equal(saved, sample.pred_sem_seg.data[0].numpy())
+    assert (tmp_path / 'out' / 'vis' / 'photo.png').is_file()
+    samples = catseg([path, path], return_datasamples=True, out_dir=str(tmp_path / 'two'))
+    assert len(samples) == 2 and sorted(os.listdir(tmp_path / 'two' / 'pred')) == [
+        'photo.png', 'photo_1.png']
+
+
 def test_input_errors(catseg, tmp_path):
     (tmp_path / 'bad.jpg').write_bytes(b'no image here')
     (tmp_path / 'empty').mkdir()
@@ -180,6 +255,24 @@ def test_input_errors(catseg, tmp_path):
             catseg(given)
     with pytest.raises(ValueError, match='batch_size must be >= 1'):
         catseg(_image(4, 4), batch_size=0)
+
+
+def test_dark_16bit_input_warns(catseg):
+    twelve_bit = (_image(6, 8, seed=32).astype(np.uint16) * 16)  # 12-bit data, max < 4096
+    with pytest.warns(UserWarning, match='input 0: 16-bit image with maximum value .* < 4096 .*'
+                      'dark after scaling .*pass an 8-bit array'):
+        pred = _predict(catseg, twelve_bit)
+    assert pred['sem_seg'].shape == (6, 8)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the error raised without CUDA')
+def test_cuda_without_cuda_is_a_clear_error():
+    for device in ('cuda', 'cuda:1'):
+        with pytest.raises(ValueError, match=f"device '{device}': CUDA is not available .*use "
+                           'device cpu'):
+            OpenVocabInferencer(CATSEG, device=device)
+    with pytest.raises(ValueError, match="device 'gpu' is not a torch device"):
+        OpenVocabInferencer(CATSEG, device='gpu')
 
 
 # -- vocabulary ----------------------------------------------------------------------------------
@@ -251,16 +344,22 @@ def test_model_zoo_name(checkpoint, catseg, tmp_path, monkeypatch):
         f'    Weights SHA-256: {digest}\n')
     monkeypatch.setenv('MMSEG_ESCNET_MODEL_INDEX', str(tmp_path / 'model-index.yml'))
     monkeypatch.setenv('MMSEG_ESCNET_CACHE', str(tmp_path / 'cache'))
+    monkeypatch.chdir(tmp_path)
+    for name in ('tiny_catseg', 'tiny_catsge'):  # files named like models do not shadow them
+        (tmp_path / name).write_text('not a config')
     zoo = _build('tiny_catseg', vocabulary=CLASSES, device=None)  # device=None: CUDA else CPU
     expected = 'cuda' if torch.cuda.is_available() else 'cpu'
     assert next(zoo.model.parameters()).device.type == expected
     image = _image(12, 12, seed=10)
     np.testing.assert_allclose(_predict(zoo, image)['probabilities'],
                                _predict(catseg, image)['probabilities'], atol=1e-5)
-    with pytest.raises(ValueError, match="'tiny_catsge' is not a config file .*tiny_catseg"):
+    with pytest.raises(ValueError, match=r"'tiny_catsge' is not a config file \(a path ending in "
+                       r"\.py/\.yml/\.yaml/\.json\) and not a known model-zoo name: "
+                       '.*tiny_catseg'):
         _build('tiny_catsge')
-    with pytest.raises(FileNotFoundError, match='config file not found: .*nope.py'):
-        _build(str(tmp_path / 'nope.py'))
+    for missing in ('nope.py', 'nope.yaml', 'nope.YML', 'nope.json'):
+        with pytest.raises(FileNotFoundError, match=f'config file not found: .*{missing}'):
+            _build(str(tmp_path / missing))
     with pytest.raises(ValueError, match='max_side must be a positive int or None, got 0'):
         _build(CATSEG, max_side=0)
 
@@ -319,6 +418,48 @@ def test_overlay_and_legend_entries():
         overlay(image[:2], labels, palette)
     panel = draw_legend(entries, row_height=20)
     assert panel.shape[0] == 3 * 20 + 2 * 4
+
+
+@pytest.mark.parametrize('band_pixels', [1, 7, 1 << 18])
+def test_overlay_in_bands_matches_the_formula(band_pixels, monkeypatch):
+    monkeypatch.setattr(overlay_module, 'BAND_PIXELS', band_pixels)  # 1: a row per band
+    rng = np.random.default_rng(14)
+    image = rng.integers(0, 256, (23, 17, 3), dtype=np.uint8)
+    labels = rng.integers(0, 6, (23, 17)).astype(np.int32)
+    palette = make_palette(6)
+    np.testing.assert_array_equal(colorize(labels, palette), palette[labels])
+    np.testing.assert_array_equal(overlay_module.class_pixel_counts(labels, 6),
+                                  np.bincount(labels.ravel(), minlength=6))
+    for opacity in (0.0, 0.1, 0.3, 0.5, 0.7, 1.0):
+        expected = np.rint((1.0 - opacity) * image.astype(np.float32)
+                           + opacity * palette[labels].astype(np.float32)).astype(np.uint8)
+        np.testing.assert_array_equal(overlay(image, labels, palette, opacity), expected)
+        canvas, _ = render_segmentation(image, labels, [str(i) for i in range(6)], palette,
+                                        opacity)
+        np.testing.assert_array_equal(canvas[:23, :17], expected)
+    with pytest.raises(ValueError, match=r'holds class id 6, expected ids in \[0, 6\)'):
+        overlay_module.class_pixel_counts(labels + 1, 6)
+
+
+def test_rendering_a_large_image_needs_little_extra_memory(monkeypatch):
+    monkeypatch.setattr(overlay_module, 'BAND_PIXELS', 1 << 15)
+    height, width = 1200, 1500  # 55 bands
+    image = np.random.default_rng(15).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    labels = (np.arange(height * width, dtype=np.int32).reshape(height, width) // 70001) % 5
+    tracemalloc.start()
+    try:
+        canvas, entries = render_segmentation(image, labels, CLASSES, make_palette(5), 0.4)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Beyond the canvas: band-sized temporaries (about 30 bytes per band pixel) and the legend,
+    # 1.5 MB here, whatever the image size; blending the whole image in float32 would take
+    # 13x the image (70 MB).
+    assert peak - canvas.nbytes < 32 * (1 << 15) + 500_000, (peak, canvas.nbytes)
+    assert [e.index for e in entries] == [0, 1, 2, 3, 4]
+    expected = np.rint(0.6 * image[:100].astype(np.float32)
+                       + 0.4 * make_palette(5)[labels[:100]].astype(np.float32))
+    np.testing.assert_array_equal(canvas[:100, :width], expected.astype(np.uint8))
 
 
 def _colours(pixels):

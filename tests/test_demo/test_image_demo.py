@@ -3,6 +3,8 @@ import importlib.util
 import os
 import os.path as osp
 import re
+import socket
+import struct
 import subprocess
 import sys
 
@@ -37,6 +39,9 @@ def files(tmp_path_factory):
     image = np.random.default_rng(0).integers(0, 65536, (45, 70, 3), dtype=np.uint16)
     cv2.imwrite(str(folder / 'image.png'), image)
     (folder / 'bad.jpg').write_bytes(b'not a jpeg')
+    # a BMP header claiming 40000 x 30000 pixels: beyond OpenCV's default limit of 2**30 pixels
+    info = struct.pack('<IiiHHIIiiII', 40, 40000, 30000, 1, 24, 0, 0, 2835, 2835, 0, 0)
+    (folder / 'huge.bmp').write_bytes(b'BM' + struct.pack('<IHHI', 54, 0, 0, 54) + info)
     return folder
 
 
@@ -90,6 +95,8 @@ def test_257_classes_give_a_uint16_label_map(demo, files, tmp_path, capsys):
     (dict(config='nope.py'), 'config file not found: .*nope.py'),
     (dict(checkpoint='nope.pth'), "checkpoint '.*nope.pth' is not an existing file"),
     (dict(out='out.txt'), '--out .*out.txt: expected one of'),
+    (dict(image='huge.bmp'), r"cannot decode image file .*huge.bmp: it is larger \(1200000000 "
+     r"pixels\) than OpenCV's limit of \d+ pixels; .*OPENCV_IO_MAX_IMAGE_PIXELS"),
 ])
 def test_errors_exit_1_with_a_message(demo, files, capsys, case, message):
     args = dict(image='image.png', config=CONFIG, checkpoint='tiny.pth', vocab='cat,dog',
@@ -101,4 +108,51 @@ def test_errors_exit_1_with_a_message(demo, files, capsys, case, message):
     assert demo.main(argv) == 1
     err = capsys.readouterr().err
     assert re.search(f'image_demo.py: error: {message}', err), err
-    assert 'Traceback' not in err
+    assert 'Traceback' not in err and len(err.strip().splitlines()) == 1
+
+
+def _closed_port():
+    """A local port nothing listens on (connections are refused at once)."""
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def _run_with_model_zoo(demo, files, tmp_path, monkeypatch, weights):
+    """Run the demo on the model-zoo name ``tiny_zoo`` (the tiny config with ``weights``)."""
+    (tmp_path / 'model-index.yml').write_text(
+        'Models:\n  - Name: tiny_zoo\n    In Collection: CAT-Seg\n'
+        f'    Config: {CONFIG}\n    Weights: {weights}\n')
+    monkeypatch.setenv('MMSEG_ESCNET_MODEL_INDEX', str(tmp_path / 'model-index.yml'))
+    return demo.main([str(files / 'image.png'), 'tiny_zoo', '--vocab', 'cat,dog', '--out',
+                      str(tmp_path / 'out.png'), '--device', 'cpu'])
+
+
+def test_checkpoint_download_failure_is_one_line(demo, files, tmp_path, monkeypatch, capsys):
+    url = f'http://127.0.0.1:{_closed_port()}/tiny.pth'
+    assert _run_with_model_zoo(demo, files, tmp_path, monkeypatch, url) == 1  # DownloadError
+    err = capsys.readouterr().err
+    assert re.search(f'^image_demo.py: error: download.*{re.escape(url)}.*failed', err,
+                     flags=re.M), err
+    assert 'Traceback' not in err and not (tmp_path / 'out.png').exists()
+
+
+def test_missing_checkpoint_file_is_one_line(demo, files, tmp_path, monkeypatch, capsys):
+    missing = tmp_path / 'gone' / 'tiny.pth'
+    argv = [str(files / 'image.png'), CONFIG, '--checkpoint', f'file://{missing}', '--vocab',
+            'cat,dog', '--out', str(tmp_path / 'out.png'), '--device', 'cpu']
+    assert demo.main(argv) == 1
+    err = capsys.readouterr().err
+    assert re.search(f'^image_demo.py: error: checkpoint file not found: .*{missing}', err,
+                     flags=re.M), err
+    assert 'Traceback' not in err and not (tmp_path / 'out.png').exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the error raised without CUDA')
+def test_cuda_without_cuda_is_one_line(demo, files, tmp_path, capsys):
+    argv = [str(files / 'image.png'), CONFIG, '--checkpoint', str(files / 'tiny.pth'), '--vocab',
+            'cat,dog', '--out', str(tmp_path / 'out.png'), '--device', 'cuda']
+    assert demo.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("image_demo.py: error: --device 'cuda': CUDA is not available ("), err
+    assert err.rstrip().endswith('use --device cpu') and len(err.strip().splitlines()) == 1
