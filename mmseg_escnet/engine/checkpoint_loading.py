@@ -93,6 +93,12 @@ def load_local_checkpoint(filename: str, map_location: Optional[Union[str, Calla
                 f'Original error: {error}') from error
 
 
+def load_from_local_safe(filename: str,
+                         map_location: Optional[Union[str, Callable]] = None) -> Any:
+    """Local-file loader: :func:`load_local_checkpoint` (MMEngine logs "local_safe backend")."""
+    return load_local_checkpoint(filename, map_location=map_location)
+
+
 def load_from_verified_url(filename: str,
                            map_location: Optional[Union[str, Callable]] = None) -> Any:
     """``http(s)://`` loader: verified, cached download, then :func:`load_local_checkpoint`.
@@ -117,7 +123,7 @@ def install() -> None:
     once into a verified cache (:mod:`mmseg_escnet.checkpoints.download`); ``zoo://NAME`` names a
     model of the model index (:mod:`mmseg_escnet.checkpoints.model_zoo`).
     """
-    CheckpointLoader.register_scheme(prefixes='', loader=load_local_checkpoint, force=True)
+    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_safe, force=True)
     CheckpointLoader.register_scheme(prefixes=('http://', 'https://'),
                                      loader=load_from_verified_url, force=True)
     CheckpointLoader.register_scheme(prefixes='zoo://', loader=load_from_model_zoo, force=True)
