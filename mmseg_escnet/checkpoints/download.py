@@ -28,13 +28,14 @@ from filelock import FileLock, Timeout
 from mmengine.dist import all_gather_object, get_dist_info
 from mmengine.logging import print_log
 
-from .hash_sources import (FULL_HEX, KNOWN_SHA256, ExpectedHash, expected_sha256, resolve_hash,
-                           split_url)
+from .hash_sources import (FULL_HEX, KNOWN_SHA256, SCHEMES, ExpectedHash, expected_sha256,
+                           resolve_hash, split_url)
 from .http_transfer import ChecksumError, DownloadError, discard_partial, transfer
 
 __all__ = [
     'DownloadError', 'ChecksumError', 'KNOWN_SHA256', 'default_cache_dir', 'cache_path',
-    'expected_sha256', 'file_sha256', 'cache_lock', 'download_checkpoint', 'rank_zero_first',
+    'expected_sha256', 'file_sha256', 'cache_lock', 'download_checkpoint', 'local_checkpoint_path',
+    'rank_zero_first',
     'load_checkpoint_from_url'
 ]
 
@@ -389,6 +390,36 @@ def rank_zero_first(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     if error is not None:
         raise error
     return result
+
+
+def local_checkpoint_path(path_or_url: Union[str, 'os.PathLike[str]'], *, what: str = 'checkpoint',
+                          cache_dir: Optional[str] = None) -> str:
+    """A local file for ``path_or_url``: URLs are downloaded once into the verified cache.
+
+    Shared by the CLIP, SAM and CAT-Seg weight readers.
+
+    Args:
+        path_or_url (str | PathLike): Local path, or ``http://``/``https://``/``file://`` URL
+            (``#sha256=<hex>`` pins the hash of any URL).
+        what (str): What the file is, for error messages (``'SAM checkpoint'``...).
+        cache_dir (str, optional): Download cache; :func:`default_cache_dir` if not given.
+
+    Returns:
+        str: Path of an existing local file.
+
+    Raises:
+        TypeError: ``path_or_url`` is not a string or path.
+        FileNotFoundError: A local path does not exist.
+        DownloadError: A download failed or did not verify.
+    """
+    if not isinstance(path_or_url, (str, os.PathLike)):
+        raise TypeError(f'{what} must be a path or URL string, got {type(path_or_url).__name__}')
+    text = os.fspath(path_or_url)
+    if urlsplit(text).scheme.lower() in SCHEMES:
+        return download_checkpoint(text, cache_dir=cache_dir, progress=sys.stderr.isatty())
+    if not osp.isfile(text):
+        raise FileNotFoundError(f'{what} file not found: {text!r}')
+    return text
 
 
 def load_checkpoint_from_url(filename: str,

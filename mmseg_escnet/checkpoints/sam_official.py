@@ -8,10 +8,7 @@ The published files (``sam_vit_{b,l,h}_*.pth``) are plain state dicts of
 checkpoints have identical shapes for these.  ESC block ``k`` is initialised from layer
 ``k mod L`` (``layer_map='mod'``, notes §11 item 6) or ``min(k, L-1)`` (``'clamp'``).
 """
-import os
-import os.path as osp
 import re
-import sys
 import warnings
 from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence
 
@@ -19,6 +16,8 @@ import torch
 import torch.nn as nn
 from segment_anything.modeling.prompt_encoder import PromptEncoder
 from segment_anything.modeling.transformer import TwoWayAttentionBlock
+
+from .download import local_checkpoint_path
 
 if TYPE_CHECKING:  # imported lazily to keep checkpoints/ free of model-package import cycles
     from mmseg_escnet.models.necks.sam_block import SAMBlock
@@ -37,7 +36,6 @@ DECODER_PREFIX = 'mask_decoder.'
 LAYER_PREFIX = 'mask_decoder.transformer.layers.'
 OUTPUT_TOKEN_KEYS = ('mask_decoder.iou_token.weight', 'mask_decoder.mask_tokens.weight')
 _LAYER_RE = re.compile(r'^mask_decoder\.transformer\.layers\.(\d+)\.')
-_URL_SCHEMES = ('http://', 'https://', 'file://')
 
 
 def _module_keys(module: nn.Module) -> List[str]:
@@ -55,25 +53,6 @@ def _short(keys: Sequence[str], limit: int = 10) -> str:
     keys = list(keys)
     more = f' ... (+{len(keys) - limit} more)' if len(keys) > limit else ''
     return ', '.join(keys[:limit]) + more
-
-
-def _resolve(path_or_url: str, cache_dir: Optional[str]) -> str:
-    """Local path of ``path_or_url``; URLs are downloaded once into a verified cache.
-
-    The official URLs are checked against their published SHA-256 (see
-    :func:`~mmseg_escnet.checkpoints.download.expected_sha256`); ``cache_dir`` defaults to
-    ``$MMSEG_ESCNET_CACHE/checkpoints``.
-    """
-    if not isinstance(path_or_url, (str, os.PathLike)):
-        raise TypeError(f'SAM checkpoint must be a path or URL string, got '
-                        f'{type(path_or_url).__name__}')
-    path_or_url = os.fspath(path_or_url)
-    if path_or_url.startswith(_URL_SCHEMES):
-        from .download import download_checkpoint
-        return download_checkpoint(path_or_url, cache_dir=cache_dir, progress=sys.stderr.isatty())
-    if not osp.isfile(path_or_url):
-        raise FileNotFoundError(f'SAM checkpoint file not found: {path_or_url!r}')
-    return path_or_url
 
 
 def _torch_load(path: str) -> object:
@@ -112,7 +91,7 @@ def load_sam_checkpoint(path_or_url: str, *,
         ValueError: for an unreadable or non-SAM file, or missing required keys (the message
             names the file and the keys).
     """
-    path = _resolve(path_or_url, cache_dir)
+    path = local_checkpoint_path(path_or_url, what='SAM checkpoint', cache_dir=cache_dir)
     obj = _torch_load(path)
     if isinstance(obj, Mapping):
         for wrapper in ('model', 'state_dict'):

@@ -17,7 +17,6 @@ DST is written as ``{'state_dict': ..., 'meta': {...}}`` with only plain Python 
 so ``load_from=DST`` works under torch's ``weights_only`` loading.
 """
 import argparse
-import importlib.util
 import os
 import os.path as osp
 import pickle
@@ -30,6 +29,7 @@ import torch
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
+from mmseg_escnet.checkpoints.download import local_checkpoint_path  # noqa: E402
 from mmseg_escnet.checkpoints.catseg_checkpoint import (  # noqa: E402
     CLIPArchitecture, check_architecture, clip_architecture, clip_architecture_from_config,
     split_catseg_checkpoint)
@@ -40,35 +40,11 @@ DEFAULT_CONFIGS = {
     'ViT-B/16': osp.join('configs', 'catseg_vitb16.py'),
     'ViT-L/14@336px': osp.join('configs', 'catseg_vitl14.py'),
 }
-_URL_SCHEMES = ('http://', 'https://')
 
 
 def _short(keys: List[str], limit: int = 10) -> str:
     more = f' ... (+{len(keys) - limit} more)' if len(keys) > limit else ''
     return repr(keys[:limit]) + more
-
-
-def local_path(src: str) -> str:
-    """Local path of ``src``; http(s) URLs are downloaded once into the cache.
-
-    Args:
-        src (str): Local path or http(s) URL.
-
-    Returns:
-        str: Path of an existing file.
-
-    Raises:
-        FileNotFoundError: If a local ``src`` does not exist.
-    """
-    if src.startswith(_URL_SCHEMES):
-        if importlib.util.find_spec('mmseg_escnet.checkpoints.download') is not None:
-            from mmseg_escnet.checkpoints.download import download_checkpoint
-            return os.fspath(download_checkpoint(src))
-        from mmseg_escnet.models.backbones.clip_weights import resolve_weights_path
-        return resolve_weights_path(src)
-    if not osp.isfile(src):
-        raise FileNotFoundError(f'checkpoint file not found: {src}')
-    return src
 
 
 def load_checkpoint_file(src: str) -> Mapping:
@@ -84,7 +60,7 @@ def load_checkpoint_file(src: str) -> Mapping:
         ValueError: If the file is not a torch checkpoint, needs arbitrary Python objects
             unpickled, or does not hold a dict.
     """
-    path = local_path(src)
+    path = local_checkpoint_path(src)
     try:
         obj = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as err:

@@ -21,10 +21,8 @@ common format returned by :func:`load_clip_weights` is the open_clip naming with
 (``q_proj_weight``, ``k_proj_weight``, ``v_proj_weight``) used by ``CLIPBackbone``.
 """
 import json
-import os
 import os.path as osp
 import struct
-import sys
 import zipfile
 from typing import Dict, Iterable, Mapping, Optional, Tuple
 
@@ -40,38 +38,6 @@ MODEL_PREFIXES = (('backbone.clip_model.', 'mmseg'),
                   ('sem_seg_head.predictor.clip_model.', 'catseg'))
 _SPLIT_SUFFIXES = ('q_proj_weight', 'k_proj_weight', 'v_proj_weight')
 _PACKED_SUFFIX = 'in_proj_weight'
-
-
-def resolve_weights_path(path_or_url: str, cache_dir: Optional[str] = None) -> str:
-    """Return a local path for ``path_or_url``, downloading http(s) URLs once into a verified cache.
-
-    URLs go through :func:`mmseg_escnet.checkpoints.download.download_checkpoint`: OpenAI's CLIP
-    URLs carry the file's SHA-256 in their path and are verified against it; a cached copy is used
-    offline.
-
-    Args:
-        path_or_url (str): Local file path or ``http://``/``https://`` URL (``#sha256=<hex>`` pins
-            the hash of any URL).
-        cache_dir (str, optional): Download cache folder. Defaults to
-            ``$MMSEG_ESCNET_CACHE/checkpoints`` (``~/.cache/mmseg_escnet/checkpoints``).
-
-    Returns:
-        str: Path of an existing local file.
-
-    Raises:
-        TypeError: If ``path_or_url`` is not a string or path.
-        FileNotFoundError: If a local path does not exist.
-        DownloadError: If a download fails or does not verify.
-    """
-    if not isinstance(path_or_url, (str, os.PathLike)):
-        raise TypeError(f'CLIP weights must be a path or URL string, got {type(path_or_url)!r}')
-    path_or_url = os.fspath(path_or_url)
-    if path_or_url.startswith(('http://', 'https://')):
-        from ...checkpoints.download import download_checkpoint
-        return download_checkpoint(path_or_url, cache_dir=cache_dir, progress=sys.stderr.isatty())
-    if not osp.isfile(path_or_url):
-        raise FileNotFoundError(f'CLIP weights file not found: {path_or_url!r}')
-    return path_or_url
 
 
 def _is_torchscript_archive(path: str) -> bool:
@@ -115,7 +81,7 @@ def read_weights_file(path_or_url: str, cache_dir: Optional[str] = None) -> Tupl
     """Read a CLIP weights file as it is stored: format name and raw tensors.
 
     Args:
-        path_or_url (str): Local path or http(s) URL (see :func:`resolve_weights_path`).
+        path_or_url (str): Local path or http(s) URL (see :func:`~mmseg_escnet.checkpoints.download.local_checkpoint_path`).
         cache_dir (str, optional): Download folder for URLs.
 
     Returns:
@@ -127,7 +93,8 @@ def read_weights_file(path_or_url: str, cache_dir: Optional[str] = None) -> Tupl
         FileNotFoundError: If the file does not exist.
         ValueError: If the file is not a supported weights format or holds no CLIP weights.
     """
-    path = resolve_weights_path(path_or_url, cache_dir)
+    from ...checkpoints.download import local_checkpoint_path
+    path = local_checkpoint_path(path_or_url, what='CLIP weights', cache_dir=cache_dir)
     if _is_torchscript_archive(path):
         fmt, state = 'torchscript', dict(torch.jit.load(path, map_location='cpu').state_dict())
     elif _is_safetensors(path):
@@ -226,7 +193,7 @@ def load_clip_weights(path_or_url: str, cache_dir: Optional[str] = None) -> Stat
 
     Args:
         path_or_url (str): Local path or http(s) URL of the weights.
-        cache_dir (str, optional): Download cache for URLs (see :func:`resolve_weights_path`).
+        cache_dir (str, optional): Download cache for URLs (see :func:`~mmseg_escnet.checkpoints.download.local_checkpoint_path`).
 
     Returns:
         dict[str, Tensor]: open_clip names (packed ``in_proj_weight``), floating tensors as
