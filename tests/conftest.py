@@ -1,15 +1,13 @@
 """Shared test fixtures."""
-import os
 import os.path as osp
 
 import pytest
 import torch
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-# The official CAT-Seg reference vectors live in shared/conformance beside the repository (also in
-# CI's fresh clone); MMSEG_ESCNET_CONFORMANCE points elsewhere.
-CONFORMANCE_DIR = os.environ.get('MMSEG_ESCNET_CONFORMANCE',
-                                 osp.join(osp.dirname(REPO), 'shared', 'conformance'))
+# Reference vectors computed with the official CAT-Seg code ship with the tests
+# (tests/data/conformance/README.md says what each file holds and how it was made).
+CONFORMANCE_DIR = osp.join(REPO, 'tests', 'data', 'conformance')
 
 
 @pytest.fixture(scope='session')
@@ -19,8 +17,7 @@ def conformance():
     def load(name: str) -> dict:
         path = osp.join(CONFORMANCE_DIR, name)
         if not osp.isfile(path):
-            pytest.fail(f'conformance file {path} not found; set MMSEG_ESCNET_CONFORMANCE to the '
-                        f'folder holding the CAT-Seg reference vectors')
+            pytest.fail(f'conformance file {path} not found (it ships with the repository)')
         return torch.load(path, map_location='cpu')
 
     return load

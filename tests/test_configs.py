@@ -21,7 +21,7 @@ BENCHMARK_CONFIGS = [p for p in ALL_CONFIGS
 CONFIGS = [p for p in ALL_CONFIGS if p not in BENCHMARK_CONFIGS]
 PAPER_MODELS = ('catseg_vitb16', 'catseg_vitl14', 'escnet_vitb16', 'escnet_vitl14')
 
-# catseg_reference.md §9: CLIP + aggregator/decoder + upsample1/2; trainable = CLIP Wq/Wv + the rest,
+# The official model (cvlab-kaist/CAT-Seg, docs/catseg.md): CLIP + aggregator/decoder + upsample1/2; trainable = CLIP Wq/Wv + the rest,
 # less the last vision block's Wq, which the dense forward never uses (official: always zero gradient).
 OFFICIAL_COUNTS = {
     'catseg_vitb16.py': (149_620_737 + 2_308_961 + 2_359_680, 20_447_232 - 768**2 + 2_308_961 + 2_359_680),

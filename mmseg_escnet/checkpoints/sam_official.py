@@ -6,7 +6,7 @@ The published files (``sam_vit_{b,l,h}_*.pth``) are plain state dicts of
 (``mask_decoder.transformer.layers.{i}.*``) plus its output tokens
 (``mask_decoder.iou_token.weight``, ``mask_decoder.mask_tokens.weight``); the three
 checkpoints have identical shapes for these.  ESC block ``k`` is initialised from layer
-``k mod L`` (``layer_map='mod'``, notes §11 item 6) or ``min(k, L-1)`` (``'clamp'``).
+``k mod L`` (``layer_map='mod'``, docs/escnet.md) or ``min(k, L-1)`` (``'clamp'``).
 """
 import re
 import warnings

@@ -1,4 +1,4 @@
-"""ADE20K-150 and ADE20K-847 as evaluated by CAT-Seg (catseg_reference.md §8).
+"""ADE20K-150 and ADE20K-847 as evaluated by CAT-Seg (docs/benchmarks.md).
 
 Layouts (written by ``tools/dataset_converters/prepare_ade20k_150.py`` / ``_847.py``)::
 

@@ -1,6 +1,7 @@
 """Base class of the benchmark datasets, in the layout written by ``tools/dataset_converters/``.
 
-The CAT-Seg protocol (catseg_reference.md §8) writes one label file per evaluated image, and some
+The CAT-Seg protocol (its ``datasets/prepare_*.py``
+scripts; docs/benchmarks.md) writes one label file per evaluated image, and some
 images have none (VOC masks that are all ignore are not written; A-847 keeps only validation
 images; PASCAL-Context keeps only the val ids). So the sample list is driven by the **label
 folder**: every ``<seg folder>/<stem><seg suffix>`` is paired with ``<img folder>/<stem><img

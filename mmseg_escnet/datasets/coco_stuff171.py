@@ -1,4 +1,4 @@
-"""COCO-Stuff-171 in the layout and label values of CAT-Seg's preparation (catseg_reference.md §8).
+"""COCO-Stuff-171 in the layout and label values of CAT-Seg's preparation (docs/benchmarks.md).
 
 Layout (written by ``tools/dataset_converters/prepare_coco_stuff.py``; see data/README.md)::
 

@@ -3,7 +3,7 @@
 CAT-Seg's ``VOCbEvaluator`` evaluates PASCAL-VOC with background by giving the model a larger
 text vocabulary (``voc20b``: the 20 VOC classes, then 39 PASCAL-Context classes that stand for
 "background" things) and mapping every predicted class ``>= 20`` to class 20, background, before
-scoring 21 classes (catseg_reference.md §7).
+scoring 21 classes (docs/benchmarks.md).
 """
 from typing import Sequence
 

@@ -1,4 +1,4 @@
-# CAT-Seg's zero-shot evaluation protocol (catseg_reference.md §7), shared by every benchmark:
+# CAT-Seg's zero-shot evaluation protocol (cvlab-kaist/CAT-Seg, eval.sh), shared by every benchmark:
 # the detectron2 test mapper's resize (short side 640, long side <= 2560), then the segmentor's
 # 'sliding_global' mode: squash to 640 x 640, 384 px crops at stride 256 plus a global view,
 # averaged in sigmoid space, resized back to the original size.

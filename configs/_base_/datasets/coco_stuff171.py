@@ -1,5 +1,6 @@
 # COCO-Stuff-171 training (train2017, 118k images) and validation (val2017), CAT-Seg's augmentation:
-# short side 384 -> random 384 crop -> photometric distortion -> horizontal flip (catseg_reference.md §6).
+# short side 384 -> random 384 crop -> photometric distortion -> horizontal flip (CAT-Seg's
+# mask_former_semantic_dataset_mapper.py).
 dataset_type = 'COCOStuff171Dataset'
 data_root = 'data/coco-stuff'
 crop_size = (384, 384)

@@ -1,4 +1,5 @@
-# CAT-Seg with CLIP ViT-B/16 at 384 px (24 x 24 grid), as the official model (catseg_reference.md §1-§5).
+# CAT-Seg with CLIP ViT-B/16 at 384 px (24 x 24 grid), as the official model (cvlab-kaist/CAT-Seg;
+# docs/catseg.md).
 clip_mean = [122.7709383, 116.7460125, 104.09373615]
 clip_std = [68.5005327, 66.6321579, 70.323163]
 data_preprocessor = dict(

@@ -1,4 +1,5 @@
-# CAT-Seg's optimisation recipe (catseg_reference.md §6): AdamW 2e-4, CLIP at x0.01, weight decay 1e-4
+# CAT-Seg's optimisation recipe (official configs/vitb_384.yaml and
+# cat_seg/cat_seg_model.py of cvlab-kaist/CAT-Seg): AdamW 2e-4, CLIP at x0.01, weight decay 1e-4
 # (0 for norm layers), full-model gradient clipping at L2 norm 0.01, cosine 1 -> 0 without warm-up,
 # 80k iterations at a total batch of 4 (4 GPUs x 1 image).
 optim_wrapper = dict(

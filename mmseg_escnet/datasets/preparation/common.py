@@ -1,7 +1,7 @@
 """Shared machinery of the benchmark preparation tools (``tools/dataset_converters/``).
 
 Every converter reads an official raw release and writes the layout and label values of the
-published protocol (catseg_reference.md §8). They share three guarantees, implemented here:
+published protocol (cvlab-kaist/CAT-Seg, datasets/prepare_*.py). They share three guarantees, implemented here:
 
 * **Clear errors for bad input**: :func:`require_file` / :func:`require_dir` name the missing
   path and what was expected there; :class:`InvalidInputError` is raised for a malformed file.

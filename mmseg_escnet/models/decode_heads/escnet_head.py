@@ -6,7 +6,7 @@ of bilinear interpolation and 3x3 convolution layers ... employs CLIP image enco
 skip connections".  This is CAT-Seg's decoder (:class:`CATSegHead`: the same skip layers
 ``upsample1``/``upsample2``, skip projections, GroupNorm DoubleConvs and BCE loss) with
 bilinear x2 upsampling instead of transposed convolutions and the ESC-Net cost-volume width
-(256 = the SAM dim; /work/shared/notes/catseg_reference.md §11, items 7 and 14).
+(256 = the SAM dim; docs/escnet.md).
 """
 from typing import Optional, Sequence
 

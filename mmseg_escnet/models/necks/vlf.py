@@ -13,7 +13,7 @@ The paper says both parts are built "similar to CAT-Seg", so this module reuses
 :class:`~mmseg_escnet.models.necks.catseg_aggregator.CATSegAggregatorLayer` (guided Swin
 pair + class transformer) and adds the appearance-guidance projection (3x3 conv + ReLU) that
 CAT-Seg applies once per model, here applied to the F'_v of this ESC block.
-Readings of the ambiguous parts: /work/shared/notes/catseg_reference.md §11 (items 7, 13).
+Readings of the ambiguous parts: docs/escnet.md.
 """
 from typing import Optional, Sequence, Tuple, Union
 

@@ -1,6 +1,7 @@
 """CAT-Seg's evaluation protocol: overlapping crops of a squashed image plus a global view.
 
-The official ``CATSeg.inference_sliding_window`` (catseg_reference.md §7), used for every number
+The official ``CATSeg.inference_sliding_window`` (cvlab-kaist/CAT-Seg,
+``cat_seg/cat_seg_model.py``), used for every number
 CAT-Seg and ESC-Net report::
 
     image (3, H, W)  --bilinear-->  (3, 640, 640)              # aspect ratio ignored
