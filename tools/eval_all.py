@@ -25,7 +25,7 @@ from mmengine.runner import Runner
 import mmseg_escnet  # noqa: F401  (registers our modules; safe checkpoint loading)
 from mmseg_escnet.engine.launch import (add_common_arguments, check_zoo_checkpoint,
                                         checkpoint_argument, load_config, prepare_distributed,
-                                        set_local_rank)
+                                        set_local_rank, shutdown_distributed)
 
 BENCHMARKS = dict(a847='A-847', pc459='PC-459', a150='A-150', pc59='PC-59', pas20='PAS-20',
                   pas20b='PAS-20b')
@@ -64,7 +64,11 @@ def evaluate(path: str, args: argparse.Namespace, work_dir: str) -> Dict[str, fl
     if 'visualizer' in cfg:  # one visualizer instance per benchmark (MMEngine keeps them by name)
         cfg.visualizer.name = f'visualizer_{osp.basename(work_dir)}'
     cfg = prepare_distributed(cfg)
-    return Runner.from_cfg(cfg).test()
+    runner = Runner.from_cfg(cfg)
+    try:
+        return runner.test()
+    finally:
+        del runner  # one benchmark's model and loaders are gone before the next is built
 
 
 def format_row(name: str, results: Dict[str, dict]) -> str:
@@ -114,6 +118,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(format_row(model, summary['results']))
         for benchmark, message in failures.items():
             print(f'{BENCHMARKS[benchmark]} failed: {message}', file=sys.stderr)
+    shutdown_distributed()
     return 1 if failures else 0
 
 

@@ -11,12 +11,10 @@ Multi-GPU: ``tools/dist_test.sh CONFIG CHECKPOINT GPUS``.
 """
 import argparse
 
-from mmengine.runner import Runner
-
 import mmseg_escnet  # noqa: F401  (registers our modules; safe checkpoint loading)
 from mmseg_escnet.engine.launch import (add_common_arguments, check_zoo_checkpoint,
                                         checkpoint_argument, load_config, prepare_distributed,
-                                        set_local_rank)
+                                        run_runner, set_local_rank)
 
 
 def parse_args() -> argparse.Namespace:
@@ -50,7 +48,7 @@ def main() -> None:
         cfg.test_evaluator['output_dir'] = args.out
         cfg.test_evaluator['keep_results'] = True
     cfg = prepare_distributed(cfg)
-    Runner.from_cfg(cfg).test()
+    run_runner(cfg, 'test')
 
 
 if __name__ == '__main__':

@@ -5,11 +5,9 @@ trains on CPU processes over gloo.
 """
 import argparse
 
-from mmengine.runner import Runner
-
 import mmseg_escnet  # noqa: F401  (registers our modules; safe checkpoint loading)
 from mmseg_escnet.engine.launch import (add_common_arguments, enable_amp, load_config,
-                                        prepare_distributed, set_local_rank)
+                                        prepare_distributed, run_runner, set_local_rank)
 
 
 def parse_args() -> argparse.Namespace:
@@ -32,7 +30,7 @@ def main() -> None:
         cfg = enable_amp(cfg)
     cfg.resume = args.resume
     cfg = prepare_distributed(cfg)
-    Runner.from_cfg(cfg).train()
+    run_runner(cfg, 'train')
 
 
 if __name__ == '__main__':

@@ -6,6 +6,7 @@ group ourselves (MMEngine then skips its own ``init_dist``) and wrap the model i
 ``device_ids``, so ``tools/dist_train.sh CONFIG N`` also runs on CPUs.
 """
 import argparse
+import gc
 import os
 import os.path as osp
 from typing import Optional, Sequence
@@ -71,6 +72,33 @@ def prepare_distributed(cfg: Config) -> Config:
     wrapper.update(device_ids=None, broadcast_buffers=False)
     cfg.model_wrapper_cfg = wrapper
     return cfg
+
+
+def run_runner(cfg: Config, mode: str) -> None:
+    """Build MMEngine's Runner from ``cfg``, run ``mode`` (``'train'`` or ``'test'``) and, in a
+    distributed run, leave the process group cleanly.
+
+    A gloo process group that is still alive while the interpreter exits can abort a process
+    after a successful run (``terminate called without an active exception``). So the Runner
+    (its model, DDP wrapper and data loaders) is released first, then every rank waits for the
+    others and the group is destroyed.
+    """
+    if mode not in ('train', 'test'):
+        raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
+    from mmengine.runner import Runner
+    runner = Runner.from_cfg(cfg)
+    getattr(runner, mode)()
+    del runner
+    shutdown_distributed()
+
+
+def shutdown_distributed() -> None:
+    """Destroy the default process group, if any, after all ranks reached this point."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()  # DDP's reducer and loader workers hold the group's resources
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def enable_amp(cfg: Config) -> Config:
