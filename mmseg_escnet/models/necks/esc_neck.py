@@ -10,13 +10,16 @@ Data flow (B images, T classes (T' <= pad_len after pruning), P templates, C CLI
       -> cosine correlation C_v&l (B, P, T, h, w), top-pad_len class pruning (CAT-Seg)
       -> 1x1 conv embed per class -> cost (B, hidden, T', h, w)
       F_v = visual_proj(img_feats) (B, S, h, w)
+      score (B*T', h, w)   = C_v&l averaged over P                 # the PPG input of every block
+      prompts              = PPG(score)                            # detached points / boxes / masks
+      sparse, dense        = SAM prompt encoder(prompts)           # (B*T', Ns, S), (B*T', S, h, w)
       for k in 0..N-1:
-          score (B*T', h, w)   = C_v&l averaged over P (k = 0) or the channel mean of the cost (k > 0)
-          prompts              = PPG(score)                        # detached points / boxes / masks
-          sparse, dense        = SAM prompt encoder(prompts)        # (B*T', Ns, S), (B*T', S, h, w)
           F_v                  = SAM block k(F_v, prompts, text)    # Eq. 2, class-agnostic (B, S, h, w)
           cost                 = VLF k(cost, F_v, text guidance)    # (B, hidden, T', h, w)
       -> dict(cost, class_index) for the decode head
+
+Every block's PPG reads the Eq. 1 correlation, a class score by construction (docs/escnet.md), so
+the prompts and their embeddings are the same in every block and are computed once.
 """
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -30,11 +33,10 @@ from mmseg.registry import MODELS
 from ...checkpoints.sam_official import init_from_sam, load_sam_checkpoint
 from .catseg_aggregator import CATSegAggregator, prune_classes
 from .ppg import PseudoPromptGenerator, PseudoPrompts
-from .sam_block import SAMBlock, build_prompt_encoder
+from .sam_block import SAMBlock, build_prompt_encoder, unused_prompt_parameters
 from .vlf import VisionLanguageFusion
 
 SAM_INITS = ('pretrained', 'random')
-SCORE_SOURCES = ('refined', 'initial')
 
 
 @MODELS.register_module()
@@ -57,9 +59,8 @@ class ESCNeck(BaseModule):
         sam_layer_map (str): Which SAM decoder layer initialises ESC block k: ``'mod'`` (k mod 2) or
             ``'clamp'`` (min(k, 1)).
         ppg (dict): Keyword arguments of :class:`PseudoPromptGenerator` (num_regions, threshold,
-            temperature, normalize, use_points, use_boxes, use_masks, ...).
-        score_source (str): PPG input of blocks 2..N: ``'refined'`` (channel mean of the current cost)
-            or ``'initial'`` (the Eq. 1 correlation in every block).
+            temperature, smooth, normalize, use_points, use_boxes, use_masks, ...). The
+            prompt-encoder parameters that the chosen prompt types never reach are frozen.
         num_heads (int): Heads of the VLF attentions.
         appearance_guidance_dim (int): Channels of the VLF's visual guidance.
         text_guidance_dim (int): Channels of the VLF's text guidance.
@@ -82,7 +83,7 @@ class ESCNeck(BaseModule):
                  sam_dim: int = 256, sam_num_heads: int = 8, sam_mlp_dim: int = 2048,
                  use_sam: bool = True, sam_init: str = 'pretrained',
                  sam_checkpoint: Optional[str] = None, sam_layer_map: str = 'mod',
-                 ppg: Optional[dict] = None, score_source: str = 'refined', num_heads: int = 4,
+                 ppg: Optional[dict] = None, num_heads: int = 4,
                  appearance_guidance_dim: int = 256, text_guidance_dim: int = 256,
                  pooling_size: Sequence[int] = (2, 2),
                  test_pooling_size: Optional[Sequence[int]] = None,
@@ -93,8 +94,6 @@ class ESCNeck(BaseModule):
         super().__init__(init_cfg=init_cfg)
         if sam_init not in SAM_INITS:
             raise ValueError(f'sam_init must be one of {SAM_INITS}, got {sam_init!r}')
-        if score_source not in SCORE_SOURCES:
-            raise ValueError(f'score_source must be one of {SCORE_SOURCES}, got {score_source!r}')
         if sam_layer_map not in ('mod', 'clamp'):
             raise ValueError(f"sam_layer_map must be 'mod' or 'clamp', got {sam_layer_map!r}")
         if use_sam and sam_init == 'pretrained' and sam_checkpoint is None:
@@ -113,7 +112,6 @@ class ESCNeck(BaseModule):
         self.sam_init = sam_init
         self.sam_checkpoint = sam_checkpoint
         self.sam_layer_map = sam_layer_map
-        self.score_source = score_source
         self.class_chunk_size = class_chunk_size
         self.with_cp = with_cp
 
@@ -126,6 +124,14 @@ class ESCNeck(BaseModule):
             self.ppg = PseudoPromptGenerator(**(ppg or {}))
             self.prompt_encoder = build_prompt_encoder(grid=self.feature_resolution,
                                                        embed_dim=sam_dim)
+            # what these prompt types never reach gets no gradient: frozen, so DDP needs no
+            # find_unused_parameters
+            unused = unused_prompt_parameters(use_points=self.ppg.use_points,
+                                              use_boxes=self.ppg.use_boxes,
+                                              use_masks=self.ppg.use_masks)
+            for name, param in self.prompt_encoder.named_parameters():
+                if name.startswith(unused):
+                    param.requires_grad_(False)
             self.sam_blocks = nn.ModuleList([
                 SAMBlock(text_dim=text_dim, embed_dim=sam_dim, num_heads=sam_num_heads,
                          mlp_dim=sam_mlp_dim, skip_first_layer_pe=self._sam_layer(k) == 0)
@@ -230,16 +236,15 @@ class ESCNeck(BaseModule):
         if not self.training and self.test_pooling_size is not None:
             pooling_size = self.test_pooling_size
 
+        if self.use_sam:
+            # (B, P, T, h, w) -> (B, T, h, w) -> (B*T, h, w): the Eq. 1 class scores
+            prompts = self.ppg(corr.mean(dim=1).reshape(b * t, h, w))
+            sparse, dense = self._encode_prompts(prompts)         # (B*T, Ns, S), (B*T, S, h, w)
+            image_pe = self.prompt_encoder.get_dense_pe()          # (1, S, h, w)
         for k, vlf in enumerate(self.vlf_blocks):
             if self.use_sam:
-                if k == 0 or self.score_source == 'initial':
-                    score = corr.mean(dim=1)                          # (B, T, h, w)
-                else:
-                    score = cost.mean(dim=1)                          # (B, T, h, w)
-                prompts = self.ppg(score.reshape(b * t, h, w))
-                sparse, dense = self._encode_prompts(prompts)
-                visual = self.sam_blocks[k](visual, self.prompt_encoder.get_dense_pe(), sparse,
-                                            dense, text, class_chunk_size=self.class_chunk_size,
+                visual = self.sam_blocks[k](visual, image_pe, sparse, dense, text,
+                                            class_chunk_size=self.class_chunk_size,
                                             with_cp=self.with_cp)
             cost = vlf(cost, visual, text_guidance, pooling_size=pooling_size,
                        class_chunk_size=self.class_chunk_size, with_cp=self.with_cp)

@@ -2,7 +2,8 @@
 
 The PPG turns one image-text score map per (image, class) pair into SAM prompts:
 
-1. (b) a per-map spatial softmax, max-normalised to [0, 1] (the *probability map*);
+1. (b) a per-map spatial softmax of the smoothed, normalised scores, max-normalised to [0, 1]
+   (the *probability map*);
 2. (c) a binary foreground ``probability >= threshold`` (the argmax pixel always passes);
 3. (d) k-means on the (row, col) coordinates of the foreground pixels into K regions;
 4. (e) the probability restricted to each region, whose argmax gives one pseudo point per
@@ -13,10 +14,21 @@ The PPG turns one image-text score map per (image, class) pair into SAM prompts:
 Everything is batched over the N = B*T maps (no Python loop over maps or classes), runs under
 ``torch.no_grad`` and returns detached tensors: the prompts are not differentiable.
 
+With the default ``normalize='minmax'`` each map is first scaled to [0, 1] (its minimum to 0, its
+peak to 1), so after the max-normalised softmax ``probability = exp((s - 1) / temperature)`` and the
+foreground is ``s >= 1 - temperature * ln(1 / threshold)``: a fixed fraction of the way from the
+map's minimum to its peak, whatever the contrast, size or number of the objects. The defaults
+(``threshold=0.5``, ``temperature=0.72``, i.e. ``s >= 0.5``, half of the peak's height, after a
+3 x 3 binomial blur) were calibrated on synthetic maps with known objects (``tools/analysis/ppg_calibration.py``,
+docs/escnet.md).
+
 Coordinates are in grid-cell units of the h x w score grid: the cell at (row i, col j) is the
-point (x, y) = (j, i); SAM's prompt encoder adds the half-cell offset itself.  The ambiguities
-of the paper and the readings chosen here are in ``shared/notes/catseg_reference.md`` §11.
+point (x, y) = (j, i); SAM's prompt encoder adds the half-cell offset itself. Boxes use SAM's
+inclusive convention (``segment_anything.utils.amg.batched_mask_to_box``): the corners are the
+first and the last cell of the region, so after SAM's half-cell offset they are cell centres.  The ambiguities
+of the paper and the readings chosen here are in ``docs/escnet.md``.
 """
+import math
 from typing import NamedTuple, Optional, Tuple
 
 import torch
@@ -24,9 +36,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ['PseudoPrompts', 'PseudoPromptGenerator', 'pixel_kmeans']
+__all__ = ['PseudoPrompts', 'PseudoPromptGenerator', 'binomial_blur', 'pixel_kmeans']
 
-_NORMALIZE_MODES = ('zscore', 'none')
+_NORMALIZE_MODES = ('minmax', 'zscore', 'none')
 
 
 class PseudoPrompts(NamedTuple):
@@ -36,8 +48,8 @@ class PseudoPrompts(NamedTuple):
         points (Tensor, optional): (N, K, 2) float (x, y) in grid-cell units; cell (row i,
             col j) -> (j, i). ``None`` when points are disabled.
         point_labels (Tensor, optional): (N, K) long, all 1 (foreground).
-        boxes (Tensor, optional): (N, K, 4) float (x0, y0, x1, y1) in grid units: min col/row
-            and max col/row + 1 of each region. ``None`` when boxes are disabled.
+        boxes (Tensor, optional): (N, K, 4) float (x0, y0, x1, y1) in grid units: the min
+            and max (inclusive) col/row of each region. ``None`` when boxes are disabled.
         masks (Tensor, optional): (N, 1, mask_scale*h, mask_scale*w) mask logits.
             ``None`` when masks are disabled.
         probability (Tensor): (N, h, w) max-normalised probability map in [0, 1].
@@ -108,6 +120,22 @@ def pixel_kmeans(coords: Tensor, valid: Tensor, seed_index: Tensor, *, num_clust
     return centres, assign
 
 
+def binomial_blur(maps: Tensor, size: int) -> Tensor:
+    """Separable binomial blur of (N, h, w) maps (size 3: [1, 2, 1] / 4 per axis).
+
+    Edges are mirrored (replicated for maps too small to mirror), so a constant map stays
+    constant and an edge pixel is not weighted more than an inner one (which would make the
+    edges noisier than the rest of the map)."""
+    weights = torch.tensor([math.comb(size - 1, i) for i in range(size)], dtype=maps.dtype,
+                           device=maps.device) / 2 ** (size - 1)
+    pad = size // 2
+    mode = 'reflect' if min(maps.shape[-2:]) > pad else 'replicate'
+    x = F.pad(maps[:, None], (pad, pad, pad, pad), mode=mode)  # (N, 1, h+2p, w+2p)
+    x = F.conv2d(x, weights.view(1, 1, size, 1))  # blur along rows
+    x = F.conv2d(x, weights.view(1, 1, 1, size))  # blur along cols
+    return x[:, 0]
+
+
 def _nearest_centre(coords: Tensor, centres: Tensor) -> Tensor:
     """Index (N, L) of the nearest of the (N, K, 2) centres for the (L, 2) coords."""
     d_row = coords[None, :, None, 0] - centres[:, None, :, 0]  # (N, L, K)
@@ -125,20 +153,25 @@ class PseudoPromptGenerator(nn.Module):
         num_regions (int): K, the regions (and points/boxes) per map (paper: N_o = 5).
         threshold (float): alpha in (0, 1]; foreground is ``probability >= threshold``.
         temperature (float): softmax temperature (> 0) applied to the normalised scores.
-        normalize (str): 'zscore' standardises each map over its pixels before the softmax
-            (scale-free); 'none' uses the raw scores.
+        smooth (int): side of the binomial blur applied to each score map before the
+            normalisation (odd; 1 disables it), against isolated noisy peaks.
+        normalize (str): 'minmax' scales each map to [0, 1] before the softmax (the foreground
+            is then a fraction of the map's range, see the module docstring); 'zscore'
+            standardises each map over its pixels (the foreground is then the pixels within
+            ``temperature * ln(1 / threshold)`` standard deviations of the peak); 'none' uses
+            the raw scores.
         kmeans_iters (int): Lloyd iterations (>= 0).
         use_points (bool): return pseudo points and labels.
         use_boxes (bool): return pseudo boxes (the paper's final model does not).
         use_masks (bool): return the merged dense mask logits.
         mask_scale (int): mask resolution factor over the grid (SAM: 4).
         mask_logit_eps (float): probabilities are clamped to [eps, 1 - eps] before log-odds.
-        std_eps (float): lower bound of the per-map standard deviation in 'zscore'
-            normalisation (a flat map stays flat instead of amplifying rounding noise).
+        std_eps (float): lower bound of the per-map standard deviation ('zscore') or range
+            ('minmax'), so a flat map stays flat instead of amplifying rounding noise.
     """
 
-    def __init__(self, *, num_regions: int = 5, threshold: float = 0.5, temperature: float = 1.0,
-                 normalize: str = 'zscore', kmeans_iters: int = 10, use_points: bool = True,
+    def __init__(self, *, num_regions: int = 5, threshold: float = 0.5, temperature: float = 0.72,
+                 smooth: int = 3, normalize: str = 'minmax', kmeans_iters: int = 10, use_points: bool = True,
                  use_boxes: bool = False, use_masks: bool = True, mask_scale: int = 4,
                  mask_logit_eps: float = 1e-3, std_eps: float = 1e-6) -> None:
         super().__init__()
@@ -148,6 +181,9 @@ class PseudoPromptGenerator(nn.Module):
             raise ValueError(f'threshold must be in (0, 1], got {threshold!r}')
         if not temperature > 0:
             raise ValueError(f'temperature must be > 0, got {temperature!r}')
+        if isinstance(smooth, bool) or not isinstance(smooth, int) or smooth < 1 \
+                or smooth % 2 == 0:
+            raise ValueError(f'smooth must be an odd int >= 1, got {smooth!r}')
         if normalize not in _NORMALIZE_MODES:
             raise ValueError(f'normalize must be one of {_NORMALIZE_MODES}, got {normalize!r}')
         if isinstance(kmeans_iters, bool) or not isinstance(kmeans_iters, int) \
@@ -162,6 +198,7 @@ class PseudoPromptGenerator(nn.Module):
         self.num_regions = num_regions
         self.threshold = float(threshold)
         self.temperature = float(temperature)
+        self.smooth = smooth
         self.normalize = normalize
         self.kmeans_iters = kmeans_iters
         self.use_points = use_points
@@ -173,13 +210,14 @@ class PseudoPromptGenerator(nn.Module):
 
     def extra_repr(self) -> str:
         return (f'num_regions={self.num_regions}, threshold={self.threshold}, '
-                f'temperature={self.temperature}, normalize={self.normalize!r}, '
+                f'temperature={self.temperature}, smooth={self.smooth}, '
+                f'normalize={self.normalize!r}, '
                 f'kmeans_iters={self.kmeans_iters}, use_points={self.use_points}, '
                 f'use_boxes={self.use_boxes}, use_masks={self.use_masks}, '
                 f'mask_scale={self.mask_scale}')
 
     def probability(self, score: Tensor) -> Tensor:
-        """Max-normalised spatial softmax (Fig. 3 (b)).
+        """Max-normalised spatial softmax (Fig. 3 (b)) of the smoothed, normalised scores.
 
         Args:
             score (Tensor): (N, h, w) floating score maps.
@@ -188,8 +226,15 @@ class PseudoPromptGenerator(nn.Module):
             Tensor: (N, h*w) probabilities in [0, 1] with at least one exact 1 per map, in
             the computation dtype (float32, or float64 for float64 input).
         """
-        flat = score.flatten(1).to(torch.promote_types(score.dtype, torch.float32))  # (N, L)
-        if self.normalize == 'zscore':
+        score = score.to(torch.promote_types(score.dtype, torch.float32))
+        if self.smooth > 1:
+            score = binomial_blur(score, self.smooth)
+        flat = score.flatten(1)  # (N, h, w) -> (N, L)
+        if self.normalize == 'minmax':
+            low = flat.amin(dim=1, keepdim=True)
+            span = (flat.amax(dim=1, keepdim=True) - low).clamp_min(self.std_eps)
+            flat = (flat - low) / span
+        elif self.normalize == 'zscore':
             mean = flat.mean(dim=1, keepdim=True)
             std = flat.std(dim=1, unbiased=False, keepdim=True).clamp_min(self.std_eps)
             flat = (flat - mean) / std
@@ -249,16 +294,16 @@ class PseudoPromptGenerator(nn.Module):
     @staticmethod
     def _boxes(member: Tensor, nonempty: Tensor, peak: Tensor, rows: Tensor,
                cols: Tensor) -> Tensor:
-        """Tight (x0, y0, x1, y1) boxes (N, K, 4) of the (N, L, K) region memberships."""
+        """Tight inclusive (x0, y0, x1, y1) boxes (N, K, 4) of the (N, L, K) region memberships."""
         big = rows.new_tensor(float('inf'))
         r, c = rows[None, :, None], cols[None, :, None]  # (1, L, 1)
         x0 = torch.where(member, c, big).amin(dim=1)  # (N, K)
         y0 = torch.where(member, r, big).amin(dim=1)
-        x1 = torch.where(member, c, -big).amax(dim=1) + 1
-        y1 = torch.where(member, r, -big).amax(dim=1) + 1
+        x1 = torch.where(member, c, -big).amax(dim=1)
+        y1 = torch.where(member, r, -big).amax(dim=1)
         boxes = torch.stack([x0, y0, x1, y1], dim=-1)  # (N, K, 4)
         pr, pc = rows[peak], cols[peak]  # (N,)
-        peak_box = torch.stack([pc, pr, pc + 1, pr + 1], dim=-1)[:, None]  # (N, 1, 4)
+        peak_box = torch.stack([pc, pr, pc, pr], dim=-1)[:, None]  # (N, 1, 4)
         return torch.where(nonempty[..., None], boxes, peak_box)
 
     def _masks(self, merged: Tensor, h: int, w: int) -> Tensor:

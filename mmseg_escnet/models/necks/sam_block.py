@@ -6,7 +6,7 @@ for every image ``b`` and class ``t`` a SAM prompt set (pseudo points -> sparse 
 mask -> dense embedding, from :func:`build_prompt_encoder`) plus one text token queries the
 image, and the two-way layer returns refined image tokens ``(F'_v)^t``.  All ``B*T`` prompt
 sets run as one batch (optionally in class chunks) and Eq. 2 fuses them class-agnostically:
-``F'_v = Conv1x1([F_v ; mean_t (F'_v)^t])`` (notes §11 items 8-9).
+``F'_v = Conv1x1([F_v ; mean_t (F'_v)^t])`` (docs/escnet.md).
 
 Parameter names below ``block.`` are those of SAM's ``mask_decoder.transformer.layers.{i}.``;
 ``output_tokens`` holds SAM's ``[iou_token; mask_tokens]``.  Loading official weights is in
@@ -23,7 +23,7 @@ from segment_anything.modeling.transformer import TwoWayAttentionBlock
 
 from ..layers.class_chunks import maybe_checkpoint
 
-__all__ = ['build_prompt_encoder', 'SAMBlock']
+__all__ = ['build_prompt_encoder', 'SAMBlock', 'unused_prompt_parameters']
 
 
 def _check_pos_int(name: str, value: object, minimum: int = 1) -> None:
@@ -67,6 +67,37 @@ def build_prompt_encoder(*, grid: Sequence[int] = (24, 24), embed_dim: int = 256
     size = (int(grid[0]), int(grid[1]))
     return PromptEncoder(embed_dim=embed_dim, image_embedding_size=size, input_image_size=size,
                          mask_in_chans=mask_in_chans)
+
+
+def unused_prompt_parameters(*, use_points: bool, use_boxes: bool,
+                             use_masks: bool) -> Tuple[str, ...]:
+    """Names of the :class:`PromptEncoder` parameters that pseudo prompts never reach.
+
+    SAM's prompt encoder adds ``point_embeddings.0`` / ``.1`` to negative / positive points,
+    ``point_embeddings.2`` / ``.3`` to the two box corners, ``not_a_point_embed`` to the pad
+    token it appends to points when no box follows, and embeds a mask prompt with
+    ``mask_downscaling`` or, without one, broadcasts ``no_mask_embed``. Pseudo points are
+    always positive, so ``point_embeddings.0`` is never used; the rest depends on the prompt
+    types. Parameters outside every autograd graph stall distributed training (DDP waits for
+    their gradients), so the caller freezes these.
+
+    Args:
+        use_points (bool): pseudo points are given.
+        use_boxes (bool): pseudo boxes are given.
+        use_masks (bool): pseudo masks are given.
+
+    Returns:
+        tuple[str, ...]: parameter-name prefixes below the prompt encoder.
+    """
+    unused = ['point_embeddings.0']
+    if not use_points:
+        unused.append('point_embeddings.1')
+    if not use_points or use_boxes:
+        unused.append('not_a_point_embed')
+    if not use_boxes:
+        unused += ['point_embeddings.2', 'point_embeddings.3']
+    unused.append('no_mask_embed' if use_masks else 'mask_downscaling')
+    return tuple(unused)
 
 
 class SAMBlock(nn.Module):

@@ -37,7 +37,7 @@ def _inputs(b=1, t=5, c=16):
     dict(use_sam=False),
     dict(ppg=dict(use_points=False, use_boxes=True, use_masks=True)),
     dict(ppg=dict(use_points=True, use_boxes=True, use_masks=False)),
-    dict(score_source='initial', sam_layer_map='clamp'),
+    dict(sam_layer_map='clamp'),
 ])
 def test_forward_backward_shapes(kwargs):
     neck = _tiny_neck(**kwargs).train()
@@ -76,6 +76,70 @@ def test_checkpointed_chunks_give_the_same_gradients():
         torch.testing.assert_close(grads[1][name], grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
+PROMPT_SETTINGS = {  # Table 3 (a)-(f): (points, boxes, masks) -> prompt-encoder parameters in use
+    (True, False, False): {'point_embeddings.1', 'not_a_point_embed', 'no_mask_embed'},
+    (False, True, False): {'point_embeddings.2', 'point_embeddings.3', 'no_mask_embed'},
+    (True, True, False): {'point_embeddings.1', 'point_embeddings.2', 'point_embeddings.3',
+                          'no_mask_embed'},
+    (True, False, True): {'point_embeddings.1', 'not_a_point_embed', 'mask_downscaling'},
+    (False, True, True): {'point_embeddings.2', 'point_embeddings.3', 'mask_downscaling'},
+    (True, True, True): {'point_embeddings.1', 'point_embeddings.2', 'point_embeddings.3',
+                         'mask_downscaling'},
+}
+
+
+@pytest.mark.parametrize('setting', PROMPT_SETTINGS, ids=str)
+def test_prompt_parameters_without_a_use_are_frozen(setting):
+    """DDP needs a gradient for every trainable parameter: what a prompt setting cannot reach
+    is frozen, everything else gets a non-zero gradient from one backward pass."""
+    points, boxes, masks = setting
+    neck = _tiny_neck(ppg=dict(use_points=points, use_boxes=boxes, use_masks=masks)).train()
+    img, text = _inputs(b=2, t=3)
+    neck(img, text)['cost'].square().mean().backward()
+    owners = ('point_embeddings.0', 'point_embeddings.1', 'point_embeddings.2',
+              'point_embeddings.3', 'not_a_point_embed', 'no_mask_embed', 'mask_downscaling')
+    trainable = {owner for name, param in neck.prompt_encoder.named_parameters()
+                 if param.requires_grad for owner in owners if name.startswith(owner)}
+    assert trainable == PROMPT_SETTINGS[setting]
+    for name, param in neck.named_parameters():
+        if param.requires_grad:
+            assert param.grad is not None and param.grad.abs().sum() > 0, name
+        else:
+            assert param.grad is None, name
+
+
+@pytest.mark.parametrize('seed', range(5))
+def test_points_of_every_block_fall_in_the_class_region(seed):
+    """The PPG input is a class score by construction: with an image whose features match
+    class 0 only inside a known box, the points that every block receives lie in that box, for
+    any initialisation of the neck."""
+    c = 64  # CLIP-like: the cosine of unrelated features is small (std 1 / sqrt(c))
+    gen = torch.Generator().manual_seed(100 + seed)
+    text = torch.nn.functional.normalize(torch.randn(1, 3, 1, c, generator=gen), dim=-1)
+    img = 0.3 * torch.randn(1, c, *GRID, generator=gen)
+    region = torch.zeros(GRID, dtype=torch.bool)
+    region[4:11, 13:21] = True
+    img[0, :, region] += text[0, 0, 0, :, None]  # class 0's direction inside the box
+    torch.manual_seed(seed)
+    neck = ESCNeck(text_dim=c, num_blocks=4, hidden_dim=16, sam_dim=16, sam_num_heads=2,
+                   sam_mlp_dim=32, sam_init='random', num_heads=2, appearance_guidance_dim=16,
+                   text_guidance_dim=16, pad_len=0, feature_resolution=GRID).train()
+    prompts, block_sparse = [], []
+    neck.ppg.register_forward_hook(lambda m, args, out: prompts.append(out))
+    for block in neck.sam_blocks:
+        block.register_forward_pre_hook(lambda m, args: block_sparse.append(args[2]))
+    neck(img, text)
+    assert len(prompts) == 1 and len(block_sparse) == 4
+    sparse, _ = neck._encode_prompts(prompts[0])
+    for got in block_sparse:  # every block is prompted with these points
+        torch.testing.assert_close(got, sparse)
+    points = prompts[0].points.view(1, 3, 5, 2)[0, 0].long()  # class 0: (K, 2) as (x, y)
+    assert region[points[:, 1], points[:, 0]].all(), points.tolist()
+    foreground = prompts[0].regions.view(1, 3, *GRID)[0, 0] >= 0
+    iou = (foreground & region).sum() / (foreground | region).sum()
+    assert iou >= 0.5, float(iou)
+
+
 def test_large_vocabulary_is_pruned_before_sam():
     neck = _tiny_neck(pad_len=4).eval()
     img, text = _inputs(t=9)
@@ -89,8 +153,6 @@ def test_errors():
         _tiny_neck(sam_init='pretrained')
     with pytest.raises(ValueError, match='sam_init'):
         _tiny_neck(sam_init='imagenet')
-    with pytest.raises(ValueError, match='score_source'):
-        _tiny_neck(score_source='x')
     neck = _tiny_neck()
     img, text = _inputs()
     with pytest.raises(ValueError, match='feature grid'):

@@ -1,11 +1,25 @@
 """ESC-Net's Pseudo Prompt Generator on hand-made maps and against a loop reference."""
+import importlib.util
 import math
+import os.path as osp
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mmseg_escnet.models.necks.ppg import PseudoPromptGenerator, PseudoPrompts, pixel_kmeans
+from mmseg_escnet.models.necks.ppg import (PseudoPromptGenerator, PseudoPrompts, binomial_blur,
+                                           pixel_kmeans)
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+
+
+def _calibration_tool():
+    """tools/analysis/ppg_calibration.py: the synthetic maps with known objects."""
+    path = osp.join(ROOT, 'tools', 'analysis', 'ppg_calibration.py')
+    spec = importlib.util.spec_from_file_location('ppg_calibration', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _blobs(h: int = 24, w: int = 24, centres=((5, 6), (17, 16)), amps=(1.0, 0.9),
@@ -19,13 +33,34 @@ def _blobs(h: int = 24, w: int = 24, centres=((5, 6), (17, 16)), amps=(1.0, 0.9)
     return out
 
 
+def _blur3(score: torch.Tensor) -> list:
+    """Plain-Python 3 x 3 binomial blur ([1, 2, 1] / 4 per axis, edges mirrored)."""
+    h, w = score.shape
+    v = score.tolist()
+
+    def mirror(i, n):
+        return -i if i < 0 else 2 * (n - 1) - i if i >= n else i
+
+    def at(i, j):
+        return v[mirror(i, h)][mirror(j, w)]
+
+    wts = (0.25, 0.5, 0.25)
+    return [sum(wts[a] * wts[b] * at(i + a - 1, j + b - 1) for a in range(3) for b in range(3))
+            for i in range(h) for j in range(w)]
+
+
 def _reference(score: torch.Tensor, *, num_regions, threshold, temperature, normalize,
-               kmeans_iters, std_eps=1e-6) -> dict:
+               kmeans_iters, smooth=3, std_eps=1e-6) -> dict:
     """Plain-Python transcription of the PPG spec for one (h, w) float64 map."""
     h, w = score.shape
-    vals = score.flatten().tolist()
+    assert smooth in (1, 3)
+    vals = _blur3(score) if smooth == 3 else score.flatten().tolist()
     n = len(vals)
-    if normalize == 'zscore':
+    if normalize == 'minmax':
+        low = min(vals)
+        span = max(max(vals) - low, std_eps)
+        vals = [(v - low) / span for v in vals]
+    elif normalize == 'zscore':
         mean = sum(vals) / n
         std = max(math.sqrt(sum((v - mean) ** 2 for v in vals) / n), std_eps)
         vals = [(v - mean) / std for v in vals]
@@ -63,7 +98,7 @@ def _reference(score: torch.Tensor, *, num_regions, threshold, temperature, norm
         points.append((rc[best][1], rc[best][0]))
         pix = pix or [peak]
         boxes.append((min(rc[i][1] for i in pix), min(rc[i][0] for i in pix),
-                      max(rc[i][1] for i in pix) + 1, max(rc[i][0] for i in pix) + 1))
+                      max(rc[i][1] for i in pix), max(rc[i][0] for i in pix)))  # inclusive
     return dict(probability=torch.tensor(prob, dtype=torch.float64).view(h, w),
                 regions=torch.tensor(regions).view(h, w),
                 points=torch.tensor(points, dtype=torch.float64),
@@ -78,7 +113,7 @@ def _in_region(points: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
 
 def test_two_blobs_points_regions_masks():
     score = _blobs()[None]  # (1, 24, 24)
-    ppg = PseudoPromptGenerator(num_regions=2, threshold=0.3, temperature=4.0)
+    ppg = PseudoPromptGenerator(num_regions=2)  # the calibrated defaults
     out = ppg(score)
     assert isinstance(out, PseudoPrompts)
     pts = sorted(map(tuple, out.points[0].tolist()))
@@ -105,7 +140,7 @@ def test_plateaus_give_exact_regions_points_boxes():
     score = torch.zeros(1, 16, 20)
     score[0, 2:6, 3:9] = 5.0
     score[0, 9:15, 12:18] = 5.0
-    ppg = PseudoPromptGenerator(num_regions=2, use_boxes=True)
+    ppg = PseudoPromptGenerator(num_regions=2, use_boxes=True, smooth=1)
     out = ppg(score)
     expect = torch.full((16, 20), -1)
     expect[2:6, 3:9] = 0  # the first plateau pixel in flat order is the argmax seed
@@ -113,7 +148,8 @@ def test_plateaus_give_exact_regions_points_boxes():
     assert torch.equal(out.regions[0], expect)
     # ties inside a plateau -> lowest flat index = the top-left cell
     assert out.points[0].tolist() == [[3.0, 2.0], [12.0, 9.0]]
-    assert out.boxes[0].tolist() == [[3.0, 2.0, 9.0, 6.0], [12.0, 9.0, 18.0, 15.0]]
+    # SAM's inclusive boxes: first and last cell of each plateau
+    assert out.boxes[0].tolist() == [[3.0, 2.0, 8.0, 5.0], [12.0, 9.0, 17.0, 14.0]]
 
 
 def test_single_peak_fewer_pixels_than_regions():
@@ -121,11 +157,11 @@ def test_single_peak_fewer_pixels_than_regions():
     score[0, 3, 4] = 10.0
     score[1, 6, 1] = 10.0
     score[1, 6, 2] = 10.0
-    out = PseudoPromptGenerator(num_regions=5, use_boxes=True)(score)
+    out = PseudoPromptGenerator(num_regions=5, use_boxes=True, smooth=1)(score)
     assert out.points.shape == (2, 5, 2) and out.boxes.shape == (2, 5, 4)
     assert torch.equal(out.points[0], torch.tensor([[4.0, 3.0]]).expand(5, 2))
     assert set(map(tuple, out.points[1].tolist())) == {(1.0, 6.0), (2.0, 6.0)}
-    assert torch.equal(out.boxes[0], torch.tensor([[4.0, 3.0, 5.0, 4.0]]).expand(5, 4))
+    assert torch.equal(out.boxes[0], torch.tensor([[4.0, 3.0, 4.0, 3.0]]).expand(5, 4))
     assert (out.regions[0] >= 0).sum() == 1 and out.regions[0, 3, 4] == 0
     assert sorted(out.regions[1][out.regions[1] >= 0].tolist()) == [0, 1]
     for t in (out.points, out.boxes, out.masks, out.probability):
@@ -144,10 +180,15 @@ def test_flat_map():
 
 
 @pytest.mark.parametrize('kwargs', [
-    dict(num_regions=5, threshold=0.5, temperature=1.0, normalize='zscore', kmeans_iters=10),
+    dict(num_regions=5, threshold=0.5, temperature=0.72, normalize='minmax', kmeans_iters=10),
+    dict(num_regions=3, threshold=0.3, temperature=1.0, normalize='minmax', kmeans_iters=4,
+         smooth=1),
+    dict(num_regions=5, threshold=0.5, temperature=1.0, normalize='zscore', kmeans_iters=10,
+         smooth=1),
     dict(num_regions=5, threshold=0.5, temperature=3.0, normalize='zscore', kmeans_iters=10),
     dict(num_regions=3, threshold=0.2, temperature=2.0, normalize='zscore', kmeans_iters=3),
-    dict(num_regions=4, threshold=0.3, temperature=1.0, normalize='none', kmeans_iters=10),
+    dict(num_regions=4, threshold=0.3, temperature=1.0, normalize='none', kmeans_iters=10,
+         smooth=1),
     dict(num_regions=4, threshold=0.7, temperature=0.05, normalize='none', kmeans_iters=0),
     dict(num_regions=1, threshold=1.0, temperature=1.0, normalize='zscore', kmeans_iters=10),
 ])
@@ -182,7 +223,7 @@ def test_batched_equals_per_map_and_deterministic():
         torch.testing.assert_close(single.masks, batched.masks[n:n + 1])
 
 
-def test_zscore_is_scale_free_and_none_uses_raw_scores():
+def test_normalisation_is_scale_free_and_none_uses_raw_scores():
     score = _blobs()[None] + 0.1 * torch.randn(1, 24, 24, generator=torch.Generator()
                                                .manual_seed(2), dtype=torch.float64)
     ppg = PseudoPromptGenerator(use_boxes=True)
@@ -190,7 +231,7 @@ def test_zscore_is_scale_free_and_none_uses_raw_scores():
     torch.testing.assert_close(a.probability, b.probability)
     assert torch.equal(a.regions, b.regions) and torch.equal(a.points, b.points)
     # 'none': probability = exp((s - max s) / T)
-    raw = PseudoPromptGenerator(normalize='none', temperature=0.25)(score)
+    raw = PseudoPromptGenerator(normalize='none', temperature=0.25, smooth=1)(score)
     torch.testing.assert_close(raw.probability, torch.exp((score - score.max()) / 0.25))
 
 
@@ -268,6 +309,8 @@ def test_cuda_matches_cpu():
     (dict(threshold=1.5), 'threshold'),
     (dict(temperature=0.0), 'temperature'),
     (dict(normalize='softmax'), 'normalize'),
+    (dict(smooth=2), 'smooth'),
+    (dict(smooth=0), 'smooth'),
     (dict(kmeans_iters=-1), 'kmeans_iters'),
     (dict(mask_scale=0), 'mask_scale'),
     (dict(mask_logit_eps=0.5), 'mask_logit_eps'),
@@ -288,3 +331,55 @@ def test_bad_input(score, match):
         PseudoPromptGenerator()(score)
     with pytest.raises(TypeError, match='torch.Tensor'):
         PseudoPromptGenerator()([[1.0]])
+
+
+def test_default_foreground_covers_the_objects_of_synthetic_maps():
+    """Fig. 3 (c) shows object regions: the calibrated defaults recover the objects of 180 maps
+    (10 shapes incl. several objects of unequal contrast, 3 contrasts, flat and peaked profiles,
+    3 noise seeds) with IoU >= 0.5 each; the earlier reading kept a few peak pixels only."""
+    tool = _calibration_tool()
+    maps = list(tool.synthetic_maps())
+    assert len(maps) == 180
+    sizes = torch.stack([m.objects for m in maps]).flatten(1).sum(1)
+    assert sizes.min() >= 15 and sizes.max() <= 300  # from about 3 % to half of the 576 cells
+    iou = tool.foreground_ious(PseudoPromptGenerator(), maps)
+    failing = [(m.name, round(float(v), 3)) for m, v in zip(maps, iou) if v < 0.5]
+    assert not failing
+    assert iou.mean() > 0.85
+    peak_only = tool.foreground_ious(
+        PseudoPromptGenerator(normalize='zscore', temperature=1.0, smooth=1), maps)
+    assert peak_only.mean() < 0.4 and (peak_only >= 0.5).float().mean() < 0.3
+
+
+def test_foreground_is_invariant_to_contrast_and_offset():
+    tool = _calibration_tool()
+    m = tool.synthetic_map('two_discs_unequal', 0.1, 'peaked', 0)
+    ppg = PseudoPromptGenerator(use_boxes=True)
+    a, b = ppg(m.score[None]), ppg(3.0 * m.score[None] - 0.2)
+    assert torch.equal(a.regions, b.regions) and torch.equal(a.points, b.points)
+    torch.testing.assert_close(a.probability, b.probability)
+
+
+def test_binomial_blur():
+    score = torch.randn(2, 7, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    blurred = binomial_blur(score, 3)
+    for n in range(2):
+        expected = torch.tensor(_blur3(score[n]), dtype=torch.float64).view(7, 9)
+        torch.testing.assert_close(blurred[n], expected, rtol=1e-12, atol=1e-12)
+    for shape in ((1, 5, 5), (1, 1, 6), (2, 2, 2)):  # the last two too small to mirror at 5
+        flat = torch.full(shape, 0.7)
+        torch.testing.assert_close(binomial_blur(flat, 5), flat)
+
+
+def test_boxes_follow_sams_inclusive_convention():
+    """Each region's box equals segment_anything's own ``batched_mask_to_box`` of its mask."""
+    from segment_anything.utils.amg import batched_mask_to_box
+    gen = torch.Generator().manual_seed(5)
+    score = F.interpolate(torch.randn(4, 1, 6, 6, generator=gen), size=(24, 24),
+                          mode='bilinear', align_corners=False)[:, 0]
+    out = PseudoPromptGenerator(use_boxes=True)(score)
+    for n in range(score.shape[0]):
+        for k in range(5):
+            mask = out.regions[n] == k
+            if mask.any():
+                assert out.boxes[n, k].tolist() == batched_mask_to_box(mask[None])[0].tolist()

@@ -1,0 +1,143 @@
+"""Every config trains under DDP: each trainable parameter gets a gradient, and the learning rates.
+
+DDP (without ``find_unused_parameters``) waits for a gradient of every parameter that requires
+one; a trainable parameter outside the autograd graph stalls the second iteration. Each config is
+built tiny (a tiny CLIP, 32-wide neck and head, a tiny official-format SAM checkpoint where the
+config loads one) with every other setting kept, then one training step runs on random images.
+"""
+import glob
+import os.path as osp
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.optim import build_optim_wrapper
+from mmengine.registry import init_default_scope
+from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
+from mmengine.structures import PixelData
+from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncoder, Sam,
+                                       TwoWayTransformer)
+
+import mmseg_escnet  # noqa: F401
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', '*.py')))
+TINY = 96  # image side; patch 4 -> the 24 x 24 grid of the paper models
+WIDTH = 32
+CLASSES = ['sky', 'grass', 'sand', 'snow', 'brick']
+
+
+def _save_tiny_sam(path: str) -> None:
+    """A randomly initialised official SAM with a WIDTH-wide decoder, saved as published."""
+    torch.manual_seed(1)
+    sam = Sam(image_encoder=ImageEncoderViT(img_size=64, patch_size=16, embed_dim=16, depth=1,
+                                            num_heads=1, out_chans=WIDTH),
+              prompt_encoder=PromptEncoder(embed_dim=WIDTH, image_embedding_size=(4, 4),
+                                           input_image_size=(64, 64), mask_in_chans=16),
+              mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer_dim=WIDTH,
+                                       transformer=TwoWayTransformer(depth=2, embedding_dim=WIDTH,
+                                                                     mlp_dim=64, num_heads=2)))
+    torch.save(sam.state_dict(), path)
+
+
+def tiny_model_cfg(model: Config, sam_checkpoint: str) -> Config:
+    """``model`` with every width shrunk and every other setting (fine-tuning policy, ESC
+    blocks, prompts, SAM initialisation, pooling, padding, ...) kept."""
+    model.data_preprocessor.size = (TINY, TINY)
+    model.clip_resolution = TINY
+    model.vocabulary = dict(classes=CLASSES, templates=model.vocabulary.get('templates', 'catseg'))
+    model.test_vocabulary = None
+    model.backbone.update(
+        model_name=None, pretrained=None, out_indices=(0, 1),
+        model_cfg=dict(embed_dim=WIDTH,
+                       vision_cfg=dict(image_size=TINY, layers=3, width=64, head_width=32,
+                                       patch_size=4),
+                       text_cfg=dict(context_length=16, vocab_size=49408, width=64, heads=2,
+                                     layers=2)))
+    neck = model.neck
+    if neck.type == 'CATSegAggregator':
+        neck.update(text_guidance_dim=WIDTH, text_guidance_proj_dim=WIDTH,
+                    appearance_guidance_dim=WIDTH, appearance_guidance_proj_dim=WIDTH,
+                    num_heads=2, hidden_dim=WIDTH)
+    else:
+        neck.update(text_dim=WIDTH, hidden_dim=WIDTH, sam_dim=WIDTH, sam_num_heads=2,
+                    sam_mlp_dim=64, num_heads=2, appearance_guidance_dim=WIDTH,
+                    text_guidance_dim=WIDTH)
+        if neck.get('sam_checkpoint') is not None:
+            neck.sam_checkpoint = sam_checkpoint
+    model.decode_head.update(clip_width=64, upsample_dims=(32, 16),
+                             decoder_guidance_proj_dims=(16, 8), decoder_dims=(32, 16),
+                             hidden_dim=WIDTH, num_classes=len(CLASSES))
+    return model
+
+
+def _batch(batch_size: int = 2):
+    gen = torch.Generator().manual_seed(0)
+    inputs = torch.randn(batch_size, 3, TINY, TINY, generator=gen)
+    samples = []
+    for _ in range(batch_size):
+        label = torch.randint(0, len(CLASSES), (1, TINY, TINY), generator=gen)
+        label[:, :8] = 255  # some ignored pixels
+        sample = SegDataSample(gt_sem_seg=PixelData(data=label))
+        sample.set_metainfo(dict(img_shape=(TINY, TINY), ori_shape=(TINY, TINY),
+                                 pad_shape=(TINY, TINY)))
+        samples.append(sample)
+    return inputs, samples
+
+
+@pytest.fixture(scope='module')
+def tiny_sam(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp('sam') / 'sam_tiny.pth')
+    _save_tiny_sam(path)
+    return path
+
+
+def _build(path: str, sam_checkpoint: str):
+    cfg = Config.fromfile(path)
+    init_default_scope('mmseg')
+    torch.manual_seed(0)
+    model = MODELS.build(tiny_model_cfg(cfg.model, sam_checkpoint))
+    model.init_weights()
+    return cfg, model.train()
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=osp.basename)
+def test_every_trainable_parameter_gets_a_gradient(path, tiny_sam):
+    _, model = _build(path, tiny_sam)
+    inputs, samples = _batch()
+    losses = model.loss(inputs, samples)
+    sum(v for k, v in losses.items() if 'loss' in k).backward()
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable
+    missing = sorted(n for n, p in trainable.items() if p.grad is None)
+    assert not missing, f'{osp.basename(path)}: trainable parameters without a gradient: {missing}'
+    # and none of them is only formally in the graph: each moves under the loss
+    zero = sorted(n for n, p in trainable.items() if not p.grad.abs().sum() > 0)
+    assert not zero, f'{osp.basename(path)}: trainable parameters with an all-zero gradient: {zero}'
+
+
+def _lr(optim_wrapper, param):
+    for group in optim_wrapper.optimizer.param_groups:
+        if any(p is param for p in group['params']):
+            return group['lr']
+    raise KeyError('parameter not in the optimizer')
+
+
+@pytest.mark.parametrize('name, sam_lr', [('escnet_vitl14.py', 2e-6),
+                                          ('escnet_vitl14_sam_random.py', 2e-4)])
+def test_sam_learning_rates(name, sam_lr, tiny_sam):
+    """Pretrained SAM parts learn at 2e-6 like CLIP (paper §4.3); randomly initialised ones
+    (Table 2 (b)) at the base 2e-4; the new layers of the SAM blocks always at 2e-4."""
+    cfg, model = _build(osp.join(ROOT, 'configs', name), tiny_sam)
+    optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    neck = model.neck
+    block = neck.sam_blocks[0]
+    assert _lr(optim_wrapper, block.block.self_attn.q_proj.weight) == pytest.approx(sam_lr)
+    assert _lr(optim_wrapper, block.output_tokens.weight) == pytest.approx(sam_lr)
+    assert _lr(optim_wrapper, neck.prompt_encoder.point_embeddings[1].weight) == pytest.approx(
+        sam_lr)
+    assert _lr(optim_wrapper, block.text_proj.weight) == pytest.approx(2e-4)
+    assert _lr(optim_wrapper, block.fuse.weight) == pytest.approx(2e-4)
+    assert _lr(optim_wrapper, neck.vlf_blocks[0].guidance_projection[0].weight) == pytest.approx(
+        2e-4)
