@@ -9,7 +9,9 @@ PC-459, A-150, PC-59, PAS-20, PAS-20b), one after the other, each in
 ``<work-dir>/<benchmark>/``. After every benchmark the results so far are written to
 ``<work-dir>/eval_all.json``, so an interrupted run loses nothing: ``--resume`` skips the
 benchmarks already evaluated with the same checkpoint. A benchmark that fails (e.g. its data is
-not prepared) is reported and the others still run; the exit status is then 1.
+not prepared) is reported on one line and the others still run; the exit status is then 1. Any
+other error (a missing config or checkpoint, an unwritable work dir) stops the tool at once with
+one line; ``--debug`` shows the tracebacks.
 """
 import argparse
 import json
@@ -26,12 +28,14 @@ import mmseg_escnet  # noqa: F401  (registers our modules; safe checkpoint loadi
 from mmseg_escnet.engine.launch import (add_common_arguments, check_zoo_checkpoint,
                                         checkpoint_argument, load_config, prepare_distributed,
                                         set_local_rank, shutdown_distributed)
+from mmseg_escnet.utils import ensure_writable_dir, run_cli
 
 BENCHMARKS = dict(a847='A-847', pc459='PC-459', a150='A-150', pc59='PC-59', pas20='PAS-20',
                   pas20b='PAS-20b')
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """The command line (``--local-rank`` exported as ``LOCAL_RANK``)."""
     parser = argparse.ArgumentParser(description='Zero-shot evaluation on all benchmarks')
     parser.add_argument('config', help='the model config, e.g. configs/escnet_vitl14.py')
     parser.add_argument('checkpoint', type=checkpoint_argument,
@@ -42,6 +46,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help='skip benchmarks already in <work-dir>/eval_all.json for this '
                         'checkpoint')
     add_common_arguments(parser)
+    if parser.get_default('debug') is None:  # unless the shared arguments already have it
+        parser.add_argument('--debug', action='store_true', help='show the traceback of an error')
     args = parser.parse_args(argv)
     set_local_rank(args.local_rank)
     return args
@@ -81,14 +87,17 @@ def format_row(name: str, results: Dict[str, dict]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Evaluate every requested benchmark; returns 1 if one of them failed, else 0.
+
+    Args:
+        argv (list[str], optional): Arguments (default: ``sys.argv[1:]``).
+    """
     args = parse_args(argv)
     model = osp.splitext(osp.basename(args.config))[0]
     configs = {b: benchmark_config(args.config, b) for b in args.benchmarks}  # fail early
-    try:
-        check_zoo_checkpoint(load_config(args.config), args.checkpoint)
-    except ValueError as error:
-        raise SystemExit(f'tools/eval_all.py: error: {error}') from error
-    work_dir = args.work_dir or osp.join('work_dirs', f'{model}_eval_all')
+    check_zoo_checkpoint(load_config(args.config), args.checkpoint)
+    work_dir = ensure_writable_dir(args.work_dir or osp.join('work_dirs', f'{model}_eval_all'),
+                                   'the work dir (results and logs)')
     summary_path = osp.join(work_dir, 'eval_all.json')
     summary = dict(config=args.config, checkpoint=args.checkpoint, results={})
     if args.resume and osp.isfile(summary_path):
@@ -104,12 +113,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         try:
             metrics = evaluate(path, args, osp.join(work_dir, benchmark))
         except Exception as err:  # keep going: report it and evaluate the other benchmarks
-            traceback.print_exc()
-            failures[benchmark] = f'{type(err).__name__}: {err}'
+            if args.debug:
+                traceback.print_exc()
+            failures[benchmark] = f'{type(err).__name__}: {" ".join(str(err).split())}'
             continue
         summary['results'][benchmark] = {k: float(v) for k, v in metrics.items()}
         if get_rank() == 0:
-            os.makedirs(work_dir, exist_ok=True)
             tmp = summary_path + '.tmp'
             with open(tmp, 'w', encoding='utf-8') as f:
                 json.dump(summary, f, indent=2)
@@ -117,10 +126,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if get_rank() == 0:
         print(format_row(model, summary['results']))
         for benchmark, message in failures.items():
-            print(f'{BENCHMARKS[benchmark]} failed: {message}', file=sys.stderr)
+            hint = '' if args.debug else ' (--debug shows the traceback)'
+            print(f'{BENCHMARKS[benchmark]} failed: {message}{hint}', file=sys.stderr)
     shutdown_distributed()
     return 1 if failures else 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_cli(main, 'tools/eval_all.py'))

@@ -7,6 +7,10 @@ optimizer, parameter schedulers, message hub and anything else are dropped, so t
 being the first 8 hex digits of the SHA-256 *of the written file*, which is what
 :func:`mmseg_escnet.checkpoints.download.expected_sha256` checks when the file is downloaded. The
 full hash and the lines for a metafile (``Weights:`` / ``Weights SHA-256:``) are printed.
+
+An input that is missing, empty, cut short or not a checkpoint, and an output folder that cannot be
+written, are reported on one line (``--debug`` shows the traceback); the output folder is checked
+before the input is read.
 """
 import argparse
 import numbers
@@ -23,6 +27,7 @@ import torch
 import mmseg_escnet
 from mmseg_escnet.checkpoints.download import file_sha256
 from mmseg_escnet.engine.checkpoint_loading import load_local_checkpoint
+from mmseg_escnet.utils import ensure_writable_dir, run_cli
 
 #: Keys of a Runner checkpoint's ``meta`` that are kept (under the names on the right).
 KEPT_META = {'epoch': 'source_epoch', 'iter': 'source_iter', 'cfg': 'config', 'seed': 'seed',
@@ -107,6 +112,23 @@ def published_name(out_file: str, sha256: str) -> str:
     return f'{stem}-{sha256[:8]}.pth'
 
 
+def read_checkpoint(in_file: str) -> Any:
+    """Load ``in_file`` with the shared safe loader; every failure names the file.
+
+    Raises:
+        FileNotFoundError: ``in_file`` does not exist.
+        ValueError: ``in_file`` is empty, cut short, not a torch file, or holds objects outside
+            the loader's allow-list.
+    """
+    try:
+        return load_local_checkpoint(in_file, map_location='cpu')
+    except (FileNotFoundError, ValueError):
+        raise  # the loader's messages name the file and what is wrong with it
+    except Exception as error:  # e.g. objects outside the allow-list
+        raise ValueError(f'{in_file}: not a readable checkpoint ({type(error).__name__}: '
+                         f'{error})') from error
+
+
 def publish(in_file: str, out_file: str) -> Tuple[str, str]:
     """Strip ``in_file`` and write it beside ``out_file``, named with its own SHA-256.
 
@@ -118,19 +140,13 @@ def publish(in_file: str, out_file: str) -> Tuple[str, str]:
         tuple[str, str]: The written path and its full SHA-256.
 
     Raises:
+        OSError: The folder of ``out_file`` cannot be written (checked before reading).
         FileNotFoundError: ``in_file`` does not exist.
-        ValueError: ``in_file`` is not a checkpoint with a ``state_dict``.
+        ValueError: ``in_file`` is empty, cut short, not a torch file or not a checkpoint with a
+            ``state_dict``.
     """
-    try:
-        checkpoint = load_local_checkpoint(in_file, map_location='cpu')
-    except FileNotFoundError:
-        raise
-    except Exception as error:  # not a torch file, or objects outside the allow-list
-        raise ValueError(f'{in_file}: not a readable checkpoint ({type(error).__name__}: '
-                         f'{error})') from error
-    stripped = strip_checkpoint(checkpoint, in_file)
-    out_dir = osp.dirname(osp.abspath(out_file))
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = ensure_writable_dir(osp.dirname(osp.abspath(out_file)), 'the published checkpoint')
+    stripped = strip_checkpoint(read_checkpoint(in_file), in_file)
     handle, partial = tempfile.mkstemp(suffix='.part', dir=out_dir)
     os.close(handle)
     try:
@@ -159,11 +175,9 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     parser.add_argument('in_file', help='checkpoint written by tools/train.py')
     parser.add_argument('out_file', help='output name, e.g. catseg_vitb16.pth (becomes '
                         'catseg_vitb16-<sha8>.pth)')
+    parser.add_argument('--debug', action='store_true', help='show the traceback of an error')
     args = parser.parse_args(argv)
-    try:
-        final, sha256 = publish(args.in_file, args.out_file)
-    except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f'tools/publish_model.py: error: {error}') from error
+    final, sha256 = publish(args.in_file, args.out_file)
     lines: List[str] = [
         f'published {final}', f'SHA-256: {sha256}', 'metafile lines (use the URL you upload to):',
         f'    Weights: https://<host>/<path>/{osp.basename(final)}',
@@ -174,4 +188,4 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_cli(main, 'tools/publish_model.py'))

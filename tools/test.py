@@ -10,14 +10,17 @@ Zero-shot on another vocabulary, e.g.
 Multi-GPU: ``tools/dist_test.sh CONFIG CHECKPOINT GPUS``.
 """
 import argparse
+import sys
+from typing import Optional, Sequence
 
 import mmseg_escnet  # noqa: F401  (registers our modules; safe checkpoint loading)
 from mmseg_escnet.engine.launch import (add_common_arguments, check_zoo_checkpoint,
                                         checkpoint_argument, load_config, prepare_distributed,
                                         run_runner, set_local_rank)
+from mmseg_escnet.utils import ensure_writable_dir, run_cli
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test (and evaluate) an mmseg_escnet segmentor')
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', type=checkpoint_argument,
@@ -25,19 +28,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--out', help='folder to write the predicted label maps to')
     parser.add_argument('--show-dir', help='folder to write visualised predictions to')
     add_common_arguments(parser)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     set_local_rank(args.local_rank)
     return args
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_args(argv)
     cfg = load_config(args.config, cfg_options=args.cfg_options, work_dir=args.work_dir,
                       launcher=args.launcher)
-    try:
-        check_zoo_checkpoint(cfg, args.checkpoint)
-    except ValueError as error:
-        raise SystemExit(f'tools/test.py: error: {error}') from error
+    check_zoo_checkpoint(cfg, args.checkpoint)
+    # outputs are checked before the model is built
+    ensure_writable_dir(cfg.work_dir, 'the work dir (logs)')
+    for folder, what in ((args.out, '--out'), (args.show_dir, '--show-dir')):
+        if folder:
+            ensure_writable_dir(folder, what)
     cfg.load_from = args.checkpoint
     if args.show_dir:
         if 'visualization' not in cfg.get('default_hooks', {}):
@@ -52,4 +57,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_cli(main, 'tools/test.py'))

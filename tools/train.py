@@ -4,34 +4,48 @@ Multi-GPU / multi-node: ``tools/dist_train.sh CONFIG GPUS`` (torchrun). Without 
 trains on CPU processes over gloo.
 """
 import argparse
+import sys
+from typing import Optional, Sequence
+
+from mmengine.logging import print_log
 
 import mmseg_escnet  # noqa: F401  (registers our modules; safe checkpoint loading)
+from mmseg_escnet.engine import find_resume_checkpoint
 from mmseg_escnet.engine.launch import (add_common_arguments, enable_amp, load_config,
                                         prepare_distributed, run_runner, set_local_rank)
+from mmseg_escnet.utils import ensure_writable_dir, run_cli
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Train an mmseg_escnet segmentor')
     parser.add_argument('config', help='config file')
     parser.add_argument('--resume', action='store_true',
-                        help='resume from the latest checkpoint in the work dir')
+                        help='resume from the latest readable checkpoint in the work dir')
     parser.add_argument('--amp', action='store_true', help='automatic mixed precision (CUDA only)')
     add_common_arguments(parser)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     set_local_rank(args.local_rank)
     return args
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_args(argv)
     cfg = load_config(args.config, cfg_options=args.cfg_options, work_dir=args.work_dir,
                       launcher=args.launcher)
+    ensure_writable_dir(cfg.work_dir, 'the work dir (checkpoints and logs)')
     if args.amp:
         cfg = enable_amp(cfg)
     cfg.resume = args.resume
+    if args.resume and cfg.get('load_from') is None:
+        # last_checkpoint if readable, else the newest readable checkpoint (with a warning)
+        cfg.load_from = find_resume_checkpoint(cfg.work_dir)
+        cfg.resume = cfg.load_from is not None
+        if not cfg.resume:
+            print_log(f'--resume: no checkpoint in {cfg.work_dir}, training from the start',
+                      logger='current')
     cfg = prepare_distributed(cfg)
     run_runner(cfg, 'train')
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_cli(main, 'tools/train.py'))

@@ -11,13 +11,20 @@ visualizer = dict(type='SegLocalVisualizer', vis_backends=vis_backends, name='vi
 log_processor = dict(by_epoch=False)
 log_level = 'INFO'
 load_from = None
+# True: a checkpoint that does not fit the model is refused (CheckpointFitHook); False: MMEngine's
+# non-strict loading of what fits, for fine-tuning from another model.
+load_from_strict = True
 resume = False
+# True: evaluate although the test vocabulary names other classes than the dataset (same number).
+allow_vocabulary_mismatch = False
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=5000, max_keep_ckpts=2),
+    # atomic saves, old checkpoints deleted last: a kill during a save keeps the previous one
+    checkpoint=dict(type='SafeCheckpointHook', by_epoch=False, interval=5000, max_keep_ckpts=2),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='SegVisualizationHook'))
-# Refuses to evaluate when the test vocabulary and the dataset's classes differ in size.
-custom_hooks = [dict(type='VocabularyCheckHook')]
+# Refuse to evaluate when the test vocabulary and the dataset's classes differ, and to load a
+# checkpoint made for another model.
+custom_hooks = [dict(type='VocabularyCheckHook'), dict(type='CheckpointFitHook')]

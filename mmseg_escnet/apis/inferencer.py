@@ -37,6 +37,7 @@ from mmseg.apis import MMSegInferencer
 from mmseg.structures import SegDataSample
 from torch import nn
 
+from ..engine.checkpoint_fit import check_state_dict_fits, checkpoint_state_dict
 from ..models.text import Vocabulary
 from ..visualization import make_palette, render_segmentation
 from .image_io import (list_images, read_image, resize_label_map, shrink_to_max_side, to_bgr_uint8,
@@ -125,18 +126,10 @@ class OpenVocabInferencer(MMSegInferencer):
             warnings.warn('OpenVocabInferencer: no weights given, the model is randomly '
                           'initialised and its predictions are meaningless (tests only)')
             return
-        if not isinstance(checkpoint, dict):
-            raise ValueError(f'weights {self._weights} hold a {type(checkpoint).__name__}, '
-                             'expected a state dict or a checkpoint dict with "state_dict"')
-        state = checkpoint.get('state_dict', checkpoint)
-        state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            msg = ' '.join(str(err).split())  # torch's message spans lines
-            msg = msg if len(msg) < 2000 else msg[:2000] + ' ...'
-            raise ValueError(f'weights {self._weights} do not fit the model of the config '
-                             f'({cfg.filename if cfg is not None else "?"}): {msg}') from err
+        state = checkpoint_state_dict(checkpoint, f'weights {self._weights}')
+        check_state_dict_fits(model, state, source=str(self._weights),
+                              target=(cfg.filename if cfg is not None else None) or 'the config')
+        model.load_state_dict(state, strict=True)
 
     def _init_pipeline(self, cfg: Config) -> Compose:
         """The config's test pipeline without label loading, fed with arrays."""

@@ -13,6 +13,7 @@ a file is still refused, with an error that names the offending globals instead 
 """
 import os.path as osp
 import pickle
+import zipfile
 from typing import Any, Callable, List, Optional, Union
 
 import numpy as np
@@ -59,6 +60,40 @@ def trusted_checkpoint_globals() -> List[Any]:
     return [HistoryBuffer, (_history_buffer_getattr, 'builtins.getattr'), *_numpy_globals()]
 
 
+def checkpoint_file_problem(path: str) -> Optional[str]:
+    """What is wrong with a checkpoint file, or None if it looks complete.
+
+    A torch checkpoint is a zip archive (torch >= 1.6) or a legacy pickle stream. A zip file cut
+    short by a kill, a full disk or an interrupted download has lost its end record; anything
+    else (a text file, an HTML error page) is not a checkpoint. Only the zip directory is read.
+
+    Args:
+        path (str): The file.
+
+    Returns:
+        str, optional: e.g. ``'is empty'``, ``'is cut short (...)'``, ``'is not a torch
+        checkpoint (...)'``; None when the file can be given to ``torch.load``.
+    """
+    if not osp.isfile(path):
+        return 'does not exist'
+    if osp.getsize(path) == 0:
+        return 'is empty'
+    with open(path, 'rb') as f:
+        head = f.read(4)
+    if head.startswith(b'PK'):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                if any(name.endswith('.pkl') for name in archive.namelist()):
+                    return None
+            return 'is a zip archive without a pickled checkpoint in it'
+        except (zipfile.BadZipFile, OSError):
+            return ('is cut short: its zip directory is missing (an interrupted save or '
+                    'download, or a full disk)')
+    if head.startswith(b'\x80'):  # a legacy (pre-zip) torch file is a pickle stream
+        return None
+    return f'is not a torch checkpoint (it starts with {head!r})'
+
+
 def load_local_checkpoint(filename: str, map_location: Optional[Union[str, Callable]] = None) -> Any:
     """Load a local checkpoint with ``weights_only=True`` and MMEngine's own types allow-listed.
 
@@ -71,12 +106,16 @@ def load_local_checkpoint(filename: str, map_location: Optional[Union[str, Calla
 
     Raises:
         FileNotFoundError: If ``filename`` does not exist.
+        ValueError: If it is empty, cut short or not a torch checkpoint.
         pickle.UnpicklingError: If the file holds objects outside the allow-list; the message names
             them.
     """
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
         raise FileNotFoundError(f'checkpoint file not found: {filename}')
+    problem = checkpoint_file_problem(filename)
+    if problem is not None:
+        raise ValueError(f'checkpoint {filename} {problem}')
     with torch.serialization.safe_globals(trusted_checkpoint_globals()):
         try:
             return torch.load(filename, map_location=map_location, weights_only=True)

@@ -7,6 +7,7 @@ group ourselves (MMEngine then skips its own ``init_dist``) and wrap the model i
 """
 import argparse
 import gc
+import logging
 import os
 import os.path as osp
 from typing import Optional, Sequence
@@ -14,6 +15,7 @@ from typing import Optional, Sequence
 import torch
 import torch.distributed as dist
 from mmengine.config import Config
+from mmengine.logging import print_log
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 #: Config keys that decide whether a model's weights fit another config's model.
@@ -41,12 +43,50 @@ def load_config(config: str, *, cfg_options: Optional[dict] = None, work_dir: Op
     cfg = Config.fromfile(config)
     cfg.launcher = launcher
     if cfg_options:
+        max_iters = (cfg.get('train_cfg') or {}).get('max_iters')
         cfg.merge_from_dict(cfg_options)
+        if not any(key.startswith('param_scheduler') for key in cfg_options):
+            follow_max_iters(cfg, max_iters)
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config))[0])
     return cfg
+
+
+def follow_max_iters(cfg: Config, previous: Optional[int]) -> None:
+    """Stretch the iteration-based schedulers that ended at ``previous`` to the new max_iters.
+
+    The configs write ``end=max_iters`` (and ``T_max=max_iters``) as numbers, so
+    ``--cfg-options train_cfg.max_iters=N`` alone would leave the schedule unfinished (the cosine
+    learning rate still near its peak at the last iteration). Schedulers that ended at the old
+    ``max_iters`` now end at the new one; any other scheduler that no longer fits gets a warning.
+
+    Args:
+        cfg (Config): The config, after ``--cfg-options`` were merged into it.
+        previous (int, optional): ``train_cfg.max_iters`` before the options.
+    """
+    current = (cfg.get('train_cfg') or {}).get('max_iters')
+    schedulers = cfg.get('param_scheduler') or []
+    schedulers = [schedulers] if isinstance(schedulers, dict) else schedulers
+    if previous is None or current is None or current == previous or not schedulers:
+        return
+    for scheduler in schedulers:
+        name = scheduler.get('type', 'scheduler')
+        if scheduler.get('by_epoch', True):
+            print_log(f'{name} counts epochs: it does not follow train_cfg.max_iters={current}',
+                      logger='current', level=logging.WARNING)
+            continue
+        followed = [key for key in ('end', 'T_max') if scheduler.get(key) == previous]
+        for key in followed:
+            scheduler[key] = current
+        if followed:
+            print_log(f'{name}: {"/".join(followed)} follow train_cfg.max_iters '
+                      f'{previous} -> {current}', logger='current')
+        elif scheduler.get('end', 0) > current:
+            print_log(f'{name} ends at iteration {scheduler["end"]}, after train_cfg.max_iters='
+                      f'{current}: set param_scheduler explicitly to change it',
+                      logger='current', level=logging.WARNING)
 
 
 def prepare_distributed(cfg: Config) -> Config:
@@ -120,7 +160,8 @@ def set_local_rank(local_rank: int) -> None:
 
 
 def add_common_arguments(parser, choices: Sequence[str] = LAUNCHERS) -> None:
-    """Arguments shared by train.py and test.py: --work-dir, --cfg-options, --launcher, --local-rank."""
+    """Arguments shared by train.py and test.py: --work-dir, --cfg-options, --launcher,
+    --local-rank, --debug."""
     from mmengine.config import DictAction
     parser.add_argument('--work-dir', help='folder for logs and checkpoints '
                         '(default: ./work_dirs/<config name>)')
@@ -129,6 +170,7 @@ def add_common_arguments(parser, choices: Sequence[str] = LAUNCHERS) -> None:
                         'train_cfg.max_iters=100')
     parser.add_argument('--launcher', choices=list(choices), default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    parser.add_argument('--debug', action='store_true', help='show the traceback of an error')
 
 
 def checkpoint_argument(value: str) -> str:

@@ -17,6 +17,11 @@ class VocabularyCheckHook(Hook):
     * the vocabulary has as many classes as the dataset; with a metric that has a
       ``background_index`` ``b`` (PAS-20b), the dataset has ``b + 1`` classes and the vocabulary
       more than ``b``;
+    * class ``k`` of the vocabulary names class ``k`` of the dataset (the first ``b`` with a
+      background index): the dataset's name is one of the vocabulary entry's synonyms, compared
+      without regard to case and white space. A reordered or different vocabulary of the right
+      size is refused unless the config sets ``allow_vocabulary_mismatch = True`` (an intended
+      cross-vocabulary experiment);
     * every metric's ``ignore_index`` equals the dataset's ``metainfo['ignore_index']`` when the
       dataset declares one (65535 for A-847, 459 for PC-459, 255 otherwise).
     """
@@ -47,6 +52,7 @@ class VocabularyCheckHook(Hook):
                              f'vocabulary with')
         backgrounds = {m.background_index for m in metrics
                        if getattr(m, 'background_index', None) is not None}
+        named = len(classes) - 1 if backgrounds else len(classes)
         describe = (f'the model\'s test vocabulary has {len(vocabulary)} classes '
                     f'({", ".join(vocabulary.names[:5])}, ...) and the {split} dataset '
                     f'{type(dataset).__name__} has {len(classes)} '
@@ -66,6 +72,32 @@ class VocabularyCheckHook(Hook):
             raise ValueError(f'{describe}. Set model.test_vocabulary to the dataset\'s vocabulary, '
                              f'e.g. --cfg-options model.test_vocabulary='
                              f'{dataset.metainfo.get("vocabulary", "<name or file>")}.{hint}')
+        cfg = getattr(runner, 'cfg', None)
+        if cfg is None or not cfg.get('allow_vocabulary_mismatch', False):
+            cls._check_names(vocabulary, classes[:named], dataset, split)
+
+    @staticmethod
+    def _check_names(vocabulary, classes, dataset, split: str) -> None:
+        """Class ``k`` of the dataset must be a synonym of vocabulary entry ``k``."""
+        def norm(name) -> set:
+            return {' '.join(part.split()).casefold() for part in str(name).split(',')}
+
+        entries = [norm(', '.join(syns)) for syns in vocabulary.all_synonyms[:len(classes)]]
+        wrong = [k for k, name in enumerate(classes) if not norm(name) & entries[k]]
+        if not wrong:
+            return
+        k = wrong[0]
+        reordered = (sorted(map(frozenset, (norm(c) for c in classes)), key=sorted)
+                     == sorted(map(frozenset, entries), key=sorted))
+        how = ('the same classes in another order' if reordered
+               else f'{len(wrong)} of {len(classes)} classes differ')
+        raise ValueError(
+            f'the model\'s test vocabulary does not name the classes of the {split} dataset '
+            f'{type(dataset).__name__}: class {k} is {classes[k]!r} in the dataset and '
+            f'{vocabulary.names[k]!r} in the vocabulary ({how}). Set model.test_vocabulary to '
+            f'the dataset\'s vocabulary (e.g. --cfg-options model.test_vocabulary='
+            f'{dataset.metainfo.get("vocabulary", "<name or file>")}), or set '
+            f'allow_vocabulary_mismatch=True for an intended cross-vocabulary experiment')
 
     @staticmethod
     def _check_ignore_index(dataset, metrics: List, split: str) -> None:

@@ -328,7 +328,9 @@ def test_weights_are_loaded_strictly(catseg, checkpoint, tmp_path):
     state = torch.load(checkpoint)['state_dict']
     state.pop(next(iter(state)))
     torch.save(state, tmp_path / 'partial.pth')
-    with pytest.raises(ValueError, match='weights .*partial.pth do not fit the model .*Missing'):
+    with pytest.raises(ValueError, match=r'checkpoint .*partial.pth does not fit the model of '
+                       r'.*catseg_tiny_synthetic.py: 1 weight of the model not in the file '
+                       r'\(backbone.clip_model.positional_embedding\)'):
         _build(CATSEG, weights=str(tmp_path / 'partial.pth'))
     with pytest.raises(FileNotFoundError, match='checkpoint file not found: .*nope.pth'):
         _build(CATSEG, weights=str(tmp_path / 'nope.pth'))

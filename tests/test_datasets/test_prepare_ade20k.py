@@ -4,14 +4,13 @@ import os
 import os.path as osp
 import pickle
 import runpy
-import subprocess
 import sys
 
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
-from prep_helpers import read_bytes
+from prep_helpers import read_bytes, run_tool
 from raw_ade20k import (encode_seg, make_ade150_release, make_ade_full_release,
                         placeholder_objectnames)
 
@@ -67,8 +66,10 @@ def test_ade150_cli_script(tmp_path, monkeypatch):
     out = str(tmp_path / 'out')
     monkeypatch.setattr(sys, 'argv', ['prepare_ade20k_150.py', raw, '--out-dir', out,
                                       '--nproc', '1'])
-    runpy.run_path(osp.join(REPO, 'tools', 'dataset_converters', 'prepare_ade20k_150.py'),
-                   run_name='__main__')
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(osp.join(REPO, 'tools', 'dataset_converters', 'prepare_ade20k_150.py'),
+                       run_name='__main__')
+    assert exit_info.value.code == 0
     assert sorted(os.listdir(osp.join(out, 'annotations_detectron2', 'validation'))) == [
         'ADE_val_00000001.png', 'ADE_val_00000002.png']
     assert not osp.exists(osp.join(raw, 'annotations_detectron2'))
@@ -211,9 +212,8 @@ def test_ade847_conversion(tmp_path):
 def test_ade847_cli(tmp_path):
     raw, _ = make_full(tmp_path / 'raw')
     out = str(tmp_path / 'out')
-    proc = subprocess.run(
-        [sys.executable, 'tools/dataset_converters/prepare_ade20k_847.py', raw, '--out-dir',
-         out, '--nproc', '1'], cwd=REPO, capture_output=True, text=True)
+    proc = run_tool('tools/dataset_converters/prepare_ade20k_847.py', raw, '--out-dir', out,
+                    '--nproc', '1')
     assert proc.returncode == 0, proc.stderr
     assert 'ADE20K-847: 2 converted' in proc.stdout
     assert sorted(os.listdir(osp.join(out, 'annotations_detectron2', 'validation'))) == [

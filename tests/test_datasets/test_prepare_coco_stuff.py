@@ -2,20 +2,17 @@
 import ast
 import os
 import os.path as osp
-import subprocess
-import sys
 
 import mmseg
 import numpy as np
 import pytest
 from PIL import Image
-from prep_helpers import read_bytes, read_uint8_label
+from prep_helpers import read_bytes, read_uint8_label, run_tool
 from raw_coco_stuff import make_coco_stuff_release
 
 from mmseg_escnet.datasets.preparation import coco_stuff
 from mmseg_escnet.datasets.preparation.common import InvalidInputError
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 MMSEG_CONVERTER = osp.join(osp.dirname(mmseg.__file__), '.mim', 'tools', 'dataset_converters',
                            'coco_stuff164k.py')
 
@@ -89,9 +86,8 @@ def test_two_workers_match_one(release, tmp_path):
 
 def test_cli_one_split(release, tmp_path):
     out = str(tmp_path / 'cli')
-    proc = subprocess.run([sys.executable, 'tools/dataset_converters/prepare_coco_stuff.py',
-                           release, '--out-dir', out, '--splits', 'val2017', '--nproc', '1'],
-                          cwd=REPO, capture_output=True, text=True)
+    proc = run_tool('tools/dataset_converters/prepare_coco_stuff.py', release, '--out-dir', out,
+                    '--splits', 'val2017', '--nproc', '1')
     assert proc.returncode == 0, proc.stderr
     assert sorted(os.listdir(osp.join(out, 'annotations_detectron2'))) == ['val2017']
     np.testing.assert_array_equal(

@@ -2,22 +2,19 @@
 import json
 import os
 import os.path as osp
-import subprocess
-import sys
 
 import cv2
 import numpy as np
 import pytest
 import scipy.io
 from PIL import Image
-from prep_helpers import read_bytes
+from prep_helpers import finish, read_bytes, start_tool
 from raw_pascal import detail_category, detail_image, make_detail_json, make_pc459_release
 
 from mmseg_escnet.datasets.preparation import pascal_context as pc
 from mmseg_escnet.datasets.preparation.common import InvalidInputError
 from mmseg_escnet.models.text import Vocabulary
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 PC459_NAMES = Vocabulary('pc459').names  # CAT-Seg's 459 names, in labels.txt order
 
 # prepare_pascal_context_59.py:9-16 before its np.sort.
@@ -131,13 +128,13 @@ def test_idempotent_interrupted_overwrite_and_workers(release, tmp_path, classes
 
 
 def test_cli_both_tools(release, tmp_path):
-    procs = [subprocess.Popen([sys.executable, f'tools/dataset_converters/{tool}.py', release,
-                               '--out-dir', str(tmp_path / tool), '--nproc', '1'],
-                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [start_tool(f'tools/dataset_converters/{tool}.py', release, '--out-dir',
+                        str(tmp_path / tool), '--nproc', '1')
              for tool in ('prepare_pascal_context_59', 'prepare_pascal_context_459')]
-    (out59, err59), (out459, err459) = [p.communicate() for p in procs]
-    assert procs[0].returncode == 0, err59
-    assert procs[1].returncode == 0, err459
+    run59, run459 = [finish(p) for p in procs]
+    (out59, err59), (out459, err459) = (run59.stdout, run59.stderr), (run459.stdout, run459.stderr)
+    assert run59.returncode == 0, err59
+    assert run459.returncode == 0, err459
     assert '1 val images have no annotation' in out59
     assert "1 listed ids have no .mat and were skipped: ['2008_000003']" in out459
     assert os.listdir(tmp_path / 'prepare_pascal_context_59' / 'annotations_detectron2') == [

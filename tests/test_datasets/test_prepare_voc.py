@@ -1,19 +1,16 @@
 """Tests of the PASCAL-VOC-20 / -20b preparation tool on a tiny official-format VOC2012 release."""
 import os
 import os.path as osp
-import subprocess
-import sys
 
 import cv2
 import numpy as np
 import pytest
-from prep_helpers import read_bytes, read_uint8_label
+from prep_helpers import read_bytes, read_uint8_label, run_tool
 from raw_pascal import make_voc2012_release, save_label_png
 
 from mmseg_escnet.datasets.preparation import voc
 from mmseg_escnet.datasets.preparation.common import InvalidInputError
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 # Raw masks (0 bg, 1..20, 255 border) and the hand-computed outputs.
 MIXED = np.array([[0, 1, 2, 3], [10, 19, 20, 255]], np.uint8)
@@ -94,9 +91,8 @@ def test_two_workers_match_one(release, tmp_path):
 
 def test_cli(release, tmp_path):
     out = str(tmp_path / 'cli')
-    proc = subprocess.run([sys.executable, 'tools/dataset_converters/prepare_voc.py', release,
-                           '--out-dir', out, '--nproc', '1'],
-                          cwd=REPO, capture_output=True, text=True)
+    proc = run_tool('tools/dataset_converters/prepare_voc.py', release, '--out-dir', out,
+                    '--nproc', '1')
     assert proc.returncode == 0, proc.stderr
     assert 'annotations_detectron2: 2 all-ignore masks not written' in proc.stdout
     np.testing.assert_array_equal(

@@ -18,6 +18,7 @@ from mmseg.registry import MODELS
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG = osp.join(ROOT, 'configs', 'catseg_tiny_synthetic.py')
+ESCNET_CONFIG = osp.join(ROOT, 'configs', 'escnet_tiny_synthetic.py')
 
 
 @pytest.fixture(scope='module')
@@ -39,6 +40,11 @@ def files(tmp_path_factory):
     image = np.random.default_rng(0).integers(0, 65536, (45, 70, 3), dtype=np.uint16)
     cv2.imwrite(str(folder / 'image.png'), image)
     (folder / 'bad.jpg').write_bytes(b'not a jpeg')
+    (folder / 'file.txt').write_text('a regular file, so nothing can be written below it')
+    data = (folder / 'tiny.pth').read_bytes()
+    (folder / 'truncated.pth').write_bytes(data[:len(data) // 2])
+    escnet = MODELS.build(Config.fromfile(ESCNET_CONFIG).model)
+    torch.save(dict(state_dict=escnet.state_dict()), folder / 'escnet.pth')
     # a BMP header claiming 40000 x 30000 pixels: beyond OpenCV's default limit of 2**30 pixels
     info = struct.pack('<IiiHHIIiiII', 40, 40000, 30000, 1, 24, 0, 0, 2835, 2835, 0, 0)
     (folder / 'huge.bmp').write_bytes(b'BM' + struct.pack('<IHHI', 54, 0, 0, 54) + info)
@@ -67,11 +73,7 @@ def test_demo_subprocess_writes_overlay_and_labels(files, tmp_path):
     assert f'wrote {out}' in proc.stdout
 
 
-def test_parse_vocab(demo, tmp_path):
-    assert demo.parse_vocab('cat, dog|puppy ,sky') == ['cat', 'dog, puppy', 'sky']
-    assert demo.parse_vocab('sky') == ['sky']
-    assert demo.parse_vocab('ade150') == 'ade150'
-    assert demo.parse_vocab(str(tmp_path / 'my.txt')) == str(tmp_path / 'my.txt')
+def test_labels_path(demo):
     assert demo.labels_path('a/b.jpg') == 'a/b_labels.png'
 
 
@@ -79,7 +81,7 @@ def test_257_classes_give_a_uint16_label_map(demo, files, tmp_path, capsys):
     vocab = tmp_path / 'many.txt'
     vocab.write_text('\n'.join(f'class {i}' for i in range(257)))
     out = tmp_path / 'o.jpg'
-    assert demo.main([str(files / 'image.png'), CONFIG, '--checkpoint', str(files / 'tiny.pth'),
+    assert demo.cli([str(files / 'image.png'), CONFIG, '--checkpoint', str(files / 'tiny.pth'),
                       '--vocab', str(vocab), '--out', str(out), '--device', 'cpu']) == 0
     labels = cv2.imread(str(tmp_path / 'o_labels.png'), cv2.IMREAD_UNCHANGED)
     assert labels.dtype == np.uint16 and labels.shape == (45, 70) and labels.max() < 257
@@ -89,12 +91,20 @@ def test_257_classes_give_a_uint16_label_map(demo, files, tmp_path, capsys):
 @pytest.mark.parametrize('case, message', [
     (dict(image='bad.jpg'), 'cannot decode image file .*bad.jpg'),
     (dict(image='missing.png'), 'image file .*missing.png not found'),
-    (dict(vocab=''), '--vocab is empty'),
+    (dict(vocab=''), 'the vocabulary is empty'),
+    (dict(vocab='ADE15'), r"'ADE15' is not a built-in vocabulary \(did you mean 'ade150'\?"),
+    (dict(vocab='nope_vocab'), "'nope_vocab' is not a built-in vocabulary .* add a comma"),
+    (dict(vocab='/path/that/does/not/exist'), 'vocabulary file not found: /path/that'),
+    (dict(out='file.txt/out.png'), r'cannot write --out into .*file.txt'),
     (dict(vocab='cat,,dog'), 'class 1 .*empty name'),
     (dict(vocab='none.txt'), 'vocabulary file not found: .*none.txt'),
     (dict(config='nope.py'), 'config file not found: .*nope.py'),
     (dict(checkpoint='nope.pth'), "checkpoint '.*nope.pth' is not an existing file"),
     (dict(out='out.txt'), '--out .*out.txt: expected one of'),
+    (dict(checkpoint='truncated.pth'), r'checkpoint .*truncated.pth is cut short'),
+    (dict(checkpoint='file.txt'), r'checkpoint .*file.txt is not a torch checkpoint'),
+    (dict(checkpoint='escnet.pth'), r'checkpoint .*escnet.pth does not fit the model of '
+     r'.*catseg_tiny_synthetic.py: \d+ weights of the model not in the file \(neck\.'),
     (dict(image='huge.bmp'), r"cannot decode image file .*huge.bmp: it is larger \(1200000000 "
      r"pixels\) than OpenCV's limit of \d+ pixels; .*OPENCV_IO_MAX_IMAGE_PIXELS"),
 ])
@@ -105,7 +115,7 @@ def test_errors_exit_1_with_a_message(demo, files, capsys, case, message):
     argv = [str(files / args['image']), osp.join(files, args['config']), '--checkpoint',
             str(files / args['checkpoint']), '--vocab', args['vocab'], '--out',
             str(files / args['out'])]
-    assert demo.main(argv) == 1
+    assert demo.cli(argv) == 1
     err = capsys.readouterr().err
     assert re.search(f'image_demo.py: error: {message}', err), err
     assert 'Traceback' not in err and len(err.strip().splitlines()) == 1
@@ -124,7 +134,7 @@ def _run_with_model_zoo(demo, files, tmp_path, monkeypatch, weights):
         'Models:\n  - Name: tiny_zoo\n    In Collection: CAT-Seg\n'
         f'    Config: {CONFIG}\n    Weights: {weights}\n')
     monkeypatch.setenv('MMSEG_ESCNET_MODEL_INDEX', str(tmp_path / 'model-index.yml'))
-    return demo.main([str(files / 'image.png'), 'tiny_zoo', '--vocab', 'cat,dog', '--out',
+    return demo.cli([str(files / 'image.png'), 'tiny_zoo', '--vocab', 'cat,dog', '--out',
                       str(tmp_path / 'out.png'), '--device', 'cpu'])
 
 
@@ -141,7 +151,7 @@ def test_missing_checkpoint_file_is_one_line(demo, files, tmp_path, monkeypatch,
     missing = tmp_path / 'gone' / 'tiny.pth'
     argv = [str(files / 'image.png'), CONFIG, '--checkpoint', f'file://{missing}', '--vocab',
             'cat,dog', '--out', str(tmp_path / 'out.png'), '--device', 'cpu']
-    assert demo.main(argv) == 1
+    assert demo.cli(argv) == 1
     err = capsys.readouterr().err
     assert re.search(f'^image_demo.py: error: checkpoint file not found: .*{missing}', err,
                      flags=re.M), err
@@ -152,7 +162,45 @@ def test_missing_checkpoint_file_is_one_line(demo, files, tmp_path, monkeypatch,
 def test_cuda_without_cuda_is_one_line(demo, files, tmp_path, capsys):
     argv = [str(files / 'image.png'), CONFIG, '--checkpoint', str(files / 'tiny.pth'), '--vocab',
             'cat,dog', '--out', str(tmp_path / 'out.png'), '--device', 'cuda']
-    assert demo.main(argv) == 1
+    assert demo.cli(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("image_demo.py: error: --device 'cuda': CUDA is not available ("), err
-    assert err.rstrip().endswith('use --device cpu') and len(err.strip().splitlines()) == 1
+    assert 'use --device cpu' in err and len(err.strip().splitlines()) == 1
+
+
+def test_unwritable_out_fails_before_the_model_is_built(demo, files, monkeypatch, capsys):
+    import mmseg_escnet.apis
+
+    def refuse(*args, **kwargs):
+        raise AssertionError('the model was built before --out was checked')
+
+    monkeypatch.setattr(mmseg_escnet.apis.OpenVocabInferencer, '__init__', refuse)
+    argv = [str(files / 'image.png'), CONFIG, '--checkpoint', str(files / 'tiny.pth'), '--vocab',
+            'cat,dog', '--out', str(files / 'file.txt' / 'out.png')]
+    assert demo.cli(argv) == 1
+    assert 'cannot write --out' in capsys.readouterr().err
+
+
+def test_debug_shows_the_traceback(demo, files):
+    argv = [str(files / 'missing.png'), CONFIG, '--vocab', 'cat,dog', '--debug']
+    with pytest.raises(FileNotFoundError, match='missing.png'):
+        demo.cli(argv)
+
+
+def test_cfg_options_reach_the_model(demo, files, tmp_path, monkeypatch, capsys):
+    """--cfg-options changes the config the inferencer builds (here: class chunks)."""
+    import mmseg_escnet.apis
+    seen = {}
+    original = mmseg_escnet.apis.OpenVocabInferencer.__init__
+
+    def spy(self, model, *args, **kwargs):
+        seen['model'] = model
+        original(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(mmseg_escnet.apis.OpenVocabInferencer, '__init__', spy)
+    argv = [str(files / 'image.png'), CONFIG, '--checkpoint', str(files / 'tiny.pth'), '--vocab',
+            'ADE150', '--out', str(tmp_path / 'o.png'), '--device', 'cpu', '--cfg-options',
+            'model.decode_head.class_chunk_size=16']
+    assert demo.cli(argv) == 0
+    assert seen['model'].model.decode_head.class_chunk_size == 16
+    assert 'of 150 classes present' in capsys.readouterr().out  # ADE150 is ade150

@@ -5,6 +5,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
+from mmseg_escnet.engine import launch
 from mmseg_escnet.engine.launch import (check_zoo_checkpoint, enable_amp, load_config,
                                         prepare_distributed)
 
@@ -55,3 +56,46 @@ def test_zoo_weights_must_fit_the_config():
         check_zoo_checkpoint(config('catseg_vitl14_a150.py'), 'zoo://catseg_vitb16')
     with pytest.raises(ValueError, match=r'model.neck.type is .ESCNeck. here and .CATSegAggregator'):
         check_zoo_checkpoint(config('escnet_vitb16.py'), 'zoo://catseg_vitb16')
+
+
+def _lr_at_the_end(cfg):
+    """The learning rate the config's schedulers give at the last iteration."""
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import PARAM_SCHEDULERS
+    model = torch.nn.Linear(2, 2)
+    optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    schedulers = [PARAM_SCHEDULERS.build(dict(s, optimizer=optim_wrapper))
+                  for s in cfg.param_scheduler]
+    for _ in range(cfg.train_cfg.max_iters - 1):
+        optim_wrapper.step()
+        for scheduler in schedulers:
+            scheduler.step()
+    return optim_wrapper.get_lr()['lr'][0]
+
+
+@pytest.mark.parametrize('config', ['catseg_tiny_synthetic.py', 'escnet_vitl14.py'])
+def test_schedule_follows_max_iters(config):
+    """--cfg-options train_cfg.max_iters=N shortens the cosine schedule with it."""
+    path = osp.join(ROOT, 'configs', config)
+    cfg = load_config(path, cfg_options={'train_cfg.max_iters': 40})
+    assert cfg.param_scheduler[0].end == 40 and cfg.param_scheduler[0].T_max == 40
+    base = Config.fromfile(path).optim_wrapper.optimizer.lr
+    assert _lr_at_the_end(cfg) < 0.01 * base  # annealed to (almost) zero
+    stale = Config.fromfile(path)
+    stale.merge_from_dict({'train_cfg.max_iters': 40})  # what MMEngine alone does
+    assert _lr_at_the_end(stale) > 0.9 * base
+
+
+def test_explicit_schedule_is_kept_and_a_misfit_warns(monkeypatch):
+    cfg = load_config(TINY, cfg_options={'train_cfg.max_iters': 40, 'param_scheduler.0.end': 30})
+    assert cfg.param_scheduler[0].end == 30  # the user's own schedule is not touched
+    messages = []
+    monkeypatch.setattr(launch, 'print_log', lambda msg, **kwargs: messages.append(msg))
+    cfg = Config(dict(train_cfg=dict(max_iters=40), param_scheduler=[
+        dict(type='LinearLR', by_epoch=False, begin=0, end=500),  # warm-up beyond the new end
+        dict(type='CosineAnnealingLR', by_epoch=False, begin=0, end=600, T_max=600)]))
+    launch.follow_max_iters(cfg, 600)
+    assert cfg.param_scheduler[1].end == 40 and cfg.param_scheduler[1].T_max == 40
+    assert cfg.param_scheduler[0].end == 500
+    assert any('LinearLR ends at iteration 500, after train_cfg.max_iters=40' in m
+               for m in messages), messages

@@ -49,3 +49,41 @@ def test_background_protocol():
         VocabularyCheckHook().before_test(_runner(list('abc'), voc20b, [metric]))
     with pytest.raises(ValueError, match="IoUMetricWithBackground', background_index=3"):
         VocabularyCheckHook().before_test(_runner(list('abcxyz'), voc20b, [IoUMetric()]))
+
+
+def test_names_must_agree_in_order():
+    meta = dict(classes=('sky', 'grass', 'sand'), vocabulary='tiny')
+    runner = _runner(['sky', 'grass', 'sand'], meta, [IoUMetric()])
+    VocabularyCheckHook().before_test(runner)
+    runner = _runner(['sand', 'grass', 'sky'], meta, [IoUMetric()])
+    with pytest.raises(ValueError, match=r"class 0 is 'sky' in the dataset and 'sand' in the "
+                       r"vocabulary \(the same classes in another order\).*"
+                       r"model.test_vocabulary=tiny.*allow_vocabulary_mismatch=True"):
+        VocabularyCheckHook().before_test(runner)
+    runner = _runner(['cat', 'grass', 'dog'], meta, [IoUMetric()])
+    with pytest.raises(ValueError, match=r'\(2 of 3 classes differ\)'):
+        VocabularyCheckHook().before_val(runner)
+
+
+def test_names_compare_case_white_space_and_synonyms():
+    meta = dict(classes=('sky', 'potted plant', 'person'))
+    runner = _runner(['Sky', 'potted  plant', 'man, person'], meta, [IoUMetric()])
+    VocabularyCheckHook().before_test(runner)
+
+
+def test_mismatch_can_be_allowed_for_cross_vocabulary_experiments():
+    from mmengine.config import Config
+    runner = _runner(['cat', 'dog', 'cow'], dict(classes=('sky', 'grass', 'sand')), [IoUMetric()])
+    runner.cfg = Config(dict(allow_vocabulary_mismatch=True))
+    VocabularyCheckHook().before_test(runner)  # names differ, sizes agree: allowed
+    runner = _runner(['cat', 'dog'], dict(classes=('sky', 'grass', 'sand')), [IoUMetric()])
+    runner.cfg = Config(dict(allow_vocabulary_mismatch=True))
+    with pytest.raises(ValueError, match='2 classes'):  # a size mismatch cannot be scored
+        VocabularyCheckHook().before_test(runner)
+
+
+def test_background_protocol_compares_the_named_classes_only():
+    voc20b = dict(classes=tuple('abc') + ('background', ), ignore_index=255, background_index=3)
+    metric = IoUMetricWithBackground(background_index=3)
+    with pytest.raises(ValueError, match="class 1 is 'b' in the dataset and 'x'"):
+        VocabularyCheckHook().before_test(_runner(list('axcyz'), voc20b, [metric]))

@@ -98,20 +98,27 @@ def test_publish_strips_and_names_by_own_hash(training_checkpoint, tmp_path, cap
 def test_refuses_files_that_are_not_training_checkpoints(tmp_path, model):
     plain = str(tmp_path / 'plain.pth')
     torch.save(model.state_dict(), plain)
-    with pytest.raises(SystemExit, match=r'plain\.pth: no state_dict in the checkpoint \(top-level '
+    with pytest.raises(ValueError, match=r'plain\.pth: no state_dict in the checkpoint \(top-level '
                        r"keys: \['0\.bias'"):
         publish_model.main([plain, str(tmp_path / 'out.pth')])
     garbage = tmp_path / 'garbage.pth'
     garbage.write_bytes(b'not a checkpoint')
-    with pytest.raises(SystemExit, match=r'garbage\.pth: not a readable checkpoint'):
+    with pytest.raises(ValueError, match=r'garbage\.pth is not a torch checkpoint'):
         publish_model.main([str(garbage), str(tmp_path / 'out.pth')])
-    with pytest.raises(SystemExit, match=r'checkpoint file not found: .*missing\.pth'):
+    with pytest.raises(FileNotFoundError, match=r'checkpoint file not found: .*missing\.pth'):
         publish_model.main([str(tmp_path / 'missing.pth'), str(tmp_path / 'out.pth')])
     bad = str(tmp_path / 'bad.pth')
     torch.save({'state_dict': {'w': torch.zeros(1), 'note': 'text'}}, bad)
-    with pytest.raises(SystemExit, match=r"state_dict entry 'note' is a str, not a tensor"):
+    with pytest.raises(ValueError, match=r"state_dict entry 'note' is a str, not a tensor"):
         publish_model.main([bad, str(tmp_path / 'out.pth')])
     assert not [n for n in os.listdir(tmp_path) if n.startswith('out')]
+
+
+def test_unwritable_output_folder_fails_before_reading(tmp_path):
+    blocker = tmp_path / 'file'
+    blocker.write_text('a regular file: no folder can be made below it')
+    with pytest.raises(OSError, match=r'cannot write the published checkpoint into .*file/sub'):
+        publish_model.main([str(tmp_path / 'missing.pth'), str(blocker / 'sub' / 'out.pth')])
 
 
 def test_published_file_downloads_with_verification(training_checkpoint, tmp_path, model):

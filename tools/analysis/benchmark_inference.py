@@ -13,20 +13,25 @@ sliding + global protocol). Reported, as one markdown table row:
 - peak memory: the process's peak resident set size (CPU) or ``torch.cuda.max_memory_allocated``.
 
 Speed and memory are measured here, not in the test suite; docs/inference.md lists the results.
+Errors are one line on stderr (``--debug`` shows the traceback).
 """
 import argparse
 import resource
+import sys
 import time
 import warnings
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from mmengine.config import Config, DictAction
 
 from mmseg_escnet.apis import OpenVocabInferencer
+from mmseg_escnet.utils import run_cli
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The command line; ``--runs`` must be at least 1."""
     parser = argparse.ArgumentParser(description='Benchmark inference speed and memory')
     parser.add_argument('config', help='config file or model-zoo name')
     parser.add_argument('--vocab', default='ade150',
@@ -38,7 +43,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
                         help='override config keys, e.g. model.test_cfg.views_per_batch=1')
-    return parser.parse_args()
+    parser.add_argument('--debug', action='store_true', help='show the traceback of an error')
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error(f'--runs must be at least 1, got {args.runs}')
+    return args
 
 
 def peak_memory_gb(device: str) -> float:
@@ -48,10 +57,13 @@ def peak_memory_gb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def main() -> None:
-    args = parse_args()
-    if args.runs < 1:
-        raise SystemExit('--runs must be at least 1')
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Print the markdown row of the benchmark.
+
+    Args:
+        argv (Sequence[str], optional): Arguments (default: ``sys.argv[1:]``).
+    """
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     vocab = args.vocab if ',' not in args.vocab else [c.strip() for c in args.vocab.split(',')]
@@ -86,4 +98,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_cli(main, 'tools/analysis/benchmark_inference.py'))

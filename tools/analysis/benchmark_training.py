@@ -11,9 +11,12 @@ Reported, as one markdown table row: the step time and the process's peak reside
 (CPU) or ``torch.cuda.max_memory_allocated``.
 
 Speed and memory are measured here, not in the test suite; docs/escnet.md lists the results.
+Errors are one line on stderr (``--debug`` shows the traceback).
 """
 import argparse
+import sys
 import time
+from typing import Optional, Sequence
 
 import torch
 from mmengine.config import Config, DictAction
@@ -24,9 +27,11 @@ from mmseg.structures import SegDataSample
 
 import mmseg_escnet  # noqa: F401  (registers our modules)
 from benchmark_inference import peak_memory_gb
+from mmseg_escnet.utils import run_cli
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The command line; ``--batch-size`` must be at least 1."""
     parser = argparse.ArgumentParser(description='Benchmark one training step')
     parser.add_argument('config', help='config file')
     parser.add_argument('--vocab', default='coco_stuff171',
@@ -36,13 +41,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
                         help='override config keys, e.g. model.neck.class_chunk_size=32')
-    return parser.parse_args()
-
-
-def main() -> None:
-    args = parse_args()
+    parser.add_argument('--debug', action='store_true', help='show the traceback of an error')
+    args = parser.parse_args(argv)
     if args.batch_size < 1:
-        raise SystemExit('--batch-size must be at least 1')
+        parser.error(f'--batch-size must be at least 1, got {args.batch_size}')
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Print the markdown row of the benchmark.
+
+    Args:
+        argv (Sequence[str], optional): Arguments (default: ``sys.argv[1:]``).
+    """
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
@@ -77,4 +89,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_cli(main, 'tools/analysis/benchmark_training.py'))

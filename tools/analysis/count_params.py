@@ -1,22 +1,35 @@
 """Print a config's parameter counts: ``python tools/analysis/count_params.py CONFIG [--by-module]``.
 
-The model is built from the config without loading any weights.
+The model is built from the config without loading any weights. Errors are one line on stderr
+(``--debug`` shows the traceback).
 """
 import argparse
+import os.path as osp
+import sys
 from collections import defaultdict
+from typing import Optional, Sequence
 
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 import mmseg_escnet  # noqa: F401
 from mmseg.registry import MODELS
+from mmseg_escnet.utils import run_cli
 
 
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Print the total and trainable parameter counts of the config's model.
+
+    Args:
+        argv (Sequence[str], optional): Arguments (default: ``sys.argv[1:]``).
+    """
     parser = argparse.ArgumentParser(description='Count the parameters of a config\'s model')
-    parser.add_argument('config')
+    parser.add_argument('config', help='model config file, e.g. configs/escnet_vitl14.py')
     parser.add_argument('--by-module', action='store_true', help='also list the top-level modules')
-    args = parser.parse_args()
+    parser.add_argument('--debug', action='store_true', help='show the traceback of an error')
+    args = parser.parse_args(argv)
+    if not osp.isfile(args.config):
+        raise FileNotFoundError(f'config file not found: {args.config}')
     cfg = Config.fromfile(args.config)
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     model = MODELS.build(cfg.model)
@@ -34,4 +47,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_cli(main, 'tools/analysis/count_params.py'))

@@ -17,10 +17,13 @@ default PPG reaches IoU >= 0.5 on every one of them; docs/escnet.md gives the sw
 """
 import argparse
 import math
-from typing import Dict, Iterator, List, NamedTuple, Sequence
+import sys
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from mmseg_escnet.utils import run_cli
 
 GRID = (24, 24)
 CONTRASTS = (0.05, 0.1, 0.2)
@@ -146,7 +149,12 @@ def foreground_ious(ppg, maps: Sequence[SyntheticMap]) -> torch.Tensor:
     return inter.double() / union.double()
 
 
-def main(argv: List[str] = None) -> None:
+def main(argv: Optional[List[str]] = None) -> None:
+    """Print the sweep as a markdown table (errors: one line, ``--debug`` for the traceback).
+
+    Args:
+        argv (list[str], optional): Arguments (default: ``sys.argv[1:]``).
+    """
     from mmseg_escnet.models.necks.ppg import PseudoPromptGenerator
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--normalize', nargs='+', default=['minmax', 'zscore'])
@@ -155,6 +163,7 @@ def main(argv: List[str] = None) -> None:
     parser.add_argument('--temperatures', nargs='+', type=float,
                         default=[0.5, 0.72, 1.0, 2.0, 3.0])
     parser.add_argument('--threshold', type=float, default=0.5, help='alpha')
+    parser.add_argument('--debug', action='store_true', help='show the traceback of an error')
     args = parser.parse_args(argv)
     maps = list(synthetic_maps())
     print(f'{len(maps)} synthetic maps, alpha = {args.threshold}\n')
@@ -177,4 +186,4 @@ def main(argv: List[str] = None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_cli(main, 'tools/analysis/ppg_calibration.py'))

@@ -9,7 +9,10 @@ Reads ``annotations/validation/*.png`` (0 = other, 1..150) and writes
 under ``--out-dir``. Finished files are skipped unless ``--overwrite``. See
 :mod:`mmseg_escnet.datasets.preparation.ade20k_150`.
 """
+import sys
+
 from mmseg_escnet.datasets.preparation.ade20k_150 import main
+from mmseg_escnet.utils import run_cli
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_cli(main, 'prepare_ade20k_150.py'))

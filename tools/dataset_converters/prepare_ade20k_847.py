@@ -10,7 +10,10 @@ Reads ``index_ade20k.pkl`` and the validation ``*.jpg`` / ``*_seg.png`` of
 ``ade847_classes.txt`` inside the raw folder, or under ``--out-dir``. Finished images are skipped
 unless ``--overwrite``. See :mod:`mmseg_escnet.datasets.preparation.ade20k_847`.
 """
+import sys
+
 from mmseg_escnet.datasets.preparation.ade20k_847 import main
+from mmseg_escnet.utils import run_cli
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_cli(main, 'prepare_ade20k_847.py'))

@@ -10,7 +10,10 @@ Reads the stuffthingmaps ``annotations/<split>/*.png`` (ids 0..181, 255 unlabele
 inside the raw folder, or under ``--out-dir``. Finished files are skipped unless ``--overwrite``.
 See :mod:`mmseg_escnet.datasets.preparation.coco_stuff`.
 """
+import sys
+
 from mmseg_escnet.datasets.preparation.coco_stuff import main
+from mmseg_escnet.utils import run_cli
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_cli(main, 'prepare_coco_stuff.py'))

@@ -13,7 +13,11 @@ inside the raw folder, or under ``--out-dir``. Listed ids without a ``.mat`` are
 reported. Finished files are skipped unless ``--overwrite``. See
 :mod:`mmseg_escnet.datasets.preparation.pascal_context`.
 """
+import sys
+from functools import partial
+
 from mmseg_escnet.datasets.preparation.pascal_context import main
+from mmseg_escnet.utils import run_cli
 
 if __name__ == '__main__':
-    main(classes=459)
+    sys.exit(run_cli(partial(main, classes=459), 'prepare_pascal_context_459.py'))

@@ -9,7 +9,11 @@ val image in file order and writes ``annotations_detectron2/pc59_val/<id>.png`` 
 background and the other classes 255) inside the raw folder, or under ``--out-dir``. Finished files
 are skipped unless ``--overwrite``. See :mod:`mmseg_escnet.datasets.preparation.pascal_context`.
 """
+import sys
+from functools import partial
+
 from mmseg_escnet.datasets.preparation.pascal_context import main
+from mmseg_escnet.utils import run_cli
 
 if __name__ == '__main__':
-    main(classes=59)
+    sys.exit(run_cli(partial(main, classes=59), 'prepare_pascal_context_59.py'))

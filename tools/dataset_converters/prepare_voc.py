@@ -12,7 +12,10 @@ a mask that is all 255 after conversion is not written; those ids are listed in
 ``val_all_ignore.txt`` beside each ``val/`` folder. Finished files are skipped unless
 ``--overwrite``. See :mod:`mmseg_escnet.datasets.preparation.voc`.
 """
+import sys
+
 from mmseg_escnet.datasets.preparation.voc import main
+from mmseg_escnet.utils import run_cli
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_cli(main, 'prepare_voc.py'))

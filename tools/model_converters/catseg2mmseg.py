@@ -14,7 +14,8 @@ The result is checked against CONFIG (default: ``configs/catseg_vitb16.py`` or
 ``configs/catseg_vitl14.py``, by the checkpoint's CLIP architecture): same CLIP architecture, then
 the model is built on CPU and must load the weights strictly, key for key and shape for shape.
 DST is written as ``{'state_dict': ..., 'meta': {...}}`` with only plain Python types in ``meta``,
-so ``load_from=DST`` works under torch's ``weights_only`` loading.
+so ``load_from=DST`` works under torch's ``weights_only`` loading; its folder is checked before
+anything is read or built. Errors are one line on stderr (``--debug`` shows the traceback).
 """
 import argparse
 import os
@@ -33,6 +34,7 @@ from mmseg_escnet.checkpoints.download import local_checkpoint_path  # noqa: E40
 from mmseg_escnet.checkpoints.catseg_checkpoint import (  # noqa: E402
     CLIPArchitecture, check_architecture, clip_architecture, clip_architecture_from_config,
     split_catseg_checkpoint)
+from mmseg_escnet.utils import ensure_writable_dir, run_cli  # noqa: E402
 
 CONVERTER = 'tools/model_converters/catseg2mmseg.py'
 #: Config checked against when ``--config`` is not given, by CLIP architecture name.
@@ -57,10 +59,11 @@ def load_checkpoint_file(src: str) -> Mapping:
         Mapping: The unpickled checkpoint.
 
     Raises:
+        FileNotFoundError: If a local ``src`` does not exist.
         ValueError: If the file is not a torch checkpoint, needs arbitrary Python objects
             unpickled, or does not hold a dict.
     """
-    path = local_checkpoint_path(src)
+    path = local_checkpoint_path(src, what='official CAT-Seg checkpoint')
     try:
         obj = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as err:
@@ -143,10 +146,13 @@ def convert(src: str, dst: str, config: Optional[str] = None) -> Dict[str, objec
         dict: The ``meta`` written to ``dst``.
 
     Raises:
+        OSError: The folder of ``dst`` cannot be written (checked first).
+        FileNotFoundError: A local ``src`` does not exist.
         ValueError: Naming ``src`` and the problem (see :func:`load_checkpoint_file`,
             :func:`~mmseg_escnet.checkpoints.catseg_checkpoint.split_catseg_checkpoint`,
             :func:`check_against_config`).
     """
+    ensure_writable_dir(osp.dirname(osp.abspath(dst)), 'the converted checkpoint')
     checkpoint = load_checkpoint_file(src)
     try:
         state, dropped = split_catseg_checkpoint(checkpoint)
@@ -167,13 +173,12 @@ def convert(src: str, dst: str, config: Optional[str] = None) -> Dict[str, objec
         config = osp.relpath(config, ROOT)  # e.g. configs/catseg_vitb16.py
     meta = dict(source=str(src), converter=CONVERTER, architecture=arch.name, clip=asdict(arch),
                 config=config, num_tensors=len(state), dropped_keys=sorted(dropped))
-    os.makedirs(osp.dirname(osp.abspath(dst)), exist_ok=True)
     torch.save(dict(state_dict=state, meta=meta), dst)
     return meta
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    """Command-line entry point; errors exit with status 1 and a one-line message."""
+    """Command-line entry point (run through :func:`mmseg_escnet.utils.run_cli`)."""
     parser = argparse.ArgumentParser(
         description='Convert an official CAT-Seg (detectron2) checkpoint for mmseg_escnet')
     parser.add_argument('src', help='official checkpoint: local path or http(s) URL')
@@ -181,15 +186,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument('--config', default=None,
                         help='config to check the weights against (default: '
                         'configs/catseg_vitb16.py or configs/catseg_vitl14.py by architecture)')
+    parser.add_argument('--debug', action='store_true', help='show the traceback of an error')
     args = parser.parse_args(argv)
-    try:
-        meta = convert(args.src, args.dst, args.config)
-    except (ValueError, FileNotFoundError) as err:
-        parser.exit(1, f'catseg2mmseg: error: {err}\n')
+    meta = convert(args.src, args.dst, args.config)
     print(f'converted {meta["num_tensors"]} tensors ({meta["architecture"]}, '
           f'{len(meta["dropped_keys"])} constant buffers dropped), loads strictly into '
           f'{meta["config"]} -> {args.dst}')
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_cli(main, CONVERTER))

@@ -12,10 +12,11 @@ names CAT-Seg and ``CLIPBackbone`` use) and only plain Python types in ``meta``,
 ``load_from=DST`` in an mmseg config loads it under torch's ``weights_only`` loading.
 
 With ``--model-name`` the weights are checked against that open_clip architecture (built with
-random weights) and a positional embedding made for another grid is resized to it.
+random weights) and a positional embedding made for another grid is resized to it. The folder of
+DST is checked before anything is read; errors are one line on stderr (``--debug`` shows the
+traceback).
 """
 import argparse
-import os
 import os.path as osp
 import sys
 from typing import Dict, List, Optional
@@ -26,6 +27,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 from mmseg_escnet.models.backbones.clip_weights import (  # noqa: E402
     match_state_dict, merge_qkv, normalize_clip_state_dict, read_weights_file, split_qkv)
+from mmseg_escnet.utils import ensure_writable_dir, run_cli  # noqa: E402
 
 PREFIX = 'backbone.clip_model.'
 
@@ -40,7 +42,11 @@ def convert(src: str, dst: str, model_name: Optional[str] = None) -> Dict[str, o
 
     Returns:
         dict: The ``meta`` written to ``dst``.
+
+    Raises:
+        OSError: The folder of ``dst`` cannot be written (checked first).
     """
+    ensure_writable_dir(osp.dirname(osp.abspath(dst)), 'the converted checkpoint')
     fmt, raw = read_weights_file(src)
     state = normalize_clip_state_dict(raw)  # open_clip names, packed q/k/v, float32
     if model_name is not None:
@@ -53,7 +59,6 @@ def convert(src: str, dst: str, model_name: Optional[str] = None) -> Dict[str, o
                 num_tensors=len(state), converter='tools/model_converters/clip2mmseg.py')
     checkpoint = dict(state_dict={PREFIX + k: v.contiguous() for k, v in state.items()},
                       meta=meta)
-    os.makedirs(osp.dirname(osp.abspath(dst)), exist_ok=True)
     torch.save(checkpoint, dst)
     return meta
 
@@ -65,10 +70,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument('dst', help='output mmseg checkpoint path')
     parser.add_argument('--model-name', default=None,
                         help='open_clip architecture to check the weights against, e.g. ViT-B-16')
+    parser.add_argument('--debug', action='store_true', help='show the traceback of an error')
     args = parser.parse_args(argv)
     meta = convert(args.src, args.dst, args.model_name)
     print(f'converted {meta["num_tensors"]} tensors ({meta["source_format"]}) -> {args.dst}')
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_cli(main, 'tools/model_converters/clip2mmseg.py'))

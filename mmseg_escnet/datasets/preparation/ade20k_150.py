@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from .common import (ConversionItem, InvalidInputError, convert_all, preparation_parser,
-                     require_dir, require_file, write_image)
+                     require_dir, require_file, run_preparation, write_image)
 
 NUM_CLASSES = 150
 RAW_ANNOTATION_DIR = osp.join('annotations', 'validation')
@@ -127,8 +127,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
         'Prepare ADE20K-150 validation labels as in CAT-Seg '
         '(annotations_detectron2/validation, uint8 0..149, 255 ignore).',
         'the ADEChallengeData2016 folder')
-    args = parser.parse_args(argv)
-    result = convert(args.raw_root, args.out_dir, nproc=args.nproc, overwrite=args.overwrite)
+    _, result = run_preparation(parser, argv, convert)
     print(f'ADE20K-150: {result["converted"]} converted, {result["skipped"]} already done, '
           f'in {result["out_dir"]}')
     return result

@@ -48,7 +48,6 @@ are written atomically so an interrupted run can be resumed.
 import os
 import os.path as osp
 import pickle
-import tempfile
 from functools import lru_cache
 from typing import List, Optional, Sequence, Tuple
 
@@ -56,8 +55,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .common import (ConversionItem, InvalidInputError, convert_all, preparation_parser,
-                     require_dir, require_file, write_text)
+from .common import (ConversionItem, InvalidInputError, atomic_output, convert_all,
+                     preparation_parser, require_dir, require_file, run_preparation, write_text)
 
 NUM_CLASSES = 847
 IGNORE_INDEX = 65535
@@ -192,16 +191,8 @@ def read_rgb(path: str) -> np.ndarray:
 
 def save_pil(path: str, array: np.ndarray) -> None:
     """``Image.fromarray(array).save(path)`` (PIL defaults, as official) written atomically."""
-    folder, name = osp.split(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.tmp-', suffix=osp.splitext(name)[1], dir=folder)
-    os.close(fd)
-    try:
+    with atomic_output(path, suffix=osp.splitext(path)[1]) as tmp:
         Image.fromarray(array).save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
 
 
 def convert_one(paths: Sequence[str]) -> None:
@@ -299,8 +290,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
         'Prepare ADE20K-847 validation as in CAT-Seg (images_detectron2 and '
         'annotations_detectron2/validation, uint16 .tif 0..846, 65535 ignore).',
         'the ADE20K_2021_17_01 folder (with index_ade20k.pkl)')
-    args = parser.parse_args(argv)
-    result = convert(args.raw_root, args.out_dir, nproc=args.nproc, overwrite=args.overwrite)
+    _, result = run_preparation(parser, argv, convert)
     print(f'ADE20K-847: {result["converted"]} converted, {result["skipped"]} already done; '
           f'class names in {result["classes_file"]}')
     return result

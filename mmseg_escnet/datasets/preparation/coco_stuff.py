@@ -35,7 +35,7 @@ import os.path as osp
 from typing import List, Optional, Sequence
 
 from .common import (ConversionItem, convert_all, lookup_table, preparation_parser, require_dir,
-                     write_image)
+                     run_preparation, write_image)
 from .voc import check_values, read_index_png
 
 NUM_RAW_IDS = 182
@@ -113,8 +113,6 @@ def main(argv: Optional[List[str]] = None) -> dict:
         'the coco-stuff folder (holding annotations/<split>)')
     parser.add_argument('--splits', nargs='+', default=list(SPLITS),
                         help='splits to convert (default: %(default)s)')
-    args = parser.parse_args(argv)
-    result = convert(args.raw_root, args.out_dir, nproc=args.nproc, overwrite=args.overwrite,
-                     splits=args.splits)
+    _, result = run_preparation(parser, argv, convert, options=('splits', ))
     print(f'done: {result["converted"]} converted, {result["skipped"]} already done')
     return result

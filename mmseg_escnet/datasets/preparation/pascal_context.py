@@ -59,8 +59,8 @@ import scipy.io
 from pycocotools import mask as mask_utils
 
 from .common import (ConversionItem, InvalidInputError, convert_all, lookup_table,
-                     preparation_parser, read_id_list, require_dir, require_file, write_image,
-                     write_text)
+                     preparation_parser, read_id_list, require_dir, require_file,
+                     run_preparation, write_image, write_text)
 
 #: Detail category ids of the PASCAL-Context-59 classes and background (0), as in
 #: prepare_pascal_context_59.py:9-16 (there unsorted, then ``np.sort``-ed).
@@ -288,12 +288,26 @@ def convert(raw_root: str,
             nproc: int = 1,
             overwrite: bool = False,
             classes: int = 59,
-            **kwargs) -> dict:
-    """Dispatch to :func:`convert_pc59` (``classes=59``) or :func:`convert_pc459` (459)."""
+            json_file: Optional[str] = None,
+            split_file: Optional[str] = None) -> dict:
+    """Write the PC-59 (:func:`convert_pc59`) or the PC-459 (:func:`convert_pc459`) labels.
+
+    The first four arguments go to either function, ``json_file`` only to :func:`convert_pc59`
+    and ``split_file`` only to :func:`convert_pc459` (the other one is ignored).
+
+    Args:
+        classes (int): 59 or 459.
+
+    Returns:
+        dict: What the called function returns.
+    """
     if classes not in (59, 459):
         raise ValueError(f'classes must be 59 or 459, got {classes}')
-    func = convert_pc59 if classes == 59 else convert_pc459
-    return func(raw_root, out_root, nproc=nproc, overwrite=overwrite, **kwargs)
+    if classes == 59:
+        return convert_pc59(raw_root, out_root, nproc=nproc, overwrite=overwrite,
+                            json_file=json_file)
+    return convert_pc459(raw_root, out_root, nproc=nproc, overwrite=overwrite,
+                         split_file=split_file)
 
 
 def main(argv: Optional[List[str]] = None, classes: Optional[int] = None) -> dict:
@@ -308,6 +322,7 @@ def main(argv: Optional[List[str]] = None, classes: Optional[int] = None) -> dic
         f'Write the PASCAL-Context-{classes or "59/459"} val labels of the CAT-Seg '
         'protocol.',
         'the VOCdevkit/VOC2010 folder')
+    parser.set_defaults(classes=classes, json_file=None, split_file=None)
     if classes is None:
         parser.add_argument('--classes', type=int, choices=(59, 459), required=True)
     if classes in (None, 59):
@@ -316,18 +331,13 @@ def main(argv: Optional[List[str]] = None, classes: Optional[int] = None) -> dic
     if classes in (None, 459):
         parser.add_argument('--split-file', help='PC-459 only: the id list (default: raw_root/'
                             "pascalcontext_val.txt; copy it from CAT-Seg's datasets/)")
-    args = parser.parse_args(argv)
-    classes = classes or args.classes
-    if classes == 59:
-        result = convert_pc59(args.raw_root, args.out_dir, nproc=args.nproc,
-                              overwrite=args.overwrite, json_file=getattr(args, 'json_file', None))
+    args, result = run_preparation(parser, argv, convert,
+                                   options=('classes', 'json_file', 'split_file'))
+    if args.classes == 59:
         if result['empty']:
             print(f'{len(result["empty"])} val images have no annotation (written all 255): '
                   f'{result["empty"][:10]}')
     else:
-        result = convert_pc459(args.raw_root, args.out_dir, nproc=args.nproc,
-                               overwrite=args.overwrite,
-                               split_file=getattr(args, 'split_file', None))
         if result['missing']:
             print(f'{len(result["missing"])} listed ids have no .mat and were skipped: '
                   f'{result["missing"][:10]}')

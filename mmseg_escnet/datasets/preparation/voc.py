@@ -43,8 +43,8 @@ import numpy as np
 from PIL import Image
 
 from .common import (ConversionItem, InvalidInputError, convert_all, lookup_table,
-                     preparation_parser, read_id_list, require_dir, require_file, write_image,
-                     write_text)
+                     preparation_parser, read_id_list, require_dir, require_file,
+                     run_preparation, write_image, write_text)
 
 NUM_CLASSES = 20
 IGNORE = 255
@@ -197,9 +197,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
                         help='raw mask folder relative to raw_root (default: %(default)s)')
     parser.add_argument('--split-file',
                         help='id list (default: raw_root/ImageSets/Segmentation/val.txt)')
-    args = parser.parse_args(argv)
-    result = convert(args.raw_root, args.out_dir, nproc=args.nproc, overwrite=args.overwrite,
-                     label_dir=args.label_dir, split_file=args.split_file)
+    _, result = run_preparation(parser, argv, convert, options=('label_dir', 'split_file'))
     for name, ids in result['all_ignore'].items():
         print(f'{name}: {len(ids)} all-ignore masks not written (listed in {name}/{SKIP_LIST})')
     print(f'done: {result["converted"]} converted, {result["skipped"]} already done')

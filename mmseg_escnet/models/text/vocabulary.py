@@ -25,11 +25,14 @@ first synonym alone: the official ADE-847 list has distinct classes that share
 their first synonym (e.g. ``'pot, flowerpot'`` and ``'pot'``; ``'bag'`` three
 times), and the benchmark needs all 847 channels in the official order.
 """
+import difflib
 import hashlib
 import json
 import os
+import os.path as osp
+import re
 from pathlib import Path
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 from .templates import get_templates
 
@@ -48,6 +51,72 @@ def available_vocabularies() -> List[str]:
         List[str]: sorted stems of ``mmseg_escnet/vocabularies/*.txt``.
     """
     return sorted(p.stem for p in VOCABULARY_DIR.glob('*.txt'))
+
+
+def builtin_vocabulary(name: str) -> Optional[str]:
+    """The built-in vocabulary ``name`` stands for, ignoring case and surrounding white space
+    (``'ADE150'`` is ``'ade150'``), or None."""
+    key = name.strip().casefold()
+    return next((v for v in available_vocabularies() if v.casefold() == key), None)
+
+
+def similar_vocabularies(name: str) -> List[str]:
+    """Built-in vocabulary names close to ``name`` (for "did you mean" messages)."""
+    key = name.strip().casefold()
+    names = available_vocabularies()
+    close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
+    if not close and len(key) >= 3:  # 'coco' for 'coco_stuff171'
+        close = [v for v in names if v.startswith(key[:3])]
+    return close[:3]
+
+
+def parse_vocabulary_text(text: str) -> Union[str, List[str]]:
+    """A vocabulary typed by a user (command line, web form) -> what :class:`Vocabulary` takes.
+
+    ``'cat, dog|puppy, sky'`` is three classes (``|`` between synonyms). Without a comma the text
+    is one of: a ``.txt``/``.json`` file, a built-in vocabulary name (any case: ``'ADE150'``), or
+    one class name. What looks like a mistyped file or built-in name is refused rather than
+    turned into a one-class vocabulary: a path (a ``/``, or a ``.txt``/``.json`` suffix) that
+    names no file, and a single word close to a built-in name or shaped like one (letters with
+    an ``_`` or digits, such as ``nope_vocab``). A trailing comma (``'person_2,'``) makes any
+    text a class list.
+
+    Args:
+        text (str): what the user typed.
+
+    Returns:
+        str | list[str]: a file path or built-in name, or class entries (``['cat', 'dog, puppy',
+        'sky']``).
+
+    Raises:
+        ValueError: empty text, a missing file, or a likely mistyped built-in name (the message
+        suggests close names).
+    """
+    text = text.strip()
+    if not text or not text.strip(','):
+        raise ValueError('the vocabulary is empty: give comma-separated class names, a '
+                         '.txt/.json file or a built-in vocabulary name')
+    if ',' in text:
+        entries = text.split(',')
+        if text.endswith(','):
+            entries = entries[:-1]
+        return [', '.join(s.strip() for s in entry.split('|')) for entry in entries]
+    if osp.isfile(text):
+        return text
+    if '/' in text or os.sep in text or Path(text).suffix.lower() in _FILE_SUFFIXES:
+        raise ValueError(f'vocabulary file not found: {text}')
+    builtin = builtin_vocabulary(text)
+    if builtin is not None:
+        return builtin
+    close = difflib.get_close_matches(text.casefold(), available_vocabularies(), n=3,
+                                      cutoff=0.75)
+    if close or re.fullmatch(r'[A-Za-z]+(_\w*|\d\w*)', text):
+        suggestions = close or similar_vocabularies(text)
+        hint = f'did you mean {" or ".join(map(repr, suggestions))}? ' if suggestions else ''
+        raise ValueError(f'{text!r} is not a built-in vocabulary ({hint}available: '
+                         f'{", ".join(available_vocabularies())}) nor a file; to use it as the '
+                         f'name of a single class, add a comma: {text + ","!r}')
+    return [', '.join(s.strip() for s in text.split('|'))]
 
 
 def _read_txt(path: Path) -> List[Tuple[str, str]]:
@@ -99,12 +168,16 @@ def load_class_entries(classes: ClassesSpec) -> Tuple[List[Tuple[str, str]], str
                 raise ValueError(f'vocabulary file not found: {text}')
             reader = _read_json if path.suffix.lower() == '.json' else _read_txt
             return reader(path), text
-        if isinstance(classes, str) and text in available_vocabularies():
-            builtin = VOCABULARY_DIR / f'{text}.txt'
-            return _read_txt(builtin), text
+        builtin = builtin_vocabulary(text) if isinstance(classes, str) else None
+        if builtin is not None:
+            return _read_txt(VOCABULARY_DIR / f'{builtin}.txt'), builtin
         if path.is_file():
             raise ValueError(f'vocabulary file {text} must end in one of {_FILE_SUFFIXES}')
-        raise ValueError(f'unknown built-in vocabulary {text!r}; available: '
+        if '/' in text or os.sep in text:
+            raise ValueError(f'vocabulary file not found: {text}')
+        close = similar_vocabularies(text)
+        hint = f' (did you mean {" or ".join(map(repr, close))}?)' if close else ''
+        raise ValueError(f'unknown built-in vocabulary {text!r}{hint}; available: '
                          f'{available_vocabularies()} (or pass a .txt/.json path or a list '
                          'of class names)')
     if isinstance(classes, Sequence):

@@ -185,3 +185,36 @@ def test_file_errors(tmp_path):
     other_suffix = _write(tmp_path, 'classes.csv', 'cat\n')
     with pytest.raises(ValueError, match=r'must end in one of'):
         Vocabulary(other_suffix)
+
+
+def test_builtin_names_ignore_case():
+    assert Vocabulary('ADE150').names == Vocabulary('ade150').names
+    assert Vocabulary(' Voc20b ').source == 'voc20b'
+    with pytest.raises(ValueError, match=r"unknown built-in vocabulary 'ade15' \(did you mean "
+                       r"'ade150'\?\)"):
+        Vocabulary('ade15')
+    with pytest.raises(ValueError, match='vocabulary file not found: /no/such/classes'):
+        Vocabulary('/no/such/classes')
+
+
+def test_parse_vocabulary_text(tmp_path):
+    from mmseg_escnet.models.text import parse_vocabulary_text as parse
+    assert parse('cat, dog|puppy ,sky') == ['cat', 'dog, puppy', 'sky']
+    assert parse('sky') == ['sky']
+    assert parse('potted plant') == ['potted plant']
+    assert parse('dog|puppy') == ['dog, puppy']
+    assert parse('ade150') == 'ade150' and parse('ADE150') == 'ade150'
+    assert parse('person_2,') == ['person_2']  # a trailing comma: a class list, as typed
+    classes = tmp_path / 'my.txt'
+    classes.write_text('cat\ndog\n')
+    assert parse(str(classes)) == str(classes)
+    for text, match in [('', 'empty'), (' , ', 'empty'),
+                        (str(tmp_path / 'none.txt'), 'vocabulary file not found'),
+                        ('/path/that/does/not/exist', 'vocabulary file not found'),
+                        ('ADE15', r"did you mean 'ade150'\?"),
+                        ('voc2O', r"did you mean 'voc20'"),
+                        ('nope_vocab', r"'nope_vocab' is not a built-in vocabulary .*"
+                                       r"add a comma: 'nope_vocab,'"),
+                        ('coco_stuff', "did you mean 'coco_stuff171'")]:
+        with pytest.raises(ValueError, match=match):
+            parse(text)
