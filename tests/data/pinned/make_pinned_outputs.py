@@ -1,0 +1,83 @@
+"""Write ``pinned_outputs.pt``: the tiny CAT-Seg and ESC-Net outputs that refactors must keep.
+
+Run from the repository root (``python tests/data/pinned/make_pinned_outputs.py``). The weights
+are not stored: :func:`deterministic_weights` derives every parameter from its name and shape, so
+a later version of the code is compared on the same weights whatever order it creates its
+parameters in (a renamed parameter is looked up under its old name).
+"""
+import os.path as osp
+import zlib
+from typing import Callable
+
+import torch
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmseg.registry import MODELS
+
+import mmseg_escnet  # noqa: F401
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+CONFIGS = dict(catseg='configs/catseg_tiny_synthetic.py', escnet='configs/escnet_tiny_synthetic.py')
+VOCABULARY = ['sky', 'grass', 'sand', 'snow', 'brick', 'water', 'road']
+RANDOM_BUFFERS = ('positional_encoding_gaussian_matrix', )  # SAM's random Fourier features
+
+
+def deterministic_weights(model: torch.nn.Module,
+                          old_name: Callable[[str], str] = lambda name: name) -> None:
+    """Set every parameter (and SAM's random PE buffer) from a generator seeded by its name.
+
+    Matrices get N(0, 1 / fan_in); norm weights 1 + 0.1 N(0, 1); other vectors 0.1 N(0, 1).
+    """
+    tensors = dict(model.named_parameters())
+    tensors.update({k: v for k, v in model.named_buffers() if k.endswith(RANDOM_BUFFERS)})
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            key = old_name(name)
+            gen = torch.Generator().manual_seed(zlib.crc32(key.encode()))
+            value = torch.randn(tensor.shape, generator=gen, dtype=torch.float64)
+            if tensor.dim() >= 2:
+                value /= (tensor[0].numel() ** 0.5)
+            elif key.endswith('weight') and any(n in key for n in ('norm', 'ln_')):
+                value = 1 + 0.1 * value
+            else:
+                value *= 0.1
+            tensor.copy_(value.to(tensor.dtype))
+
+
+def build(name: str, old_name: Callable[[str], str] = lambda name: name) -> torch.nn.Module:
+    """The tiny model of ``CONFIGS[name]`` with :data:`VOCABULARY` and deterministic weights."""
+    init_default_scope('mmseg')
+    cfg = Config.fromfile(osp.join(ROOT, CONFIGS[name]))
+    cfg.model.vocabulary = VOCABULARY
+    model = MODELS.build(cfg.model)
+    deterministic_weights(model, old_name)
+    return model
+
+
+def images() -> torch.Tensor:
+    return torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+
+
+def outputs(model: torch.nn.Module) -> dict:
+    """Logits in training and eval mode, and the labels of the sliding + global protocol."""
+    x = images()
+    result = {}
+    with torch.no_grad():
+        model.train()
+        result['train_logits'] = model._forward(x)
+        model.eval()
+        result['eval_logits'] = model._forward(x)
+        model.test_cfg = dict(mode='sliding_global', kernel=96, overlap=0.333, out_size=(160, 160))
+        samples = model.predict(torch.nn.functional.interpolate(x, size=(120, 140)))
+        result['sliding_labels'] = torch.stack([s.pred_sem_seg.data for s in samples])
+        model.test_cfg = dict(mode='whole')
+    return result
+
+
+def main() -> None:
+    pinned = {name: outputs(build(name)) for name in CONFIGS}
+    torch.save(pinned, osp.join(osp.dirname(osp.abspath(__file__)), 'pinned_outputs.pt'))
+
+
+if __name__ == '__main__':
+    main()
