@@ -19,9 +19,6 @@ import os.path as osp
 import sys
 from typing import Optional, Sequence
 
-_OUT_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
-
-
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Command-line arguments (see the module docstring)."""
     from mmengine.config import DictAction
@@ -55,14 +52,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the demo; returns the exit status. Errors are raised (:func:`cli` prints them)."""
     args = parse_args(argv)
     # Everything that depends on the user's input is checked before the model is built.
-    if osp.splitext(args.out)[1].lower() not in _OUT_SUFFIXES:
-        raise ValueError(f'--out {args.out}: expected one of {", ".join(_OUT_SUFFIXES)}')
+    from mmseg_escnet.apis.outputs import OVERLAY_SUFFIXES, write_overlay
+    if osp.splitext(args.out)[1].lower() not in OVERLAY_SUFFIXES:
+        raise ValueError(f'--out {args.out}: expected one of {", ".join(OVERLAY_SUFFIXES)}')
     if not 0.0 <= args.opacity <= 1.0:
         raise ValueError(f'--opacity must be in [0, 1], got {args.opacity}')
     from mmseg_escnet.apis import OpenVocabInferencer, read_image, write_label_map
     from mmseg_escnet.apis.model_args import check_device, resolve_model
     from mmseg_escnet.checkpoints.model_zoo import resolve_checkpoint_arg
-    from mmseg_escnet.models.text import Vocabulary, parse_vocabulary_text
+    from mmseg_escnet.text import Vocabulary, parse_vocabulary_text
     from mmseg_escnet.utils import ensure_writable_dir
     if args.device is not None:
         check_device(args.device, what='--device')  # before any work: no GPU, no CUDA torch
@@ -78,11 +76,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     inferencer = OpenVocabInferencer(model, weights=checkpoint, vocabulary=vocab,
                                      device=args.device, max_side=args.max_side)
 
-    import cv2
     result = inferencer(image, return_vis=True, opacity=args.opacity)
     prediction, canvas = result['predictions'], result['visualization']
-    if not cv2.imwrite(args.out, canvas[:, :, ::-1]):
-        raise OSError(f'could not write {args.out}')
+    write_overlay(args.out, canvas)
     write_label_map(labels_path(args.out), prediction['sem_seg'], len(prediction['classes']))
 
     height, width = prediction['sem_seg'].shape

@@ -10,7 +10,7 @@ from mmengine.registry import init_default_scope
 from mmseg.registry import DATASETS, MODELS
 
 import mmseg_escnet  # noqa: F401
-from mmseg_escnet.models.text import Vocabulary
+from mmseg_escnet.text import Vocabulary
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 BENCHMARKS = ('a847', 'pc459', 'a150', 'pc59', 'pas20', 'pas20b')

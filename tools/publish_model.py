@@ -26,7 +26,7 @@ import torch
 
 import mmseg_escnet
 from mmseg_escnet.checkpoints.download import file_sha256
-from mmseg_escnet.engine.checkpoint_loading import load_local_checkpoint
+from mmseg_escnet.checkpoints.safe_loading import load_local_checkpoint
 from mmseg_escnet.utils import ensure_writable_dir, run_cli
 
 #: Keys of a Runner checkpoint's ``meta`` that are kept (under the names on the right).

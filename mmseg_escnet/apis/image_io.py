@@ -292,6 +292,33 @@ def label_map_dtype(num_classes: int) -> type:
     return np.uint8 if num_classes <= 256 else np.uint16
 
 
+def encode_to_file(path: str, image: np.ndarray, what: str) -> str:
+    """Write ``image`` in the format of ``path``'s suffix; the one image writer of the package.
+
+    Parent folders are created; non-ASCII paths work (OpenCV encodes, NumPy writes the bytes).
+
+    Args:
+        path (str): Output file (``.png``, ``.jpg``, ...).
+        image (np.ndarray): What OpenCV's ``imencode`` takes (BGR channel order).
+        what (str): What is written, for the messages.
+
+    Returns:
+        str: ``path``.
+
+    Raises:
+        ValueError: OpenCV cannot encode ``image`` in that format.
+        OSError: The file cannot be written.
+    """
+    folder = osp.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    ok, encoded = cv2.imencode(osp.splitext(path)[1], image)
+    if not ok:
+        raise ValueError(f'could not encode {what} for {path}')
+    encoded.tofile(path)
+    return path
+
+
 def write_label_map(path: PathLike, label_map: np.ndarray, num_classes: int) -> str:
     """Write a label map as a lossless single-channel PNG.
 
@@ -317,11 +344,4 @@ def write_label_map(path: PathLike, label_map: np.ndarray, num_classes: int) -> 
     if label_map.size and (label_map.min() < 0 or label_map.max() >= num_classes):
         raise ValueError(f'label map for {path} holds ids in [{label_map.min()}, '
                          f'{label_map.max()}], outside [0, {num_classes})')
-    folder = osp.dirname(path)
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-    ok, encoded = cv2.imencode('.png', label_map.astype(dtype))
-    if not ok:
-        raise ValueError(f'could not encode the label map for {path}')
-    encoded.tofile(path)
-    return path
+    return encode_to_file(path, label_map.astype(dtype), 'the label map')

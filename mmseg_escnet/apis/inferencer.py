@@ -37,8 +37,8 @@ from mmseg.apis import MMSegInferencer
 from mmseg.structures import SegDataSample
 from torch import nn
 
-from ..engine.checkpoint_fit import check_state_dict_fits, checkpoint_state_dict
-from ..models.text import Vocabulary
+from ..checkpoints.state_dict_fit import check_state_dict_fits, checkpoint_state_dict
+from ..text import Vocabulary
 from ..visualization import make_palette, render_segmentation
 from .image_io import (list_images, read_image, resize_label_map, shrink_to_max_side, to_bgr_uint8,
                        write_label_map)
@@ -127,8 +127,9 @@ class OpenVocabInferencer(MMSegInferencer):
                           'initialised and its predictions are meaningless (tests only)')
             return
         state = checkpoint_state_dict(checkpoint, f'weights {self._weights}')
+        config = (cfg.filename if cfg is not None else None) or 'the config'
         check_state_dict_fits(model, state, source=str(self._weights),
-                              target=(cfg.filename if cfg is not None else None) or 'the config')
+                              target=f'the model of {config}')
         model.load_state_dict(state, strict=True)
 
     def _init_pipeline(self, cfg: Config) -> Compose:
@@ -264,8 +265,8 @@ class OpenVocabInferencer(MMSegInferencer):
               original size unless shrunk by ``max_side``;
 
             and ``visualization``: the overlays (an empty list if none were asked for).
-            Probabilities are the sigmoid of the logits, or the model's output in the
-            ``sliding_global`` test mode (already probabilities).
+            Probabilities are the sigmoid of the logits (in the ``sliding_global`` test mode,
+            the averaged probabilities of the protocol).
         """
         img_out_dir = osp.join(out_dir, img_out_dir) if out_dir else ''
         pred_out_dir = osp.join(out_dir, pred_out_dir) if out_dir else ''
@@ -360,9 +361,7 @@ class OpenVocabInferencer(MMSegInferencer):
                                                         data_samples=[samples[i]]))]
         for pred in preds:
             logits = pred.seg_logits.data                                     # (T, h, w)
-            # the sliding_global mode returns probabilities, the other modes logits
-            is_prob = (self.model.test_cfg or {}).get('mode', 'whole') == 'sliding_global'
-            probs = (logits if is_prob else logits.sigmoid()).float().cpu()
+            probs = logits.sigmoid().float().cpu()  # the segmentor returns logits in every mode
             small = probs.argmax(dim=0).to(torch.int32).numpy()               # (h, w)
             label_map = resize_label_map(small, pred.metainfo['source_shape'])  # (H0, W0) int32
             pred.set_field(probs, 'probabilities', field_type='data')

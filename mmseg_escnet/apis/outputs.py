@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..visualization.overlay import class_pixel_counts
+from .image_io import encode_to_file
 
 #: The output kinds: overlays (``vis``) and label maps (``pred``).
 OUTPUT_KINDS = ('vis', 'pred')
@@ -93,12 +94,16 @@ class OutputNamer:
         return names
 
 
+#: Image formats an overlay can be written in.
+OVERLAY_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
+
+
 def write_overlay(path: str, canvas: np.ndarray) -> str:
-    """Write an RGB overlay as a PNG file (BGR on disk, as OpenCV writes).
+    """Write an RGB overlay as an image file (BGR on disk, as OpenCV writes).
 
     Args:
-        path (str): Output file ending in ``.png``; parent folders are created. Non-ASCII paths
-            work (the encoded bytes are written by NumPy).
+        path (str): Output file ending in one of :data:`OVERLAY_SUFFIXES`; parent folders are
+            created. Non-ASCII paths work.
         canvas (np.ndarray): ``(H, W, 3)`` ``uint8`` RGB.
 
     Returns:
@@ -106,27 +111,19 @@ def write_overlay(path: str, canvas: np.ndarray) -> str:
         to spare a copy of a large image, then swapped back).
 
     Raises:
-        ValueError: Not a ``.png`` path, a bad canvas, or encoding failed.
+        ValueError: An unsupported suffix, a bad canvas, or encoding failed.
     """
-    if osp.splitext(path)[1].lower() != '.png':
-        raise ValueError(f'overlays are written as PNG; {path} does not end in .png')
+    if osp.splitext(path)[1].lower() not in OVERLAY_SUFFIXES:
+        raise ValueError(f'{path}: an overlay is written as one of {", ".join(OVERLAY_SUFFIXES)}')
     if canvas.ndim != 3 or canvas.shape[2] != 3 or canvas.dtype != np.uint8:
         raise ValueError(f'overlay for {path} must be (H, W, 3) uint8 RGB, got shape '
                          f'{canvas.shape} and dtype {canvas.dtype}')
-    folder = osp.dirname(path)
-    if folder:
-        os.makedirs(folder, exist_ok=True)
     # Swap the channels in place, and back after encoding, rather than copying a large canvas; a
     # read-only canvas goes through a reversed view (OpenCV copies it).
     in_place = (canvas.flags.writeable
                 and cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR, dst=canvas) is canvas)
     try:
-        ok, encoded = cv2.imencode('.png', canvas if in_place else canvas[:, :, ::-1])
+        return encode_to_file(path, canvas if in_place else canvas[:, :, ::-1], 'the overlay')
     finally:
         if in_place:
             cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB, dst=canvas)
-    if not ok:
-        raise ValueError(f'could not encode the overlay for {path}')
-    encoded.tofile(path)
-    return path
-

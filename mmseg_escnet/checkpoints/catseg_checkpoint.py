@@ -33,7 +33,7 @@ from typing import Dict, List, Mapping, Tuple
 import torch
 from torch import Tensor
 
-from ..models.backbones.clip_weights import merge_qkv, split_qkv
+from .clip_official import merge_qkv, split_qkv
 from .catseg_official import map_catseg_key
 
 __all__ = [

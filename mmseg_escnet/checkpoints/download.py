@@ -9,7 +9,7 @@ use*: a cached file whose size or mtime no longer match it is hashed again, and 
 downloaded again if it changed. Everything that writes ``<path>`` runs under the inter-process lock
 ``<path>.lock`` (:func:`cache_lock`): concurrent processes wait and then use the verified file.
 
-:func:`load_checkpoint_from_url` is what :mod:`mmseg_escnet.engine.checkpoint_loading` registers for
+:func:`load_checkpoint_from_url` is what :mod:`mmseg_escnet.engine.checkpoint_schemes` registers for
 ``http://`` and ``https://`` in MMEngine's ``CheckpointLoader``, so ``load_from``,
 ``init_cfg=dict(type='Pretrained', checkpoint=URL)`` and ``tools/test.py CONFIG URL`` all verify.
 """
@@ -31,6 +31,7 @@ from mmengine.logging import print_log
 from .hash_sources import (FULL_HEX, KNOWN_SHA256, SCHEMES, ExpectedHash, expected_sha256,
                            resolve_hash, split_url)
 from .http_transfer import ChecksumError, DownloadError, discard_partial, transfer
+from .safe_loading import load_local_checkpoint
 
 __all__ = [
     'DownloadError', 'ChecksumError', 'KNOWN_SHA256', 'default_cache_dir', 'cache_path',
@@ -436,6 +437,5 @@ def load_checkpoint_from_url(filename: str,
     Returns:
         The loaded checkpoint (usually a dict).
     """
-    from ..engine.checkpoint_loading import load_local_checkpoint
     path = download_checkpoint(filename, progress=sys.stderr.isatty())
     return load_local_checkpoint(path, map_location=map_location)

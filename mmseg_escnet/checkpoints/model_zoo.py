@@ -31,7 +31,9 @@ import torch
 import yaml
 from mmengine.logging import print_log
 
+from .catseg_checkpoint import convert_catseg_checkpoint
 from .download import cache_lock, download_checkpoint, file_sha256, rank_zero_first
+from .safe_loading import load_local_checkpoint
 
 __all__ = [
     'ZOO_SCHEME', 'CONVERTERS', 'ModelInfo', 'model_index_path', 'load_model_index',
@@ -44,7 +46,7 @@ ZOO_SCHEME = 'zoo://'
 ConverterFn = Callable[[Mapping], Dict[str, torch.Tensor]]
 #: Converter name -> ``'module:function'`` (imported on first use) or a callable.
 CONVERTERS: Dict[str, Union[str, ConverterFn]] = {
-    'catseg_official': 'mmseg_escnet.checkpoints.catseg_checkpoint:convert_catseg_checkpoint',
+    'catseg_official': convert_catseg_checkpoint,
 }
 _REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -244,7 +246,7 @@ def _conversion_is_current(converted: str, stamp: Mapping[str, Any], *, log: boo
     if not osp.isfile(converted):
         return False
     try:  # memory-mapped: only the small meta is read
-        meta = torch.load(converted, map_location='cpu', weights_only=True, mmap=True)['meta']
+        meta = load_local_checkpoint(converted, map_location='cpu', mmap=True)['meta']
     except Exception:  # unreadable (e.g. damaged): convert again
         meta = {}
     if all(meta.get(k) == v for k, v in stamp.items()):
@@ -261,7 +263,6 @@ def _convert_once(info: ModelInfo, download: str) -> str:
     The conversion runs under the inter-process lock ``<converted>.lock``; a process that waited
     for it uses the file the other process wrote.
     """
-    from ..engine.checkpoint_loading import load_local_checkpoint
     converted = download + '.converted.pth'
     stamp = dict(converter=info.converter, source=info.weights, source_sha256=file_sha256(download))
     if _conversion_is_current(converted, stamp, log=False):
@@ -321,7 +322,6 @@ def load_from_model_zoo(filename: str, map_location: Optional[Union[str, Callabl
     Returns:
         The loaded checkpoint (a dict with ``state_dict``).
     """
-    from ..engine.checkpoint_loading import load_local_checkpoint
     if not filename.startswith(ZOO_SCHEME):
         raise ValueError(f'{filename!r}: expected {ZOO_SCHEME}<model-zoo name>')
     return load_local_checkpoint(fetch_weights(filename[len(ZOO_SCHEME):]),

@@ -1,4 +1,4 @@
-"""Official Segment Anything (SAM) checkpoints -> ESC-Net's prompt encoder and SAM blocks.
+"""Official Segment Anything (SAM) checkpoints -> the weights of ESC-Net's prompt encoder and SAM blocks.
 
 The published files (``sam_vit_{b,l,h}_*.pth``) are plain state dicts of
 :class:`segment_anything.modeling.Sam`.  ESC-Net needs only the prompt encoder
@@ -8,9 +8,9 @@ The published files (``sam_vit_{b,l,h}_*.pth``) are plain state dicts of
 checkpoints have identical shapes for these.  ESC block ``k`` is initialised from layer
 ``k mod L`` (``layer_map='mod'``, docs/escnet.md) or ``min(k, L-1)`` (``'clamp'``).
 """
+import pickle
 import re
-import warnings
-from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -18,12 +18,10 @@ from segment_anything.modeling.prompt_encoder import PromptEncoder
 from segment_anything.modeling.transformer import TwoWayAttentionBlock
 
 from .download import local_checkpoint_path
-
-if TYPE_CHECKING:  # imported lazily to keep checkpoints/ free of model-package import cycles
-    from mmseg_escnet.models.necks.sam_block import SAMBlock
+from .safe_loading import load_local_checkpoint
 
 __all__ = ['SAM_CHECKPOINT_URLS', 'PROMPT_ENCODER_PREFIX', 'LAYER_PREFIX',
-           'OUTPUT_TOKEN_KEYS', 'load_sam_checkpoint', 'init_from_sam']
+           'OUTPUT_TOKEN_KEYS', 'load_sam_checkpoint', 'escnet_sam_weights']
 
 #: Official download addresses (facebookresearch/segment-anything README).
 SAM_CHECKPOINT_URLS = {
@@ -56,15 +54,11 @@ def _short(keys: Sequence[str], limit: int = 10) -> str:
 
 
 def _torch_load(path: str) -> object:
-    try:  # memory-map so that the (up to 2.4 GB) image encoder is never read into memory
-        return torch.load(path, map_location='cpu', weights_only=True, mmap=True)
-    except Exception:  # legacy (non-zip) files cannot be mapped; garbage fails again below
-        pass
+    """The checkpoint, memory-mapped so that the (up to 2.4 GB) image encoder is never read."""
     try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as err:  # torch raises several unrelated types for garbage input
-        raise ValueError(f'{path}: not a readable torch checkpoint '
-                         f'({type(err).__name__}: {err})') from err
+        return load_local_checkpoint(path, map_location='cpu', mmap=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f'{path}: not a SAM checkpoint ({err})') from err
 
 
 def _layer_indices(state: Mapping[str, torch.Tensor]) -> List[int]:
@@ -125,81 +119,47 @@ def load_sam_checkpoint(path_or_url: str, *,
     return {k: v.detach().clone() for k, v in state.items()}
 
 
-def _copy_into(module: nn.Module, state: Mapping[str, torch.Tensor], prefix: str) -> None:
-    """Copy ``state[prefix + name]`` into each state entry of ``module`` (strict, shape-checked)."""
-    own = module.state_dict()
-    missing = [prefix + k for k in own if prefix + k not in state]
-    if missing:
-        raise ValueError(f'SAM state lacks {len(missing)} key(s): {_short(missing)}')
-    for name, target in own.items():
-        source = state[prefix + name]
-        if tuple(source.shape) != tuple(target.shape):
-            raise ValueError(f'{prefix}{name}: checkpoint shape {tuple(source.shape)} does not '
-                             f'match the module shape {tuple(target.shape)}')
-    module.load_state_dict({k: state[prefix + k] for k in own}, strict=True)
+def escnet_sam_weights(sam_state: Mapping[str, torch.Tensor], *, num_blocks: int,
+                       layer_map: str = 'mod',
+                       output_tokens: bool = True) -> Dict[str, torch.Tensor]:
+    """Official SAM weights under the parameter names of ESC-Net's neck.
 
-
-def init_from_sam(sam_state: Mapping[str, torch.Tensor], *, prompt_encoder: PromptEncoder,
-                  blocks: Sequence['SAMBlock'], layer_map: str = 'mod') -> None:
-    """Initialise the prompt encoder and SAM blocks from official SAM weights (in place).
-
-    ``prompt_encoder`` <- ``prompt_encoder.*`` (including the random-Fourier PE matrix);
-    ``blocks[k].block`` <- ``mask_decoder.transformer.layers.{m(k)}.*`` with
+    ``prompt_encoder.*`` <- ``prompt_encoder.*`` (including the random-Fourier PE matrix);
+    ``sam_blocks.{k}.block.*`` <- ``mask_decoder.transformer.layers.{m(k)}.*`` with
     ``m(k) = k mod L`` (``'mod'``) or ``min(k, L-1)`` (``'clamp'``), L = number of layers in
-    ``sam_state`` (2 in SAM); ``blocks[k].output_tokens`` <- ``cat(iou_token, mask_tokens)``
-    when the token counts match.  ``text_proj`` and ``fuse`` keep their initialisation.
-    Every block gets its own copy of the tensors.
+    ``sam_state`` (2 in SAM); ``sam_blocks.{k}.output_tokens.weight`` <- ``cat(iou_token,
+    mask_tokens)``. The blocks' ``text_proj`` and ``fuse`` are not in SAM.
 
     Args:
-        sam_state (Mapping[str, torch.Tensor]): official names, e.g. from
+        sam_state (Mapping[str, torch.Tensor]): Official names, e.g. from
             :func:`load_sam_checkpoint`.
-        prompt_encoder (PromptEncoder): e.g. from ``build_prompt_encoder``.
-        blocks (Sequence[SAMBlock]): the ESC blocks' SAM parts, in order.
+        num_blocks (int): Number of ESC blocks.
         layer_map (str): ``'mod'`` or ``'clamp'``.
+        output_tokens (bool): Whether the blocks have output tokens to initialise.
+
+    Returns:
+        Dict[str, torch.Tensor]: The neck's entries (load with ``strict=False``).
 
     Raises:
-        TypeError: for wrong argument types.
-        ValueError: for a bad ``layer_map``, missing keys or shape mismatches (naming the key).
+        ValueError: For a bad ``layer_map`` or missing SAM keys.
     """
     if layer_map not in ('mod', 'clamp'):
         raise ValueError(f"layer_map must be 'mod' or 'clamp', got {layer_map!r}")
-    if not isinstance(sam_state, Mapping):
-        raise TypeError(f'sam_state must be a mapping, got {type(sam_state).__name__}')
-    if not isinstance(prompt_encoder, PromptEncoder):
-        raise TypeError(f'prompt_encoder must be a segment_anything PromptEncoder, got '
-                        f'{type(prompt_encoder).__name__}')
-    if isinstance(blocks, nn.Module) and not isinstance(blocks, nn.ModuleList):
-        blocks = [blocks]
-    for k, blk in enumerate(blocks):
-        if not isinstance(getattr(blk, 'block', None), TwoWayAttentionBlock):
-            raise TypeError(f'blocks[{k}] must be a SAMBlock (with a TwoWayAttentionBlock '
-                            f'.block), got {type(blk).__name__}')
     layers = _layer_indices(sam_state)
     if not layers or layers != list(range(len(layers))):
         raise ValueError(f'sam_state must hold {LAYER_PREFIX}0..L-1, found layer indices '
                          f'{layers}')
-    num_layers = len(layers)
-
-    with torch.no_grad():
-        _copy_into(prompt_encoder, sam_state, PROMPT_ENCODER_PREFIX)
-        tokens = None
-        if all(k in sam_state for k in OUTPUT_TOKEN_KEYS):
-            tokens = torch.cat([sam_state[k] for k in OUTPUT_TOKEN_KEYS], dim=0)  # (1+4, S)
-        for k, blk in enumerate(blocks):
-            m = k % num_layers if layer_map == 'mod' else min(k, num_layers - 1)
-            if bool(blk.block.skip_first_layer_pe) != (m == 0):
-                warnings.warn(f'blocks[{k}] is initialised from SAM layer {m} but has '
-                              f'skip_first_layer_pe={blk.block.skip_first_layer_pe} (SAM '
-                              f'uses True exactly for layer 0)')
-            _copy_into(blk.block, sam_state, f'{LAYER_PREFIX}{m}.')
-            out = getattr(blk, 'output_tokens', None)
-            if out is None:
-                continue
-            if tokens is None:
-                raise ValueError(f'SAM state lacks {_short(OUTPUT_TOKEN_KEYS)} needed by '
-                                 f'blocks[{k}].output_tokens')
-            if tuple(tokens.shape) != tuple(out.weight.shape):
-                raise ValueError(f'{OUTPUT_TOKEN_KEYS[0]} + {OUTPUT_TOKEN_KEYS[1]}: checkpoint '
-                                 f'shape {tuple(tokens.shape)} does not match '
-                                 f'blocks[{k}].output_tokens {tuple(out.weight.shape)}')
-            out.weight.copy_(tokens)
+    mapped = {k: v for k, v in sam_state.items() if k.startswith(PROMPT_ENCODER_PREFIX)}
+    if output_tokens:
+        missing = [k for k in OUTPUT_TOKEN_KEYS if k not in sam_state]
+        if missing:
+            raise ValueError(f'SAM state lacks {_short(missing)}, needed for the output tokens')
+        tokens = torch.cat([sam_state[k] for k in OUTPUT_TOKEN_KEYS], dim=0)  # (1 + 4, S)
+    for k in range(num_blocks):
+        m = k % len(layers) if layer_map == 'mod' else min(k, len(layers) - 1)
+        prefix = f'{LAYER_PREFIX}{m}.'
+        mapped.update({f'sam_blocks.{k}.block.{name[len(prefix):]}': value
+                       for name, value in sam_state.items() if name.startswith(prefix)})
+        if output_tokens:
+            mapped[f'sam_blocks.{k}.output_tokens.weight'] = tokens
+    return mapped

@@ -16,7 +16,7 @@ from mmengine import fileio
 from mmseg.datasets import BaseSegDataset
 from mmseg.datasets.transforms import LoadAnnotations
 
-from ..models.text import Vocabulary
+from ..text import Vocabulary
 from .transforms import LoadSegAnnotations
 
 

@@ -1,7 +1,7 @@
-"""Runner-side pieces: safe checkpoint loading and saving, launch helpers, hooks."""
-from .checkpoint_fit import CheckpointFitHook, CheckpointMismatchError, check_state_dict_fits
+"""Runner-side pieces: hooks, MMEngine's checkpoint schemes, launch helpers for the tools."""
+from .checkpoint_fit_hook import CheckpointFitHook
 from .checkpoint_hook import SafeCheckpointHook, find_resume_checkpoint
 from .vocabulary_check_hook import VocabularyCheckHook
 
-__all__ = ['CheckpointFitHook', 'CheckpointMismatchError', 'check_state_dict_fits',
-           'SafeCheckpointHook', 'find_resume_checkpoint', 'VocabularyCheckHook']
+__all__ = ['CheckpointFitHook', 'SafeCheckpointHook', 'find_resume_checkpoint',
+           'VocabularyCheckHook']

@@ -28,7 +28,7 @@ from mmengine.hooks import CheckpointHook
 from mmengine.logging import print_log
 from mmseg.registry import HOOKS
 
-from .checkpoint_loading import checkpoint_file_problem
+from ..checkpoints.safe_loading import checkpoint_file_problem
 
 __all__ = ['SafeCheckpointHook', 'find_resume_checkpoint', 'is_readable_checkpoint']
 

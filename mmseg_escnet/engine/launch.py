@@ -14,8 +14,11 @@ from typing import Optional, Sequence
 
 import torch
 import torch.distributed as dist
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
+from mmengine.runner import Runner
+
+from ..checkpoints.model_zoo import get_model, resolve_checkpoint_arg
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 #: Config keys that decide whether a model's weights fit another config's model.
@@ -125,7 +128,6 @@ def run_runner(cfg: Config, mode: str) -> None:
     """
     if mode not in ('train', 'test'):
         raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
-    from mmengine.runner import Runner
     runner = Runner.from_cfg(cfg)
     getattr(runner, mode)()
     del runner
@@ -162,7 +164,6 @@ def set_local_rank(local_rank: int) -> None:
 def add_common_arguments(parser, choices: Sequence[str] = LAUNCHERS) -> None:
     """Arguments shared by train.py and test.py: --work-dir, --cfg-options, --launcher,
     --local-rank, --debug."""
-    from mmengine.config import DictAction
     parser.add_argument('--work-dir', help='folder for logs and checkpoints '
                         '(default: ./work_dirs/<config name>)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
@@ -179,7 +180,6 @@ def checkpoint_argument(value: str) -> str:
     A model-zoo name becomes ``zoo://NAME``; anything else unknown is refused while the arguments
     are parsed, before a model or a Runner is built.
     """
-    from ..checkpoints.model_zoo import resolve_checkpoint_arg
     try:
         return resolve_checkpoint_arg(value)
     except FileNotFoundError as error:
@@ -210,7 +210,6 @@ def check_zoo_checkpoint(cfg: Config, checkpoint: str) -> None:
     """
     if not checkpoint.startswith('zoo://'):
         return
-    from ..checkpoints.model_zoo import get_model
     info = get_model(checkpoint[len('zoo://'):])
     zoo_model = Config.fromfile(info.config).model.to_dict()
     model = cfg.model.to_dict()

@@ -8,11 +8,13 @@ from mmseg.registry import HOOKS
 
 @HOOKS.register_module()
 class VocabularyCheckHook(Hook):
-    """Check, before validation and testing, that vocabulary, dataset and metric fit together.
+    """Check, before training, validation and testing, that vocabulary, dataset and metric fit
+    together.
 
     The predicted label ``k`` means "class ``k`` of the model's test vocabulary", while
-    :class:`IoUMetric` counts it as class ``k`` of the dataset. Checked, with an error naming both
-    sides instead of a silently wrong mIoU:
+    :class:`IoUMetric` counts it as class ``k`` of the dataset; in training, label ``k`` is the
+    target of class ``k`` of the training vocabulary. Checked, with an error naming both sides
+    instead of a silently wrong mIoU or loss:
 
     * the vocabulary has as many classes as the dataset; with a metric that has a
       ``background_index`` ``b`` (PAS-20b), the dataset has ``b + 1`` classes and the vocabulary
@@ -28,6 +30,11 @@ class VocabularyCheckHook(Hook):
 
     priority = 'VERY_HIGH'
 
+    def before_train(self, runner) -> None:
+        """Check the training dataset against the training vocabulary (its labels index it)."""
+        self._check(runner, runner.train_loop.dataloader.dataset, None, 'train',
+                    embedder_name='train_text')
+
     def before_val(self, runner) -> None:
         """Check the validation dataset and evaluator."""
         self._check(runner, runner.val_loop.dataloader.dataset, runner.val_loop.evaluator, 'val')
@@ -38,14 +45,16 @@ class VocabularyCheckHook(Hook):
                     'test')
 
     @classmethod
-    def _check(cls, runner, dataset, evaluator, split: str) -> None:
+    def _check(cls, runner, dataset, evaluator, split: str,
+               embedder_name: str = 'test_text') -> None:
         metrics = list(getattr(evaluator, 'metrics', []))
         cls._check_ignore_index(dataset, metrics, split)
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        embedder = getattr(model, 'test_text', None)
+        embedder = getattr(model, embedder_name, None)
         if embedder is None:
             return
         vocabulary = embedder.vocabulary
+        key = 'model.vocabulary' if split == 'train' else 'model.test_vocabulary'
         classes = dataset.metainfo.get('classes')
         if classes is None:
             raise ValueError(f'the {split} dataset has no metainfo["classes"] to compare the '
@@ -53,7 +62,7 @@ class VocabularyCheckHook(Hook):
         backgrounds = {m.background_index for m in metrics
                        if getattr(m, 'background_index', None) is not None}
         named = len(classes) - 1 if backgrounds else len(classes)
-        describe = (f'the model\'s test vocabulary has {len(vocabulary)} classes '
+        describe = (f'{key} has {len(vocabulary)} classes '
                     f'({", ".join(vocabulary.names[:5])}, ...) and the {split} dataset '
                     f'{type(dataset).__name__} has {len(classes)} '
                     f'({", ".join(map(str, classes[:5]))}, ...)')
@@ -69,15 +78,15 @@ class VocabularyCheckHook(Hook):
                 hint = (f' {type(dataset).__name__} is scored with dict(type='
                         f"'IoUMetricWithBackground', background_index="
                         f'{dataset.metainfo["background_index"]}).')
-            raise ValueError(f'{describe}. Set model.test_vocabulary to the dataset\'s vocabulary, '
-                             f'e.g. --cfg-options model.test_vocabulary='
+            raise ValueError(f'{describe}. Set {key} to the dataset\'s vocabulary, '
+                             f'e.g. --cfg-options {key}='
                              f'{dataset.metainfo.get("vocabulary", "<name or file>")}.{hint}')
         cfg = getattr(runner, 'cfg', None)
         if cfg is None or not cfg.get('allow_vocabulary_mismatch', False):
-            cls._check_names(vocabulary, classes[:named], dataset, split)
+            cls._check_names(vocabulary, classes[:named], dataset, split, key)
 
     @staticmethod
-    def _check_names(vocabulary, classes, dataset, split: str) -> None:
+    def _check_names(vocabulary, classes, dataset, split: str, key: str) -> None:
         """Class ``k`` of the dataset must be a synonym of vocabulary entry ``k``."""
         def norm(name) -> set:
             return {' '.join(part.split()).casefold() for part in str(name).split(',')}
@@ -92,10 +101,10 @@ class VocabularyCheckHook(Hook):
         how = ('the same classes in another order' if reordered
                else f'{len(wrong)} of {len(classes)} classes differ')
         raise ValueError(
-            f'the model\'s test vocabulary does not name the classes of the {split} dataset '
+            f'{key} does not name the classes of the {split} dataset '
             f'{type(dataset).__name__}: class {k} is {classes[k]!r} in the dataset and '
-            f'{vocabulary.names[k]!r} in the vocabulary ({how}). Set model.test_vocabulary to '
-            f'the dataset\'s vocabulary (e.g. --cfg-options model.test_vocabulary='
+            f'{vocabulary.names[k]!r} in the vocabulary ({how}). Set {key} to '
+            f'the dataset\'s vocabulary (e.g. --cfg-options {key}='
             f'{dataset.metainfo.get("vocabulary", "<name or file>")}), or set '
             f'allow_vocabulary_mismatch=True for an intended cross-vocabulary experiment')
 

@@ -13,7 +13,7 @@ from raw_pascal import detail_category, detail_image, make_detail_json, make_pc4
 
 from mmseg_escnet.datasets.preparation import pascal_context as pc
 from mmseg_escnet.datasets.preparation.common import InvalidInputError
-from mmseg_escnet.models.text import Vocabulary
+from mmseg_escnet.text import Vocabulary
 
 PC459_NAMES = Vocabulary('pc459').names  # CAT-Seg's 459 names, in labels.txt order
 

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from mmseg_escnet.engine import checkpoint_hook
 from mmseg_escnet.engine.checkpoint_hook import find_resume_checkpoint, is_readable_checkpoint
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -70,7 +71,9 @@ def _save(path, step):
                path)
 
 
-def test_resume_falls_back_to_the_newest_readable_checkpoint(tmp_path, capsys):
+def test_resume_falls_back_to_the_newest_readable_checkpoint(tmp_path, monkeypatch):
+    warnings = []
+    monkeypatch.setattr(checkpoint_hook, 'print_log', lambda msg, **kwargs: warnings.append(msg))
     for step in (2, 4, 6):
         _save(tmp_path / f'iter_{step}.pth', step)
     data = (tmp_path / 'iter_6.pth').read_bytes()
@@ -80,8 +83,7 @@ def test_resume_falls_back_to_the_newest_readable_checkpoint(tmp_path, capsys):
     # last_checkpoint naming a deleted file (MMEngine's own hook after a kill)
     (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_8.pth'))
     assert find_resume_checkpoint(str(tmp_path)) == str(tmp_path / 'iter_4.pth')
-    out = capsys.readouterr()
-    assert 'iter_8.pth, which does not exist; resuming from' in out.out + out.err
+    assert 'iter_8.pth, which does not exist; resuming from' in warnings[-1], warnings
     # a readable last_checkpoint wins over newer files
     (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_2.pth'))
     assert find_resume_checkpoint(str(tmp_path)) == str(tmp_path / 'iter_2.pth')

@@ -6,15 +6,16 @@ from mmseg.evaluation import IoUMetric
 
 from mmseg_escnet.engine import VocabularyCheckHook
 from mmseg_escnet.evaluation import IoUMetricWithBackground
-from mmseg_escnet.models.text import Vocabulary
+from mmseg_escnet.text import Vocabulary
 
 
 def _runner(vocabulary, metainfo, metrics):
-    model = SimpleNamespace(test_text=SimpleNamespace(vocabulary=Vocabulary(vocabulary)))
+    embedder = SimpleNamespace(vocabulary=Vocabulary(vocabulary))
+    model = SimpleNamespace(test_text=embedder, train_text=embedder)
     dataset = SimpleNamespace(metainfo=metainfo)
     loop = SimpleNamespace(dataloader=SimpleNamespace(dataset=dataset),
                            evaluator=SimpleNamespace(metrics=metrics))
-    return SimpleNamespace(model=model, test_loop=loop, val_loop=loop)
+    return SimpleNamespace(model=model, test_loop=loop, val_loop=loop, train_loop=loop)
 
 
 def test_sizes_must_agree():
@@ -87,3 +88,13 @@ def test_background_protocol_compares_the_named_classes_only():
     metric = IoUMetricWithBackground(background_index=3)
     with pytest.raises(ValueError, match="class 1 is 'b' in the dataset and 'x'"):
         VocabularyCheckHook().before_test(_runner(list('axcyz'), voc20b, [metric]))
+
+
+def test_training_labels_must_index_the_training_vocabulary():
+    meta = dict(classes=('sky', 'grass', 'sand'))
+    VocabularyCheckHook().before_train(_runner(['sky', 'grass', 'sand'], meta, []))
+    with pytest.raises(ValueError, match=r'model.vocabulary has 2 classes .* train dataset'):
+        VocabularyCheckHook().before_train(_runner(['sky', 'grass'], meta, []))
+    with pytest.raises(ValueError, match=r"model.vocabulary does not name the classes of the "
+                       r"train dataset .*class 1 is 'grass' in the dataset and 'sand'"):
+        VocabularyCheckHook().before_train(_runner(['sky', 'sand', 'grass'], meta, []))

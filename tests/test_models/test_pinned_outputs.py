@@ -14,7 +14,12 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 PINNED = osp.join(ROOT, 'tests', 'data', 'pinned')
 
 #: (new prefix, prefix when the outputs were pinned), per model
-RENAMED = {'catseg': (), 'escnet': ()}
+RENAMED = {
+    'catseg': (),
+    # the VLF owns its Swin and class-attention parts (formerly inside a CAT-Seg layer)
+    'escnet': tuple((f'neck.vlf_blocks.{k}.{part}.', f'neck.vlf_blocks.{k}.layer.{part}.')
+                    for k in range(2) for part in ('swin_block', 'attention')),
+}
 
 
 def _maker():

@@ -4,7 +4,7 @@ Usage::
 
     python tools/model_converters/clip2mmseg.py SRC DST [--model-name ViT-B-16]
 
-SRC is any format ``mmseg_escnet.models.backbones.clip_weights`` reads (OpenAI TorchScript
+SRC is any format ``mmseg_escnet.checkpoints.clip_official`` reads (OpenAI TorchScript
 archive or state dict, open_clip ``.bin``/``.pt``/``.pth``/``.safetensors``, or an http(s) URL).
 DST is written as ``{'state_dict': {'backbone.clip_model.<name>': tensor}, 'meta': {...}}`` with
 float32 tensors, q/k/v split into ``q_proj_weight``/``k_proj_weight``/``v_proj_weight`` (the
@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
-from mmseg_escnet.models.backbones.clip_weights import (  # noqa: E402
+from mmseg_escnet.checkpoints.clip_official import (  # noqa: E402
     match_state_dict, merge_qkv, normalize_clip_state_dict, read_weights_file, split_qkv)
 from mmseg_escnet.utils import ensure_writable_dir, run_cli  # noqa: E402
 

@@ -36,4 +36,6 @@ model = dict(
         pad_len=256,
         embed_kernel_size=1,          # paper: 1x1 (CAT-Seg: 7x7)
         class_chunk_size=None),       # e.g. 64 to bound memory with large vocabularies
-    decode_head=dict(_delete_=True, type='ESCNetHead', clip_width=768, num_classes=171))
+    # §3.6: CAT-Seg's U-Net decoder with bilinear upsampling, on the 256-wide cost volume
+    decode_head=dict(type='CATSegHead', clip_width=768, hidden_dim=256, upsample_mode='bilinear',
+                     num_classes=171))

@@ -18,8 +18,9 @@ from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
-from .clip_weights import (match_state_dict, merge_qkv, normalize_clip_state_dict,
-                           read_weights_file, resize_pos_embed)
+from ...checkpoints.clip_official import (match_state_dict, merge_qkv,
+                                          normalize_clip_state_dict, read_weights_file,
+                                          resize_pos_embed)
 
 FINETUNE_POLICIES = ('attention', 'frozen', 'full')
 # Trainable under the 'attention' policy (CAT-Seg's CLIP_FINETUNE: "attention").

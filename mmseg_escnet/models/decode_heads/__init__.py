@@ -1,5 +1,5 @@
-"""decode_heads."""
+"""Decode heads: the U-Net upsampling decoder of CAT-Seg, which ESC-Net uses with bilinear
+upsampling (a config, ``upsample_mode='bilinear'``)."""
 from .catseg_head import CATSegHead
-from .escnet_head import ESCNetHead
 
-__all__ = ['CATSegHead', 'ESCNetHead']
+__all__ = ['CATSegHead']

@@ -17,8 +17,9 @@ from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.registry import MODELS
 from mmseg.utils import SampleList
 
-from mmseg_escnet.models.layers.class_chunks import check_class_chunk_size, map_class_chunks
-from mmseg_escnet.models.layers.upsampling import Up
+from ..layers.class_chunks import check_class_chunk_size, map_class_chunks
+from ..layers.upsampling import Up
+from ..structures import DecodeInputs
 
 __all__ = ['CATSegHead']
 
@@ -109,9 +110,7 @@ class CATSegHead(BaseDecodeHead):
         Returns:
             list[torch.Tensor]: per stage i (B, upsample_dims[i], s_i*h, s_i*w).
         """
-        if len(clip_features) != self.num_stages:
-            raise ValueError(f'expected {self.num_stages} clip_features, got '
-                             f'{len(clip_features)}')
+        assert len(clip_features) == self.num_stages, len(clip_features)
         return [getattr(self, f'upsample{i + 1}')(f) for i, f in enumerate(clip_features)]
 
     def decode(self, cost: torch.Tensor, decoder_guidance: Sequence[torch.Tensor],
@@ -131,17 +130,9 @@ class CATSegHead(BaseDecodeHead):
             torch.Tensor: (B, T, 2**S*h, 2**S*w) logits (S stages, i.e. 4h x 4w).  The
             classes are decoded in chunks of ``self.class_chunk_size``.
         """
-        if cost.dim() != 5 or cost.shape[1] != self.hidden_dim:
-            raise ValueError(f'cost must be (B, {self.hidden_dim}, T, h, w), got '
-                             f'{tuple(cost.shape)}')
-        if len(decoder_guidance) != self.num_stages:
-            raise ValueError(f'expected {self.num_stages} decoder guidance maps, got '
-                             f'{len(decoder_guidance)}')
+        assert cost.dim() == 5 and cost.shape[1] == self.hidden_dim, cost.shape
+        assert len(decoder_guidance) == self.num_stages, len(decoder_guidance)
         b, c, t, h, w = cost.shape
-        for i, guidance in enumerate(decoder_guidance):
-            if guidance.shape[0] != b:
-                raise ValueError(f'decoder guidance {i} has batch {guidance.shape[0]}, cost '
-                                 f'volume has {b}')
         # Project the per-image skip features once, shared by all class chunks.
         projected = [proj(g) for proj, g in zip(self.decoder_guidance_projection,
                                                 decoder_guidance)]
@@ -150,15 +141,8 @@ class CATSegHead(BaseDecodeHead):
                                   self.class_chunk_size, dim=2, out_dim=1, with_cp=self.with_cp)
 
         if class_index is None:
-            if num_classes is not None and num_classes != t:
-                raise ValueError(f'num_classes={num_classes} but the cost volume has {t} '
-                                 f'classes and no class_index')
             return logits
-        if num_classes is None:
-            raise ValueError('num_classes is required together with class_index')
-        if class_index.shape != (b, t):
-            raise ValueError(f'class_index must be (B={b}, T\'={t}), got '
-                             f'{tuple(class_index.shape)}')
+        assert num_classes is not None and class_index.shape == (b, t), class_index.shape
         out = logits.new_full((b, num_classes, *logits.shape[-2:]), PRUNED_LOGIT)
         index = class_index[:, :, None, None].expand_as(logits)
         return out.scatter(1, index, logits)
@@ -182,26 +166,19 @@ class CATSegHead(BaseDecodeHead):
         logits = self.head(x)  # (B*t, 1, H, W)
         return logits.view(b, t, *logits.shape[-2:])  # -> (B, t, H, W)
 
-    def forward(self, inputs: Dict) -> torch.Tensor:
+    def forward(self, inputs: DecodeInputs) -> torch.Tensor:
         """Decode the neck output.
 
         Args:
-            inputs (dict): ``cost`` (B, hidden_dim, T', h, w); ``class_index`` None or
-                (B, T'); ``num_classes`` T (optional when nothing was pruned);
-                ``clip_features`` list of (B, clip_width, h, w) raw intermediate CLIP block
-                outputs (shallower block first).
+            inputs (DecodeInputs): the aggregated cost (B, hidden_dim, T', h, w), the kept
+                classes, the CLIP block outputs (B, clip_width, h, w) (shallower first) and T.
 
         Returns:
             torch.Tensor: (B, T, 4h, 4w) logits; classes pruned by the neck get -100.
         """
-        if not isinstance(inputs, dict):
-            raise TypeError(f'CATSegHead expects a dict input, got {type(inputs).__name__}')
-        missing = {'cost', 'clip_features'} - set(inputs)
-        if missing:
-            raise ValueError(f'CATSegHead inputs miss keys {sorted(missing)}')
-        guidance = self.upsample_clip_features(inputs['clip_features'])
-        return self.decode(inputs['cost'], guidance, class_index=inputs.get('class_index'),
-                           num_classes=inputs.get('num_classes'))
+        guidance = self.upsample_clip_features(inputs.clip_features)
+        return self.decode(inputs.cost, guidance, class_index=inputs.class_index,
+                           num_classes=inputs.num_classes)
 
     def loss_by_feat(self, seg_logits: torch.Tensor,
                      batch_data_samples: SampleList) -> Dict[str, torch.Tensor]:
@@ -218,22 +195,9 @@ class CATSegHead(BaseDecodeHead):
         Returns:
             dict: ``loss_bce`` scalar.
         """
-        if seg_logits.dim() != 4:
-            raise ValueError(f'seg_logits must be (B, T, h, w), got {tuple(seg_logits.shape)}')
-        seg_label = self._stack_batch_gt(batch_data_samples)  # (B, 1, H, W)
-        if seg_label.dim() != 4 or seg_label.shape[1] != 1:
-            raise ValueError(f'gt_sem_seg must be (1, H, W) per sample, stacked '
-                             f'{tuple(seg_label.shape)}')
-        if seg_label.shape[0] != seg_logits.shape[0]:
-            raise ValueError(f'{seg_label.shape[0]} label maps for a batch of '
-                             f'{seg_logits.shape[0]} logits')
-        seg_label = seg_label[:, 0].long()  # (B, H, W)
+        seg_label = self._stack_batch_gt(batch_data_samples)[:, 0].long()  # (B, H, W)
         num_classes = seg_logits.shape[1]
         valid = seg_label != self.ignore_index
-        bad = valid & ((seg_label < 0) | (seg_label >= num_classes))
-        if bad.any():
-            raise ValueError(f'labels must be in [0, {num_classes}) or ignore_index '
-                             f'{self.ignore_index}; found {seg_label[bad].unique().tolist()}')
 
         seg_logits = F.interpolate(seg_logits, size=seg_label.shape[-2:], mode='bilinear',
                                    align_corners=self.align_corners)

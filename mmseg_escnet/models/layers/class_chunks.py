@@ -52,7 +52,8 @@ def map_class_chunks(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
         fn (callable): per-class operation, e.g. (B, C, t, H, W) -> (B, C', t, H', W').
         x (torch.Tensor): input with the T classes on axis ``dim``, e.g. (B, C, T, H, W).
         chunk_size (int, optional): classes per chunk (the last chunk may be smaller);
-            None, or a value >= T, calls ``fn(x)`` once.
+            None, or a value >= T, calls ``fn(x)`` once. Validated where it is configured
+            (:func:`check_class_chunk_size`).
         dim (int): class axis of the input.
         out_dim (int, optional): class axis of the output (default ``dim``).
         with_cp (bool): checkpoint every chunk (recompute its activations in backward).
@@ -60,7 +61,6 @@ def map_class_chunks(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
     Returns:
         torch.Tensor: ``fn`` output for all T classes, concatenated along ``out_dim``.
     """
-    check_class_chunk_size(chunk_size)
     if chunk_size is None or chunk_size >= x.shape[dim]:
         return maybe_checkpoint(fn, x, with_cp=with_cp)
     out_dim = dim if out_dim is None else out_dim

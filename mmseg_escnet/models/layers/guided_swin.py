@@ -224,11 +224,7 @@ class GuidedSwinBlock(nn.Module):
         """
         height, width = self.input_resolution
         n, length, c = x.shape
-        if length != height * width:
-            raise ValueError(f'expected {height}*{width} tokens, got {length}')
-        if (guidance is None) != (self.guidance_dim == 0):
-            raise ValueError(f'guidance must be given iff guidance_dim > 0 '
-                             f'(guidance_dim={self.guidance_dim})')
+        assert length == height * width and (guidance is None) == (self.guidance_dim == 0)
 
         shortcut = x
         x = self.norm1(x)
@@ -281,13 +277,9 @@ class GuidedSwinBlockPair(nn.Module):
         Returns:
             torch.Tensor: (B, C, T, H, W).
         """
-        if x.dim() != 5:
-            raise ValueError(f'x must be (B, C, T, H, W), got shape {tuple(x.shape)}')
         b, c, t, h, w = x.shape
         if guidance is not None:
-            if guidance.dim() != 4 or guidance.shape[0] != b or guidance.shape[2:] != (h, w):
-                raise ValueError(f'guidance shape {tuple(guidance.shape)} does not match the '
-                                 f'cost volume {tuple(x.shape)}')
+            assert guidance.shape[0] == b and guidance.shape[2:] == (h, w), guidance.shape
             # (B, G, H, W) -> (B, H*W, G) -> (B*T, H*W, G); LayerNorm is per token, so
             # normalising before the repeat equals the official repeat-then-normalise.
             guidance = self.guidance_norm(guidance.flatten(2).transpose(1, 2))

@@ -17,6 +17,9 @@ import torch.nn.functional as F
 
 __all__ = ['LinearAttention', 'GuidedLinearAttention', 'ClassTransformerLayer']
 
+#: A pooling window: (h, w), a side for both, or None (no pooling).
+PoolSize = Union[int, Sequence[int], None]
+
 
 class LinearAttention(nn.Module):
     """Multi-head linear attention ``phi(Q) (phi(K)^T V) / (phi(Q) . sum_s phi(K_s) + eps)``.
@@ -85,9 +88,7 @@ class GuidedLinearAttention(nn.Module):
         Returns:
             torch.Tensor: (N, L, C).
         """
-        if (guidance is None) != (self.guidance_dim == 0):
-            raise ValueError(f'guidance must be given iff guidance_dim > 0 '
-                             f'(guidance_dim={self.guidance_dim})')
+        assert (guidance is None) == (self.guidance_dim == 0)
         xg = torch.cat([x, guidance], dim=-1) if guidance is not None else x
         n, length, c = x.shape
         # (N, L, C) -> (N, L, heads, C/heads)
@@ -118,7 +119,7 @@ class ClassTransformerLayer(nn.Module):
     """
 
     def __init__(self, *, hidden_dim: int, guidance_dim: int, num_heads: int,
-                 pooling_size: Union[int, Sequence[int], None] = (2, 2), pad_len: int = 256,
+                 pooling_size: PoolSize = (2, 2), pad_len: int = 256,
                  mlp_ratio: int = 4) -> None:
         super().__init__()
         self.pooling_size = self._as_pair(pooling_size)
@@ -141,7 +142,7 @@ class ClassTransformerLayer(nn.Module):
             self.padding_guidance = None
 
     @staticmethod
-    def _as_pair(size: Union[int, Sequence[int], None]) -> Tuple[int, int]:
+    def _as_pair(size: PoolSize) -> Tuple[int, int]:
         """Normalise a pooling size to a pair of positive ints ((1, 1) for None)."""
         if size is None:
             return (1, 1)
@@ -151,7 +152,7 @@ class ClassTransformerLayer(nn.Module):
         return pair
 
     def forward(self, x: torch.Tensor, guidance: Optional[torch.Tensor],
-                pooling_size: Union[int, Sequence[int], None] = None) -> torch.Tensor:
+                pooling_size: PoolSize = None) -> torch.Tensor:
         """Aggregate across classes.
 
         Args:
@@ -163,11 +164,8 @@ class ClassTransformerLayer(nn.Module):
         Returns:
             torch.Tensor: (B, C, T, H, W).
         """
-        if x.dim() != 5:
-            raise ValueError(f'x must be (B, C, T, H, W), got shape {tuple(x.shape)}')
         b, c, t, h, w = x.shape
-        if guidance is not None and guidance.shape[:2] != (b, t):
-            raise ValueError(f'guidance must be (B={b}, T={t}, G), got {tuple(guidance.shape)}')
+        assert guidance is None or guidance.shape[:2] == (b, t), guidance.shape
         pool = self.pooling_size if pooling_size is None else self._as_pair(pooling_size)
 
         # (B, C, T, H, W) -> (B*T, C, H, W) -> pool -> (B*T, C, h', w')

@@ -104,15 +104,9 @@ class Up(nn.Module):
             torch.Tensor: (B*T, C_out, 2H, 2W).
         """
         x = self.up(x)  # (B*T, C_in - G, 2H, 2W) transposed; (B*T, C_in, 2H, 2W) bilinear
-        if (guidance is None) != (self.guidance_channels == 0):
-            raise ValueError(f'guidance must be given iff guidance_channels > 0 '
-                             f'(guidance_channels={self.guidance_channels})')
+        assert (guidance is None) == (self.guidance_channels == 0)
         if guidance is not None:
-            if (guidance.dim() != 4 or guidance.shape[1] != self.guidance_channels
-                    or guidance.shape[2:] != x.shape[2:] or x.shape[0] % guidance.shape[0]):
-                raise ValueError(f'guidance must be (B, {self.guidance_channels}, '
-                                 f'{x.shape[2]}, {x.shape[3]}) with B dividing {x.shape[0]}, '
-                                 f'got {tuple(guidance.shape)}')
+            assert guidance.shape[2:] == x.shape[2:] and x.shape[0] % guidance.shape[0] == 0
             num_classes = x.shape[0] // guidance.shape[0]
             # (B, G, 2H, 2W) -> (B*T, G, 2H, 2W)
             guidance = guidance.repeat_interleave(num_classes, dim=0)

@@ -6,43 +6,20 @@ CVPR 2024 (arXiv:2303.11797); official code https://github.com/cvlab-kaist/CAT-S
 upsampling decoder lives in :class:`mmseg_escnet.models.decode_heads.catseg_head.CATSegHead`.
 Parameter names equal the official ones below ``sem_seg_head.predictor.transformer.``.
 """
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
-from mmseg_escnet.models.layers.guided_swin import GuidedSwinBlockPair
-from mmseg_escnet.models.layers.linear_class_attention import ClassTransformerLayer
+from ..layers.cost_volume import (correlation, embed_cost, prune_classes, select_pooling,
+                                  text_guidance)
+from ..layers.guided_swin import GuidedSwinBlockPair
+from ..layers.linear_class_attention import ClassTransformerLayer, PoolSize
+from ..structures import AggregatedCost
 
-__all__ = ['CATSegAggregatorLayer', 'CATSegAggregator', 'prune_classes']
-
-PoolSize = Union[int, Sequence[int], None]
-
-
-def prune_classes(corr: torch.Tensor, text_feats: torch.Tensor, pad_len: int
-                  ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """Keep the top-``pad_len`` classes of each image by maximal correlation (CAT-Seg, A:693-701).
-
-    Args:
-        corr (torch.Tensor): (B, P, T, h, w) correlation.
-        text_feats (torch.Tensor): (B, T, P, C) class embeddings.
-        pad_len (int): Classes to keep; 0 or ``T <= pad_len`` keeps all.
-
-    Returns:
-        tuple: ``corr`` (B, P, T', h, w), ``text_feats`` (B, T', P, C) re-normalised, and
-        ``class_index`` (B, T') with the kept classes in ascending order (None if nothing was pruned).
-    """
-    if pad_len <= 0 or text_feats.shape[1] <= pad_len:
-        return corr, text_feats, None
-    score = corr.transpose(1, 2).flatten(2).max(dim=-1).values  # (B, T): max over prompts, pixels
-    class_index = score.topk(pad_len, dim=-1).indices.sort(dim=-1).values  # (B, T')
-    idx = class_index[:, None, :, None, None].expand(-1, corr.shape[1], -1, *corr.shape[-2:])
-    corr = corr.gather(2, idx)  # (B, P, T', h, w)
-    text_feats = text_feats.gather(1, class_index[:, :, None, None].expand(-1, -1, *text_feats.shape[2:]))
-    return corr, F.normalize(text_feats, dim=-1), class_index
+__all__ = ['CATSegAggregatorLayer', 'CATSegAggregator']
 
 
 class CATSegAggregatorLayer(nn.Module):
@@ -129,13 +106,9 @@ class CATSegAggregator(BaseModule):
         super().__init__(init_cfg=init_cfg)
         if len(feature_resolution) != 2:
             raise ValueError(f'feature_resolution must be (h, w), got {feature_resolution!r}')
-        self.text_guidance_dim = text_guidance_dim
-        self.appearance_guidance_dim = appearance_guidance_dim
-        self.hidden_dim = hidden_dim
         self.pooling_size = pooling_size
         self.test_pooling_size = test_pooling_size
         self.feature_resolution = tuple(feature_resolution)
-        self.prompt_channel = prompt_channel
         self.pad_len = pad_len or 0
         app_proj = appearance_guidance_proj_dim if appearance_guidance_dim > 0 else 0
         text_proj = text_guidance_proj_dim if text_guidance_dim > 0 else 0
@@ -157,48 +130,8 @@ class CATSegAggregator(BaseModule):
             nn.ReLU(),
         ) if text_proj > 0 else None
 
-    @staticmethod
-    def correlation(img_feats: torch.Tensor, text_feats: torch.Tensor) -> torch.Tensor:
-        """Cosine similarity of every pixel with every class prompt.
-
-        Args:
-            img_feats (torch.Tensor): (B, C, h, w).
-            text_feats (torch.Tensor): (B, T, P, C).
-
-        Returns:
-            torch.Tensor: (B, P, T, h, w).
-        """
-        img = F.normalize(img_feats, dim=1)
-        text = F.normalize(text_feats, dim=-1)
-        return torch.einsum('bchw,btpc->bpthw', img, text)
-
-    def _check_inputs(self, img_feats: torch.Tensor, text_feats: torch.Tensor,
-                      appearance_guidance: Optional[torch.Tensor]) -> None:
-        """Raise ValueError on inconsistent input shapes."""
-        if img_feats.dim() != 4 or text_feats.dim() != 4:
-            raise ValueError(f'img_feats must be (B, C, h, w) and text_feats (B, T, P, C), got '
-                             f'{tuple(img_feats.shape)} and {tuple(text_feats.shape)}')
-        b, c, h, w = img_feats.shape
-        if text_feats.shape[0] != b or text_feats.shape[3] != c:
-            raise ValueError(f'text_feats {tuple(text_feats.shape)} do not match img_feats '
-                             f'{tuple(img_feats.shape)} in batch size or channels')
-        if text_feats.shape[2] != self.prompt_channel:
-            raise ValueError(f'expected P={self.prompt_channel} prompts per class, got '
-                             f'{text_feats.shape[2]}')
-        if self.text_guidance_dim > 0 and c != self.text_guidance_dim:
-            raise ValueError(f'text_guidance_dim is {self.text_guidance_dim} but features have '
-                             f'{c} channels')
-        if (h, w) != self.feature_resolution:
-            raise ValueError(f'feature grid {(h, w)} differs from feature_resolution '
-                             f'{self.feature_resolution}')
-        if self.guidance_projection is not None:
-            expected = (b, self.appearance_guidance_dim, h, w)
-            if appearance_guidance is None or tuple(appearance_guidance.shape) != expected:
-                got = None if appearance_guidance is None else tuple(appearance_guidance.shape)
-                raise ValueError(f'appearance_guidance must be {expected}, got {got}')
-
     def forward(self, img_feats: torch.Tensor, text_feats: torch.Tensor,
-                appearance_guidance: Optional[torch.Tensor]) -> Dict[str, Optional[torch.Tensor]]:
+                appearance_guidance: Optional[torch.Tensor]) -> AggregatedCost:
         """Build and aggregate the cost volume.
 
         Args:
@@ -208,35 +141,18 @@ class CATSegAggregator(BaseModule):
                 (CAT-Seg passes ``img_feats`` again); ignored if appearance_guidance_dim is 0.
 
         Returns:
-            dict: ``cost`` (B, hidden_dim, T', h, w) aggregated cost volume and
-            ``class_index``: None, or a LongTensor (B, T') with the (ascending) indices of the
-            classes kept when T > pad_len (T' = pad_len; otherwise T' = T).
+            AggregatedCost: ``cost`` (B, hidden_dim, T', h, w) and ``class_index`` (None, or
+            (B, T') with the classes kept when T > pad_len).
         """
-        self._check_inputs(img_feats, text_feats, appearance_guidance)
-        b, t = text_feats.shape[:2]
-        corr = self.correlation(img_feats, text_feats)  # (B, P, T, h, w)
-
+        assert tuple(img_feats.shape[-2:]) == self.feature_resolution, img_feats.shape
+        corr = correlation(img_feats, text_feats)  # (B, P, T, h, w)
         corr, text_feats, class_index = prune_classes(corr, text_feats, self.pad_len)
-        t = text_feats.shape[1]
-
-        # Embed the correlation per class: (B, P, T, h, w) -> (B*T, P, h, w) -> conv1
-        # -> (B*T, hidden, h, w) -> (B, hidden, T, h, w)
-        h, w = corr.shape[-2:]
-        cost = self.conv1(corr.transpose(1, 2).reshape(b * t, -1, h, w))
-        cost = cost.view(b, t, self.hidden_dim, h, w).transpose(1, 2)
-
+        cost = embed_cost(self.conv1, corr)  # (B, hidden, T', h, w)
         app_guidance = None
         if self.guidance_projection is not None:
             app_guidance = self.guidance_projection(appearance_guidance)  # (B, Ga', h, w)
-        text_guidance = None
-        if self.text_guidance_projection is not None:
-            text_mean = text_feats.mean(dim=2)  # (B, T, C): mean over prompts
-            text_mean = text_mean / text_mean.norm(dim=-1, keepdim=True)
-            text_guidance = self.text_guidance_projection(text_mean)  # (B, T, Gt')
-
-        pooling_size = self.pooling_size
-        if not self.training and self.test_pooling_size is not None:
-            pooling_size = self.test_pooling_size
+        guidance = text_guidance(self.text_guidance_projection, text_feats)  # (B, T', Gt')
+        pooling_size = select_pooling(self.training, self.pooling_size, self.test_pooling_size)
         for layer in self.layers:
-            cost = layer(cost, app_guidance, text_guidance, pooling_size=pooling_size)
-        return dict(cost=cost, class_index=class_index)
+            cost = layer(cost, app_guidance, guidance, pooling_size=pooling_size)
+        return AggregatedCost(cost=cost, class_index=class_index)

@@ -16,12 +16,12 @@ Data flow (B images, T classes (T' <= pad_len after pruning), P templates, C CLI
       for k in 0..N-1:
           F_v                  = SAM block k(F_v, prompts, text)    # Eq. 2, class-agnostic (B, S, h, w)
           cost                 = VLF k(cost, F_v, text guidance)    # (B, hidden, T', h, w)
-      -> dict(cost, class_index) for the decode head
+      -> AggregatedCost(cost, class_index) for the decode head
 
 Every block's PPG reads the Eq. 1 correlation, a class score by construction (docs/escnet.md), so
 the prompts and their embeddings are the same in every block and are computed once.
 """
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -30,10 +30,14 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
-from ...checkpoints.sam_official import init_from_sam, load_sam_checkpoint
-from .catseg_aggregator import CATSegAggregator, prune_classes
-from .ppg import PseudoPromptGenerator, PseudoPrompts
-from .sam_block import SAMBlock, build_prompt_encoder, unused_prompt_parameters
+from ...checkpoints.sam_official import escnet_sam_weights, load_sam_checkpoint
+from ...checkpoints.state_dict_fit import check_state_dict_fits
+from ..layers.class_chunks import check_class_chunk_size
+from ..layers.cost_volume import (correlation, embed_cost, prune_classes, select_pooling,
+                                  text_guidance)
+from ..structures import AggregatedCost
+from .ppg import PseudoPromptGenerator
+from .sam_block import SAMBlock, build_prompt_encoder, encode_prompts, unused_prompt_parameters
 from .vlf import VisionLanguageFusion
 
 SAM_INITS = ('pretrained', 'random')
@@ -99,12 +103,8 @@ class ESCNeck(BaseModule):
         if use_sam and sam_init == 'pretrained' and sam_checkpoint is None:
             raise ValueError("sam_init='pretrained' needs sam_checkpoint (an official SAM .pth); "
                              "use sam_init='random' to train SAM blocks from scratch")
-        if class_chunk_size is not None and class_chunk_size < 1:
-            raise ValueError(f'class_chunk_size must be >= 1 or None, got {class_chunk_size}')
-        self.text_dim = text_dim
-        self.hidden_dim = hidden_dim
+        check_class_chunk_size(class_chunk_size)
         self.feature_resolution = tuple(feature_resolution)
-        self.prompt_channel = prompt_channel
         self.pad_len = pad_len or 0
         self.pooling_size = pooling_size
         self.test_pooling_size = test_pooling_size
@@ -122,6 +122,9 @@ class ESCNeck(BaseModule):
                                                       nn.ReLU())
         if use_sam:
             self.ppg = PseudoPromptGenerator(**(ppg or {}))
+            if not (self.ppg.use_points or self.ppg.use_boxes or self.ppg.use_masks):
+                raise ValueError('ppg gives no prompt: set at least one of use_points, '
+                                 'use_boxes, use_masks (or use_sam=False for no SAM blocks)')
             self.prompt_encoder = build_prompt_encoder(grid=self.feature_resolution,
                                                        embed_dim=sam_dim)
             # what these prompt types never reach gets no gradient: frozen, so DDP needs no
@@ -156,57 +159,20 @@ class ESCNeck(BaseModule):
         """mmengine init, then the official SAM weights if ``sam_init='pretrained'``."""
         super().init_weights()
         if self.use_sam and self.sam_init == 'pretrained':
-            state = load_sam_checkpoint(self.sam_checkpoint)
-            init_from_sam(state, prompt_encoder=self.prompt_encoder, blocks=self.sam_blocks,
-                          layer_map=self.sam_layer_map)
+            weights = escnet_sam_weights(
+                load_sam_checkpoint(self.sam_checkpoint), num_blocks=len(self.sam_blocks),
+                layer_map=self.sam_layer_map,
+                output_tokens=self.sam_blocks[0].output_tokens is not None)
+            check_state_dict_fits(self, weights, source=str(self.sam_checkpoint),
+                                  target='the SAM blocks of ESCNeck', partial=True,
+                                  hint='Give an official SAM checkpoint (vit_b, vit_l or vit_h) '
+                                  'and sam_dim=256, sam_num_heads=8, sam_mlp_dim=2048')
+            self.load_state_dict(weights, strict=False)
             print_log(f'ESCNeck: SAM blocks initialised from {self.sam_checkpoint} '
                       f'({self.sam_layer_map} layer map)', logger='current')
 
-    # ----------------------------------------------------------------------------------------------
-    def _encode_prompts(self, prompts: PseudoPrompts) -> Tuple[torch.Tensor, torch.Tensor]:
-        """SAM's prompt encoder on N prompt sets with K points / boxes each.
-
-        Returns:
-            tuple: sparse (N, Ns, S) and dense (N, S, h, w) prompt embeddings.
-        """
-        encoder = self.prompt_encoder
-        n = prompts.probability.shape[0]
-        tokens = []
-        if prompts.points is not None:
-            # SAM appends a "not a point" token when no box follows the points.
-            tokens.append(encoder._embed_points(prompts.points, prompts.point_labels,
-                                                pad=prompts.boxes is None))
-        if prompts.boxes is not None:
-            k = prompts.boxes.shape[1]
-            boxes = encoder._embed_boxes(prompts.boxes.reshape(n * k, 4))  # (N*K, 2, S)
-            tokens.append(boxes.reshape(n, 2 * k, -1))
-        sparse = torch.cat(tokens, dim=1) if tokens else prompts.probability.new_zeros(
-            n, 0, encoder.embed_dim)
-        if prompts.masks is not None:
-            dense = encoder._embed_masks(prompts.masks)  # (N, S, h, w)
-        else:
-            dense = encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
-                n, -1, *self.feature_resolution)
-        return sparse, dense
-
-    def _check_inputs(self, img_feats: torch.Tensor, text_feats: torch.Tensor) -> None:
-        if img_feats.dim() != 4 or text_feats.dim() != 4:
-            raise ValueError(f'img_feats must be (B, C, h, w) and text_feats (B, T, P, C), got '
-                             f'{tuple(img_feats.shape)} and {tuple(text_feats.shape)}')
-        b, c, h, w = img_feats.shape
-        if text_feats.shape[0] != b or text_feats.shape[3] != c or c != self.text_dim:
-            raise ValueError(f'text_feats {tuple(text_feats.shape)} and img_feats '
-                             f'{tuple(img_feats.shape)} must share B and C = text_dim '
-                             f'({self.text_dim})')
-        if text_feats.shape[2] != self.prompt_channel:
-            raise ValueError(f'expected P={self.prompt_channel} prompts per class, got '
-                             f'{text_feats.shape[2]}')
-        if (h, w) != self.feature_resolution:
-            raise ValueError(f'feature grid {(h, w)} differs from feature_resolution '
-                             f'{self.feature_resolution}')
-
     def forward(self, img_feats: torch.Tensor, text_feats: torch.Tensor,
-                appearance_guidance: Optional[torch.Tensor] = None) -> Dict[str, Optional[torch.Tensor]]:
+                appearance_guidance: Optional[torch.Tensor] = None) -> AggregatedCost:
         """Run the ESC blocks.
 
         Args:
@@ -216,36 +182,34 @@ class ESCNeck(BaseModule):
                 blocks; defaults to ``img_feats`` (the segmentor passes the dense features).
 
         Returns:
-            dict: ``cost`` (B, hidden, T', h, w) and ``class_index`` (None or (B, T') kept classes).
+            AggregatedCost: ``cost`` (B, hidden, T', h, w) and ``class_index`` (None or (B, T')
+            kept classes).
         """
-        self._check_inputs(img_feats, text_feats)
+        assert tuple(img_feats.shape[-2:]) == self.feature_resolution, img_feats.shape
         if appearance_guidance is None:
             appearance_guidance = img_feats
-        corr = CATSegAggregator.correlation(img_feats, text_feats)  # (B, P, T, h, w)
+        corr = correlation(img_feats, text_feats)                     # (B, P, T, h, w)
         corr, text_feats, class_index = prune_classes(corr, text_feats, self.pad_len)
         b, t = text_feats.shape[:2]
         h, w = self.feature_resolution
-
-        # (B, P, T, h, w) -> (B*T, P, h, w) -> embed -> (B, hidden, T, h, w)
-        cost = self.corr_embed(corr.transpose(1, 2).reshape(b * t, -1, h, w))
-        cost = cost.view(b, t, self.hidden_dim, h, w).transpose(1, 2)
-        text = F.normalize(text_feats.mean(dim=2), dim=-1)           # (B, T, C)
-        text_guidance = self.text_guidance_projection(text)           # (B, T, Gt)
+        cost = embed_cost(self.corr_embed, corr)                      # (B, hidden, T', h, w)
+        guidance = text_guidance(self.text_guidance_projection, text_feats)  # (B, T', Gt)
+        text = F.normalize(text_feats.mean(dim=2), dim=-1)            # (B, T', C)
         visual = self.visual_proj(appearance_guidance)                # (B, S, h, w)
-        pooling_size = self.pooling_size
-        if not self.training and self.test_pooling_size is not None:
-            pooling_size = self.test_pooling_size
+        pooling_size = select_pooling(self.training, self.pooling_size, self.test_pooling_size)
 
         if self.use_sam:
             # (B, P, T, h, w) -> (B, T, h, w) -> (B*T, h, w): the Eq. 1 class scores
             prompts = self.ppg(corr.mean(dim=1).reshape(b * t, h, w))
-            sparse, dense = self._encode_prompts(prompts)         # (B*T, Ns, S), (B*T, S, h, w)
+            sparse, dense = encode_prompts(                       # (B*T, Ns, S), (B*T, S, h, w)
+                self.prompt_encoder, points=prompts.points, point_labels=prompts.point_labels,
+                boxes=prompts.boxes, masks=prompts.masks)
             image_pe = self.prompt_encoder.get_dense_pe()          # (1, S, h, w)
         for k, vlf in enumerate(self.vlf_blocks):
             if self.use_sam:
                 visual = self.sam_blocks[k](visual, image_pe, sparse, dense, text,
                                             class_chunk_size=self.class_chunk_size,
                                             with_cp=self.with_cp)
-            cost = vlf(cost, visual, text_guidance, pooling_size=pooling_size,
+            cost = vlf(cost, visual, guidance, pooling_size=pooling_size,
                        class_chunk_size=self.class_chunk_size, with_cp=self.with_cp)
-        return dict(cost=cost, class_index=class_index)
+        return AggregatedCost(cost=cost, class_index=class_index)

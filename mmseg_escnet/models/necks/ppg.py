@@ -88,9 +88,7 @@ def pixel_kmeans(coords: Tensor, valid: Tensor, seed_index: Tensor, *, num_clust
         assignment (N, L) long of every valid pixel to its nearest final centre (-1 for
         invalid pixels).
     """
-    if coords.dim() != 2 or valid.dim() != 2 or valid.shape[1] != coords.shape[0]:
-        raise ValueError(f'expected coords (L, 2) and valid (N, L), got {tuple(coords.shape)} '
-                         f'and {tuple(valid.shape)}')
+    assert coords.dim() == 2 and valid.dim() == 2 and valid.shape[1] == coords.shape[0]
     num_maps = valid.shape[0]
     # farthest-point initialisation
     centres = [coords[seed_index]]  # K x (N, 2)
@@ -252,15 +250,8 @@ class PseudoPromptGenerator(nn.Module):
             PseudoPrompts: detached prompts on ``score``'s device; floating outputs in
             ``score``'s dtype, disabled prompt types ``None``.
         """
-        if not isinstance(score, Tensor):
-            raise TypeError(f'score must be a torch.Tensor, got {type(score).__name__}')
-        if score.dim() != 3:
-            raise ValueError(f'score must be (N, h, w), got shape {tuple(score.shape)}')
-        if not score.is_floating_point():
-            raise ValueError(f'score must be a floating tensor, got {score.dtype}')
+        assert score.dim() == 3 and score.is_floating_point() and score.numel() > 0, score.shape
         num_maps, h, w = score.shape
-        if h == 0 or w == 0:
-            raise ValueError(f'score maps must be non-empty, got h={h}, w={w}')
         score = score.detach()
         out_dtype, dev, k = score.dtype, score.device, self.num_regions
 

@@ -23,7 +23,7 @@ from segment_anything.modeling.transformer import TwoWayAttentionBlock
 
 from ..layers.class_chunks import maybe_checkpoint
 
-__all__ = ['build_prompt_encoder', 'SAMBlock', 'unused_prompt_parameters']
+__all__ = ['build_prompt_encoder', 'encode_prompts', 'SAMBlock', 'unused_prompt_parameters']
 
 
 def _check_pos_int(name: str, value: object, minimum: int = 1) -> None:
@@ -67,6 +67,37 @@ def build_prompt_encoder(*, grid: Sequence[int] = (24, 24), embed_dim: int = 256
     size = (int(grid[0]), int(grid[1]))
     return PromptEncoder(embed_dim=embed_dim, image_embedding_size=size, input_image_size=size,
                          mask_in_chans=mask_in_chans)
+
+
+def encode_prompts(encoder: PromptEncoder, *, points: Optional[torch.Tensor] = None,
+                   point_labels: Optional[torch.Tensor] = None,
+                   boxes: Optional[torch.Tensor] = None,
+                   masks: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """SAM's prompt encoder on N prompt sets with K points and K boxes each, through its public
+    ``forward``.
+
+    ``PromptEncoder.forward`` takes at most one box per prompt set, so the K boxes are encoded
+    by K calls: the first with the points, the first box and the mask, the others with one box
+    each. The sparse tokens are then SAM's own layout: the points (plus SAM's "not a point" pad
+    token when there are no boxes), then the two corner tokens of every box.
+
+    Args:
+        encoder (PromptEncoder): e.g. from :func:`build_prompt_encoder`.
+        points (Tensor, optional): (N, K, 2) (x, y) in the encoder's input frame.
+        point_labels (Tensor, optional): (N, K) SAM labels (1: foreground).
+        boxes (Tensor, optional): (N, K, 4) (x0, y0, x1, y1).
+        masks (Tensor, optional): (N, 1, 4h, 4w) mask logits.
+
+    Returns:
+        tuple: sparse (N, Ns, S) and dense (N, S, h, w) prompt embeddings.
+    """
+    given_points = None if points is None else (points, point_labels)
+    first_box = None if boxes is None else boxes[:, 0]
+    sparse, dense = encoder(points=given_points, boxes=first_box, masks=masks)
+    tokens = [sparse]  # (N, K(+1) + 2, S): points (+ pad), the first box's corners
+    for k in range(1, 0 if boxes is None else boxes.shape[1]):
+        tokens.append(encoder(points=None, boxes=boxes[:, k], masks=None)[0])  # (N, 2, S)
+    return torch.cat(tokens, dim=1), dense
 
 
 def unused_prompt_parameters(*, use_points: bool, use_boxes: bool,
@@ -154,31 +185,6 @@ class SAMBlock(nn.Module):
         """Whether the wrapped SAM layer uses layer-0 semantics."""
         return self.block.skip_first_layer_pe
 
-    # ------------------------------------------------------------------ input checks
-    def _check_inputs(self, image: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
-                      dense: torch.Tensor, text: torch.Tensor) -> Tuple[int, int, int, int]:
-        for name, x in (('image', image), ('image_pe', image_pe), ('sparse', sparse),
-                        ('dense', dense), ('text', text)):
-            if not isinstance(x, torch.Tensor):
-                raise TypeError(f'{name} must be a torch.Tensor, got {type(x).__name__}')
-        s = self.embed_dim
-        if image.dim() != 4 or image.shape[1] != s:
-            raise ValueError(f'image must be (B, {s}, h, w), got {tuple(image.shape)}')
-        b, _, h, w = image.shape
-        if text.dim() != 3 or text.shape[0] != b or text.shape[2] != self.text_dim:
-            raise ValueError(f'text must be (B={b}, T, {self.text_dim}), got {tuple(text.shape)}')
-        t = text.shape[1]
-        if t == 0:
-            raise ValueError('text has no classes (T == 0)')
-        if tuple(image_pe.shape) != (1, s, h, w):
-            raise ValueError(f'image_pe must be (1, {s}, {h}, {w}), got {tuple(image_pe.shape)}')
-        if sparse.dim() != 3 or sparse.shape[0] != b * t or sparse.shape[2] != s:
-            raise ValueError(f'sparse must be (B*T={b * t}, Ns, {s}), got {tuple(sparse.shape)}')
-        if tuple(dense.shape) != (b * t, s, h, w):
-            raise ValueError(f'dense must be (B*T={b * t}, {s}, {h}, {w}), got '
-                             f'{tuple(dense.shape)}')
-        return b, t, h, w
-
     # ------------------------------------------------------------------ parts
     def build_queries(self, sparse: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Assemble the query tokens of every prompt set.
@@ -213,13 +219,9 @@ class SAMBlock(nn.Module):
             tuple: refined queries (B*T, No+Ns+1, S) and refined keys ``(F'_v)^n``
             (B*T, h*w, S).
         """
-        self._check_inputs(image, image_pe, sparse, dense, text)
-        return self._refine(image, image_pe, sparse, dense, text)
-
-    def _refine(self, image: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
-                dense: torch.Tensor, text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         b, s, h, w = image.shape
         t = text.shape[1]
+        assert sparse.shape[0] == dense.shape[0] == b * t and dense.shape[1:] == (s, h, w)
         queries = self.build_queries(sparse, text.reshape(b * t, -1))  # (B*T, Nq, S)
         # (B, S, h, w) + (B, T, S, h, w) -> (B, T, S, h, w)
         keys = image.unsqueeze(1) + dense.view(b, t, s, h, w)
@@ -246,14 +248,10 @@ class SAMBlock(nn.Module):
         Returns:
             torch.Tensor: F'_v, (B, S, h, w).
 
-        Raises:
-            TypeError / ValueError: for non-tensors, inconsistent shapes or a bad chunk size.
         """
-        b, t, h, w = self._check_inputs(image, image_pe, sparse, dense, text)
-        if class_chunk_size is not None:
-            _check_pos_int('class_chunk_size', class_chunk_size)
+        b, s, h, w = image.shape
+        t = text.shape[1]
         chunk = t if class_chunk_size is None else min(class_chunk_size, t)
-        s = self.embed_dim
         ns = sparse.shape[1]
         sparse_bt = sparse.view(b, t, ns, s)  # (B*T, Ns, S) -> (B, T, Ns, S)
         dense_bt = dense.view(b, t, s, h, w)  # (B*T, S, h, w) -> (B, T, S, h, w)
@@ -262,7 +260,7 @@ class SAMBlock(nn.Module):
             stop = min(start + chunk, t)
             tc = stop - start
             _, keys = maybe_checkpoint(
-                self._refine, image, image_pe,
+                self.refine, image, image_pe,
                 sparse_bt[:, start:stop].reshape(b * tc, ns, s),
                 dense_bt[:, start:stop].reshape(b * tc, s, h, w),
                 text[:, start:stop], with_cp=with_cp)  # keys: (B*Tc, h*w, S)

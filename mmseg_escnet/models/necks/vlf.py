@@ -9,30 +9,28 @@ Lee et al., "Effective SAM Combination for Open-Vocabulary Semantic Segmentation
 (b) text guidance: for every pixel, a linear transformer without positional embedding
     attends across the classes, with the (projected) text embeddings in queries and keys.
 
-The paper says both parts are built "similar to CAT-Seg", so this module reuses
-:class:`~mmseg_escnet.models.necks.catseg_aggregator.CATSegAggregatorLayer` (guided Swin
-pair + class transformer) and adds the appearance-guidance projection (3x3 conv + ReLU) that
-CAT-Seg applies once per model, here applied to the F'_v of this ESC block.
-Readings of the ambiguous parts: docs/escnet.md.
+The paper says both parts are built "similar to CAT-Seg": they are CAT-Seg's guided Swin pair
+and class transformer (:mod:`mmseg_escnet.models.layers`), plus the appearance-guidance projection
+(3x3 conv + ReLU) that CAT-Seg applies once per model, here applied to the F'_v of this ESC
+block. Readings of the ambiguous parts: docs/escnet.md.
 """
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
 
-from mmseg_escnet.models.layers.class_chunks import check_class_chunk_size, map_class_chunks
-from mmseg_escnet.models.necks.catseg_aggregator import CATSegAggregatorLayer
+from ..layers.class_chunks import map_class_chunks
+from ..layers.guided_swin import GuidedSwinBlockPair
+from ..layers.linear_class_attention import ClassTransformerLayer, PoolSize
 
 __all__ = ['VisionLanguageFusion']
-
-PoolSize = Union[int, Sequence[int], None]
 
 
 class VisionLanguageFusion(nn.Module):
     """Refine a cost volume with a visual guidance (Swin part) and a text guidance (class part).
 
-    Parameters: ``guidance_projection.0`` (Conv2d visual_dim -> appearance_guidance_dim, 3x3)
-    and ``layer.swin_block.*`` / ``layer.attention.*`` (CAT-Seg aggregator-layer names).
+    Parameters: ``guidance_projection.0`` (Conv2d visual_dim -> appearance_guidance_dim, 3x3),
+    ``swin_block.*`` (spatial part) and ``attention.*`` (class part).
 
     Args:
         hidden_dim (int): channels of the cost volume.
@@ -60,47 +58,17 @@ class VisionLanguageFusion(nn.Module):
         if appearance_guidance_dim > 0 and visual_dim < 1:
             raise ValueError(f'visual_dim must be positive when appearance_guidance_dim > 0, '
                              f'got {visual_dim}')
-        self.hidden_dim = hidden_dim
-        self.visual_dim = visual_dim
-        self.appearance_guidance_dim = appearance_guidance_dim
-        self.text_guidance_dim = text_guidance_dim
         self.input_resolution = tuple(input_resolution)
         self.guidance_projection = nn.Sequential(
             nn.Conv2d(visual_dim, appearance_guidance_dim, kernel_size=3, stride=1, padding=1),
             nn.ReLU(),
         ) if appearance_guidance_dim > 0 else None
-        self.layer = CATSegAggregatorLayer(hidden_dim=hidden_dim,
-                                           appearance_guidance_dim=appearance_guidance_dim,
-                                           text_guidance_dim=text_guidance_dim,
-                                           num_heads=num_heads,
-                                           input_resolution=self.input_resolution,
-                                           window_size=window_size, pooling_size=pooling_size,
-                                           pad_len=pad_len)
-
-    def _check_inputs(self, cost: torch.Tensor, visual: Optional[torch.Tensor],
-                      text_guidance: Optional[torch.Tensor]) -> None:
-        """Raise ValueError on inconsistent input shapes."""
-        if cost.dim() != 5 or cost.shape[1] != self.hidden_dim:
-            raise ValueError(f'cost must be (B, {self.hidden_dim}, T, h, w), got '
-                             f'{tuple(cost.shape)}')
-        b, _, t, h, w = cost.shape
-        if (h, w) != self.input_resolution:
-            raise ValueError(f'cost grid {(h, w)} differs from input_resolution '
-                             f'{self.input_resolution}')
-        if self.guidance_projection is not None:
-            expected = (b, self.visual_dim, h, w)
-            if visual is None or tuple(visual.shape) != expected:
-                got = None if visual is None else tuple(visual.shape)
-                raise ValueError(f'visual must be {expected}, got {got}')
-        elif visual is not None:
-            raise ValueError('visual must be None when appearance_guidance_dim is 0')
-        if self.text_guidance_dim > 0:
-            expected = (b, t, self.text_guidance_dim)
-            if text_guidance is None or tuple(text_guidance.shape) != expected:
-                got = None if text_guidance is None else tuple(text_guidance.shape)
-                raise ValueError(f'text_guidance must be {expected}, got {got}')
-        elif text_guidance is not None:
-            raise ValueError('text_guidance must be None when text_guidance_dim is 0')
+        self.swin_block = GuidedSwinBlockPair(dim=hidden_dim, guidance_dim=appearance_guidance_dim,
+                                              input_resolution=self.input_resolution,
+                                              num_heads=num_heads, window_size=window_size)
+        self.attention = ClassTransformerLayer(hidden_dim=hidden_dim,
+                                               guidance_dim=text_guidance_dim, num_heads=num_heads,
+                                               pooling_size=pooling_size, pad_len=pad_len)
 
     def forward(self, cost: torch.Tensor, visual: Optional[torch.Tensor],
                 text_guidance: Optional[torch.Tensor], pooling_size: PoolSize = None,
@@ -124,14 +92,13 @@ class VisionLanguageFusion(nn.Module):
         Returns:
             torch.Tensor: (B, hidden_dim, T, h, w) refined cost volume.
         """
-        check_class_chunk_size(class_chunk_size)
-        self._check_inputs(cost, visual, text_guidance)
+        assert cost.dim() == 5 and tuple(cost.shape[-2:]) == self.input_resolution, cost.shape
+        assert (visual is None) == (self.guidance_projection is None)
         guidance = None
         if self.guidance_projection is not None:
             guidance = self.guidance_projection(visual)  # (B, Ga, h, w)
         # (a) spatial aggregation, classes independent: (B, C, t, h, w) -> (B, C, t, h, w)
-        swin = self.layer.swin_block
-        cost = map_class_chunks(lambda chunk: swin(chunk, guidance), cost, class_chunk_size,
-                                dim=2, with_cp=with_cp)
+        cost = map_class_chunks(lambda chunk: self.swin_block(chunk, guidance), cost,
+                                class_chunk_size, dim=2, with_cp=with_cp)
         # (b) class aggregation over all T classes: (B, C, T, h, w) -> (B, C, T, h, w)
-        return self.layer.attention(cost, text_guidance, pooling_size=pooling_size)
+        return self.attention(cost, text_guidance, pooling_size=pooling_size)

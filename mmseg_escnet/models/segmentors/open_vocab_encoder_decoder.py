@@ -6,8 +6,8 @@ Data flow (B images, T classes, P prompt templates, C CLIP embedding dim, grid h
       -> bilinear resize to the CLIP resolution (384 for ViT-B/16, 336 for ViT-L/14)
       -> backbone:  dense (B, C, h, w), CLIP block outputs [(B, D, h, w), ...]
       -> text:      class embeddings (T, P, C) of the active vocabulary, L2-normalised
-      -> neck:      dict(cost=(B, hidden, T', h, w), class_index=...)
-      -> head:      logits (B, T, 4h, 4w)
+      -> neck:      AggregatedCost(cost=(B, hidden, T', h, w), class_index=...)
+      -> head:      DecodeInputs (the neck's output, CLIP block outputs, T) -> logits (B, T, 4h, 4w)
 
 Inference modes (``test_cfg.mode``): mmseg's ``'whole'`` and ``'slide'``, and
 ``'sliding_global'``, CAT-Seg's evaluation protocol (squash to 640 x 640, 384 px crops with overlap
@@ -17,10 +17,9 @@ The number of classes is not fixed: it is the size of the active vocabulary (``v
 training, ``test_vocabulary`` in eval mode), which can be changed at any time with
 :meth:`set_vocabulary`.
 """
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
-
 import torch.nn.functional as F
 from mmengine.structures import PixelData
 from mmseg.models.segmentors import EncoderDecoder
@@ -29,7 +28,9 @@ from mmseg.structures import SegDataSample
 from mmseg.utils import ConfigType, OptConfigType, OptMultiConfig
 from torch import Tensor
 
-from ..text import ClassEmbedder, Vocabulary
+from ...text import Vocabulary
+from ..structures import DecodeInputs
+from ..text import ClassEmbedder
 from .sliding_global_inference import parse_protocol_cfg, sliding_global_inference
 
 VocabularyLike = Union[str, Sequence[str], dict, Vocabulary]
@@ -53,7 +54,8 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
         train_cfg, data_preprocessor, init_cfg: As in :class:`EncoderDecoder`.
         test_cfg (dict): ``mode='whole'`` / ``'slide'`` as in :class:`EncoderDecoder`, or
             ``dict(mode='sliding_global', kernel=384, overlap=0.333, out_size=(640, 640),
-            views_per_batch=0)`` for CAT-Seg's protocol; its ``seg_logits`` are probabilities.
+            views_per_batch=0)`` for CAT-Seg's protocol. ``seg_logits`` are logits in every
+            mode (in ``sliding_global`` the logit of the averaged probabilities).
     """
 
     def __init__(self,
@@ -134,15 +136,15 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
                                    chunk_size=self.text_chunk_size)
 
     # -- features --------------------------------------------------------------------------------
-    def extract_feat(self, inputs: Tensor) -> Dict[str, object]:
+    def extract_feat(self, inputs: Tensor) -> DecodeInputs:
         """Run CLIP, the text encoder and the neck.
 
         Args:
             inputs (Tensor): (B, 3, H, W) CLIP-normalised images.
 
         Returns:
-            dict: the neck's output (``cost`` (B, hidden, T', h, w), ``class_index``) plus
-            ``clip_features`` (list of (B, D, h, w) CLIP block outputs) and ``num_classes`` (T).
+            DecodeInputs: the neck's :class:`AggregatedCost` (``cost`` (B, hidden, T', h, w),
+            ``class_index``) plus the CLIP block outputs (B, D, h, w) and T.
         """
         if inputs.shape[-2:] != self.clip_resolution:
             inputs = F.interpolate(inputs, size=self.clip_resolution, mode='bilinear',
@@ -150,9 +152,8 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
         dense, *clip_features = self.backbone(inputs)             # (B, C, h, w), [(B, D, h, w)]
         text = self.text_embeddings()                             # (T, P, C)
         text = text.unsqueeze(0).expand(inputs.shape[0], *text.shape)  # (T, P, C) -> (B, T, P, C)
-        out = dict(self.neck(dense, text, dense))
-        out.update(clip_features=clip_features, num_classes=text.shape[1])
-        return out
+        cost = self.neck(dense, text, dense)
+        return DecodeInputs(*cost, clip_features=clip_features, num_classes=text.shape[1])
 
     def loss(self, inputs: Tensor, data_samples: List) -> dict:
         """Training losses; see :meth:`EncoderDecoder.loss`."""
@@ -220,6 +221,7 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
                 probs = probs.flip(dims=(3, ) if meta['flip_direction'] == 'horizontal' else (2, ))
             probs = F.interpolate(probs, size=tuple(meta['ori_shape'][:2]), mode='bilinear',
                                   align_corners=False)[0]                     # (T, H0, W0)
-            sample.set_data(dict(seg_logits=PixelData(data=probs),
+            # labels from the averaged probabilities (the protocol), logits as in every mode
+            sample.set_data(dict(seg_logits=PixelData(data=torch.logit(probs)),
                                  pred_sem_seg=PixelData(data=probs.argmax(dim=0, keepdim=True))))
         return data_samples

@@ -1,9 +1,5 @@
-"""Class vocabularies, prompt templates and cached class text embeddings."""
+"""Class text embeddings of a vocabulary, cached per vocabulary (the vocabularies themselves are
+in :mod:`mmseg_escnet.text`)."""
 from .class_embedder import ClassEmbedder, build_vocabulary
-from .templates import CATSEG_TEMPLATES, available_template_sets, get_templates
-from .vocabulary import Vocabulary, available_vocabularies, parse_vocabulary_text
 
-__all__ = [
-    'CATSEG_TEMPLATES', 'ClassEmbedder', 'Vocabulary', 'available_template_sets',
-    'available_vocabularies', 'build_vocabulary', 'get_templates', 'parse_vocabulary_text'
-]
+__all__ = ['ClassEmbedder', 'build_vocabulary']

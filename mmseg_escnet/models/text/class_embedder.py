@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from mmseg.registry import MODELS
 from torch import Tensor, nn
 
-from .vocabulary import Vocabulary
+from ...text import Vocabulary
 
 VocabularySpec = Union[Vocabulary, str, Sequence[str], Dict]
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from mmseg_escnet.models.backbones.clip import CLIPBackbone
-from mmseg_escnet.models.backbones.clip_weights import merge_qkv
+from mmseg_escnet.checkpoints.clip_official import merge_qkv
 
 TEXT_CFG = dict(context_length=8, vocab_size=64, width=32, heads=1, layers=1)
 

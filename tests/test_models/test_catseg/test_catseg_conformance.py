@@ -40,8 +40,8 @@ def _load_official(neck, head, state_dict) -> None:
 def _run(neck, head, data) -> torch.Tensor:
     with torch.no_grad():
         out = neck(data['img_feats'], data['text_feats'], data['appearance_guidance'])
-        assert out['class_index'] is None
-        return head.decode(out['cost'], data['decoder_guidance'],
+        assert out.class_index is None
+        return head.decode(out.cost, data['decoder_guidance'],
                            num_classes=data['text_feats'].shape[1])
 
 

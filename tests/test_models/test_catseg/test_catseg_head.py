@@ -6,6 +6,7 @@ from mmengine.structures import PixelData
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
+from mmseg_escnet.models.structures import DecodeInputs
 from mmseg_escnet.models.decode_heads.catseg_head import CATSegHead
 from mmseg_escnet.models.necks.catseg_aggregator import CATSegAggregator
 
@@ -39,8 +40,8 @@ def _inputs(b=2, t=7, seed=1):
 def _predict(neck, head, img, text, clip):
     with torch.no_grad():
         out = neck(img, text, img)
-        out.update(num_classes=text.shape[1], clip_features=clip)
-        return head(out), out['class_index']
+        return head(DecodeInputs(*out, clip_features=clip, num_classes=text.shape[1])), \
+            out.class_index
 
 
 def test_forward_shapes():
@@ -48,7 +49,7 @@ def test_forward_shapes():
     img, text, clip = _inputs(t=3)
     with torch.no_grad():
         out = neck(img, text, img)
-        assert out['cost'].shape == (2, HID, 3, RES, RES) and out['class_index'] is None
+        assert out.cost.shape == (2, HID, 3, RES, RES) and out.class_index is None
         guidance = head.upsample_clip_features(clip)
     assert [g.shape for g in guidance] == [(2, 12, 16, 16), (2, 6, 32, 32)]
     logits, _ = _predict(neck, head, img, text, clip)
@@ -113,25 +114,11 @@ def test_loss_matches_hand_computation():
                               loss['loss_bce'])
 
 
-def test_loss_errors():
-    head = CATSegHead(clip_width=8, upsample_dims=(16, 16), decoder_guidance_proj_dims=(8, 4),
-                      decoder_dims=(32, 16), hidden_dim=16)
-    labels = torch.zeros(2, 8, 8, dtype=torch.long)
-    with pytest.raises(ValueError, match=r'\(B, T, h, w\)'):
-        head.loss_by_feat(torch.randn(2, 3, 4), _samples(labels))
-    with pytest.raises(ValueError, match='label maps'):
-        head.loss_by_feat(torch.randn(3, 3, 4, 4), _samples(labels))
-    labels[0, 0, 0] = 3
-    with pytest.raises(ValueError, match=r'\[0, 3\)'):
-        head.loss_by_feat(torch.randn(2, 3, 4, 4), _samples(labels))
-
-
 def test_mmseg_loss_and_predict_api():
     neck, head = _tiny()
     head.train()
     img, text, clip = _inputs(t=3)
-    inputs = neck(img, text, img)
-    inputs.update(clip_features=clip, num_classes=3)
+    inputs = DecodeInputs(*neck(img, text, img), clip_features=clip, num_classes=3)
     labels = torch.randint(0, 3, (2, 40, 40))
     loss = head.loss(inputs, _samples(labels), train_cfg=None)
     loss['loss_bce'].backward()
@@ -150,21 +137,6 @@ def test_registry_and_input_errors():
                              decoder_dims=(32, 16)))
     assert isinstance(neck, CATSegAggregator) and isinstance(head, CATSegHead)
     assert not hasattr(head, 'conv_seg')
-    img, text, clip = _inputs(t=3)
-    with pytest.raises(ValueError, match='feature grid'):
-        neck(img[..., :4, :4], text, img[..., :4, :4])
-    with pytest.raises(ValueError, match='prompts per class'):
-        neck(img, text.expand(-1, -1, 2, -1), img)
-    with pytest.raises(ValueError, match='appearance_guidance'):
-        neck(img, text, None)
-    with pytest.raises(TypeError, match='dict'):
-        head([img])
-    with pytest.raises(ValueError, match='miss keys'):
-        head(dict(cost=torch.zeros(1)))
-    cost = torch.randn(2, HID, 3, RES, RES)
-    guidance = head.upsample_clip_features(clip)
-    with pytest.raises(ValueError, match='num_classes is required'):
-        head.decode(cost, guidance, class_index=torch.zeros(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match='same non-zero length'):
         CATSegHead(decoder_dims=(64, 32, 16))
     with pytest.raises(TypeError, match='loss_decode'):

@@ -106,22 +106,12 @@ def test_guided_swin_pair_processes_classes_independently():
         assert not torch.allclose(out, pair(x, g + 1))
 
 
-def test_swin_bad_inputs_raise():
+def test_swin_bad_arguments_raise():
     with pytest.raises(ValueError, match='divisible by num_heads'):
         GuidedWindowAttention(dim=10, guidance_dim=0, num_heads=4)
     with pytest.raises(ValueError, match='divisible by'):
         GuidedSwinBlock(dim=8, guidance_dim=0, input_resolution=(10, 10), num_heads=2,
                         window_size=4)
-    block = GuidedSwinBlock(dim=8, guidance_dim=4, input_resolution=(8, 8), num_heads=2,
-                            window_size=4)
-    with pytest.raises(ValueError, match='tokens'):
-        block(torch.randn(1, 60, 8), torch.randn(1, 60, 4))
-    with pytest.raises(ValueError, match='guidance'):
-        block(torch.randn(1, 64, 8), None)
-    pair = GuidedSwinBlockPair(dim=8, guidance_dim=4, input_resolution=(8, 8), num_heads=2,
-                               window_size=4)
-    with pytest.raises(ValueError, match='guidance shape'):
-        pair(torch.randn(1, 8, 2, 8, 8), torch.randn(1, 4, 4, 4))
 
 
 # ----------------------------------------------------------------------------- class part
@@ -147,8 +137,6 @@ def test_guided_linear_attention_uses_guidance_in_qk_only():
         k = attn.k(torch.cat([x, g], -1)).view(3, 5, 2, 4)
         v = attn.v(x).view(3, 5, 2, 4)
         torch.testing.assert_close(attn(x, g), LinearAttention()(q, k, v).reshape(3, 5, 8))
-    with pytest.raises(ValueError, match='guidance'):
-        attn(x, None)
 
 
 @pytest.mark.parametrize('pool', [(1, 1), (2, 2)])
@@ -201,14 +189,9 @@ def test_class_layer_permutation_equivariant():
                                    atol=1e-5, rtol=1e-5)
 
 
-def test_class_layer_bad_inputs_raise():
+def test_class_layer_bad_arguments_raise():
     with pytest.raises(ValueError, match='pooling size'):
         ClassTransformerLayer(hidden_dim=8, guidance_dim=4, num_heads=2, pooling_size=(0, 2))
-    layer = ClassTransformerLayer(hidden_dim=8, guidance_dim=4, num_heads=2)
-    with pytest.raises(ValueError, match=r'\(B, C, T, H, W\)'):
-        layer(torch.randn(2, 8, 6, 6), torch.randn(2, 3, 4))
-    with pytest.raises(ValueError, match='guidance must be'):
-        layer(torch.randn(2, 8, 3, 6, 6), torch.randn(2, 4, 4))
 
 
 # ----------------------------------------------------------------------------- decoder stage
@@ -236,9 +219,5 @@ def test_up_repeats_guidance_per_image():
         for b, t in itertools.product(range(2), range(3)):
             torch.testing.assert_close(out[b * 3 + t:b * 3 + t + 1],
                                        up(x[b * 3 + t:b * 3 + t + 1], g[b:b + 1]))
-    with pytest.raises(ValueError, match='guidance must be'):
-        up(x, torch.randn(2, 4, 10, 10))
-    with pytest.raises(ValueError, match='guidance must be given'):
-        up(x, None)
     with pytest.raises(ValueError, match='guidance_channels'):
         Up(in_channels=16, out_channels=16, guidance_channels=16)

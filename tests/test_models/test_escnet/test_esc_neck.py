@@ -11,6 +11,7 @@ from segment_anything.modeling.image_encoder import ImageEncoderViT
 
 import mmseg_escnet  # noqa: F401
 from mmseg_escnet.models.necks.esc_neck import ESCNeck
+from mmseg_escnet.models.necks.sam_block import encode_prompts
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 GRID = (24, 24)
@@ -44,8 +45,8 @@ def test_forward_backward_shapes(kwargs):
     img, text = _inputs(b=2, t=5)
     img.requires_grad_(True)
     out = neck(img, text, img)
-    assert out['cost'].shape == (2, 16, 5, *GRID) and out['class_index'] is None
-    out['cost'].square().mean().backward()
+    assert out.cost.shape == (2, 16, 5, *GRID) and out.class_index is None
+    out.cost.square().mean().backward()
     assert img.grad is not None and img.grad.abs().sum() > 0
     has_sam = kwargs.get('use_sam', True)
     assert hasattr(neck, 'sam_blocks') == has_sam
@@ -55,11 +56,11 @@ def test_chunked_equals_unchunked_and_class_permutation():
     neck = _tiny_neck().eval()
     img, text = _inputs(t=7)
     with torch.no_grad():
-        full = neck(img, text)['cost']
+        full = neck(img, text).cost
         neck.class_chunk_size = 3
-        chunked = neck(img, text)['cost']
+        chunked = neck(img, text).cost
         perm = torch.tensor([3, 0, 6, 1, 5, 2, 4])
-        permuted = neck(img, text[:, perm])['cost']
+        permuted = neck(img, text[:, perm]).cost
     torch.testing.assert_close(chunked, full, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(permuted, full[:, :, perm], atol=1e-5, rtol=1e-5)
 
@@ -69,7 +70,7 @@ def test_checkpointed_chunks_give_the_same_gradients():
     grads = []
     for kwargs in (dict(), dict(class_chunk_size=2, with_cp=True)):
         neck = _tiny_neck(**kwargs).train()
-        neck(img, text)['cost'].square().mean().backward()
+        neck(img, text).cost.square().mean().backward()
         grads.append({n: p.grad for n, p in neck.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 20
     for name, grad in grads[0].items():
@@ -95,7 +96,7 @@ def test_prompt_parameters_without_a_use_are_frozen(setting):
     points, boxes, masks = setting
     neck = _tiny_neck(ppg=dict(use_points=points, use_boxes=boxes, use_masks=masks)).train()
     img, text = _inputs(b=2, t=3)
-    neck(img, text)['cost'].square().mean().backward()
+    neck(img, text).cost.square().mean().backward()
     owners = ('point_embeddings.0', 'point_embeddings.1', 'point_embeddings.2',
               'point_embeddings.3', 'not_a_point_embed', 'no_mask_embed', 'mask_downscaling')
     trainable = {owner for name, param in neck.prompt_encoder.named_parameters()
@@ -130,7 +131,8 @@ def test_points_of_every_block_fall_in_the_class_region(seed):
         block.register_forward_pre_hook(lambda m, args: block_sparse.append(args[2]))
     neck(img, text)
     assert len(prompts) == 1 and len(block_sparse) == 4
-    sparse, _ = neck._encode_prompts(prompts[0])
+    sparse, _ = encode_prompts(neck.prompt_encoder, points=prompts[0].points,
+                               point_labels=prompts[0].point_labels, masks=prompts[0].masks)
     for got in block_sparse:  # every block is prompted with these points
         torch.testing.assert_close(got, sparse)
     points = prompts[0].points.view(1, 3, 5, 2)[0, 0].long()  # class 0: (K, 2) as (x, y)
@@ -145,7 +147,7 @@ def test_large_vocabulary_is_pruned_before_sam():
     img, text = _inputs(t=9)
     with torch.no_grad():
         out = neck(img, text)
-    assert out['cost'].shape[2] == 4 and out['class_index'].shape == (1, 4)
+    assert out.cost.shape[2] == 4 and out.class_index.shape == (1, 4)
 
 
 def test_errors():
@@ -153,12 +155,10 @@ def test_errors():
         _tiny_neck(sam_init='pretrained')
     with pytest.raises(ValueError, match='sam_init'):
         _tiny_neck(sam_init='imagenet')
-    neck = _tiny_neck()
-    img, text = _inputs()
-    with pytest.raises(ValueError, match='feature grid'):
-        neck(img[..., :12, :12], text)
-    with pytest.raises(ValueError, match='text_dim'):
-        neck(img[:, :8], text[..., :8])
+    with pytest.raises(ValueError, match='ppg gives no prompt'):
+        _tiny_neck(ppg=dict(use_points=False, use_boxes=False, use_masks=False))
+    with pytest.raises(ValueError, match='class_chunk_size'):
+        _tiny_neck(class_chunk_size=0)
 
 
 def _official_sam_checkpoint(path) -> dict:

@@ -9,8 +9,10 @@ from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncod
                                        TwoWayTransformer)
 
 from mmseg_escnet.checkpoints.download import cache_path
-from mmseg_escnet.checkpoints.sam_official import init_from_sam, load_sam_checkpoint
-from mmseg_escnet.models.necks.sam_block import SAMBlock, build_prompt_encoder
+from mmseg_escnet.checkpoints.sam_official import escnet_sam_weights, load_sam_checkpoint
+from mmseg_escnet.checkpoints.state_dict_fit import CheckpointMismatchError
+from mmseg_escnet.models.necks.esc_neck import ESCNeck
+from mmseg_escnet.models.necks.sam_block import SAMBlock, build_prompt_encoder, encode_prompts
 
 GRID = (6, 6)
 S = 256
@@ -56,15 +58,22 @@ def official(tmp_path_factory):
     return sam, path
 
 
+def _neck(path: str, *, num_blocks: int = 4, layer_map: str = 'mod', **kwargs) -> ESCNeck:
+    """An ESCNeck whose prompt encoder and SAM blocks are initialised from the SAM file."""
+    torch.manual_seed(1)
+    neck = ESCNeck(text_dim=TEXT_DIM, num_blocks=num_blocks, hidden_dim=16, sam_init='pretrained',
+                   sam_checkpoint=path, sam_layer_map=layer_map, num_heads=2,
+                   appearance_guidance_dim=16, text_guidance_dim=16, pad_len=0,
+                   feature_resolution=GRID, window_size=3, **kwargs)
+    neck.init_weights()
+    return neck
+
+
 @pytest.fixture(scope='module')
 def loaded(official):
     """Our prompt encoder + 4 blocks ('mod' mapping) initialised from the checkpoint file."""
-    _, path = official
-    torch.manual_seed(1)
-    pe = build_prompt_encoder(grid=GRID)
-    blocks = [SAMBlock(text_dim=TEXT_DIM, skip_first_layer_pe=(k % 2 == 0)) for k in range(4)]
-    init_from_sam(load_sam_checkpoint(path), prompt_encoder=pe, blocks=blocks)
-    return pe, blocks
+    neck = _neck(official[1])
+    return neck.prompt_encoder, list(neck.sam_blocks)
 
 
 def _official_grid_encoder(sam: Sam) -> PromptEncoder:
@@ -215,30 +224,27 @@ def test_blocks_0_1_chained_reproduce_official_two_way_transformer(official, loa
 @pytest.mark.parametrize('layer_map,expected', [('mod', [0, 1, 0, 1]), ('clamp', [0, 1, 1, 1])])
 def test_layer_map_copies(official, layer_map, expected):
     sam, path = official
-    state = load_sam_checkpoint(path)
-    blocks = [SAMBlock(text_dim=TEXT_DIM, skip_first_layer_pe=(m == 0)) for m in expected]
-    untouched = [{k: v.clone() for k, v in b.state_dict().items()
-                  if k.startswith(('text_proj', 'fuse'))} for b in blocks]
-    init_from_sam(state, prompt_encoder=build_prompt_encoder(grid=GRID), blocks=blocks,
-                  layer_map=layer_map)
+    torch.manual_seed(1)
+    random = ESCNeck(text_dim=TEXT_DIM, num_blocks=4, hidden_dim=16, sam_init='random',
+                     sam_layer_map=layer_map, num_heads=2, appearance_guidance_dim=16,
+                     text_guidance_dim=16, pad_len=0, feature_resolution=GRID, window_size=3)
+    neck = _neck(path, layer_map=layer_map)
     tokens = torch.cat([sam.mask_decoder.iou_token.weight, sam.mask_decoder.mask_tokens.weight])
-    for block, m, before in zip(blocks, expected, untouched):
+    for block, before, m in zip(neck.sam_blocks, random.sam_blocks, expected):
+        assert block.skip_first_layer_pe == (m == 0)
         ref = sam.mask_decoder.transformer.layers[m].state_dict()
         got = block.block.state_dict()
         assert set(got) == set(ref) and all(torch.equal(got[k], ref[k]) for k in ref)
         assert torch.equal(block.output_tokens.weight, tokens)
-        assert all(torch.equal(block.state_dict()[k], v) for k, v in before.items())
+        for name in ('text_proj', 'fuse'):  # not in SAM: kept as initialised
+            assert all(torch.equal(a, b) for a, b in zip(getattr(block, name).parameters(),
+                                                         getattr(before, name).parameters()))
+    ref = sam.prompt_encoder.state_dict()
+    assert all(torch.equal(neck.prompt_encoder.state_dict()[k], ref[k]) for k in ref)
     with torch.no_grad():  # independent copies
-        blocks[-1].block.norm1.weight.add_(1.0)
-    assert not torch.equal(blocks[-1].block.norm1.weight, blocks[1].block.norm1.weight)
-
-
-def test_warns_when_skip_pe_does_not_match_layer(official):
-    _, path = official
-    blocks = [SAMBlock(text_dim=TEXT_DIM, skip_first_layer_pe=False)]
-    with pytest.warns(UserWarning, match='layer 0'):
-        init_from_sam(load_sam_checkpoint(path), prompt_encoder=build_prompt_encoder(grid=GRID),
-                      blocks=blocks)
+        neck.sam_blocks[-1].block.norm1.weight.add_(1.0)
+    assert not torch.equal(neck.sam_blocks[-1].block.norm1.weight,
+                           neck.sam_blocks[1].block.norm1.weight)
 
 
 # ----------------------------------------------------------------------------- forward
@@ -297,8 +303,7 @@ def test_without_output_tokens(official):
     _, path = official
     block = SAMBlock(text_dim=TEXT_DIM, num_output_tokens=0, skip_first_layer_pe=True)
     assert block.output_tokens is None
-    pe = build_prompt_encoder(grid=GRID)
-    init_from_sam(load_sam_checkpoint(path), prompt_encoder=pe, blocks=[block])
+    pe = _neck(path, num_blocks=1).prompt_encoder
     image, image_pe, sparse, dense, text = _inputs(pe, b=1, t=2)
     with torch.no_grad():
         queries, _ = block.refine(image, image_pe, sparse, dense, text)
@@ -327,7 +332,7 @@ def test_loader_errors(official, tmp_path):
         load_sam_checkpoint(not_sam)
     garbage = tmp_path / 'garbage.pth'
     garbage.write_bytes(b'not a checkpoint at all')
-    with pytest.raises(ValueError, match='garbage.pth: not a readable torch checkpoint'):
+    with pytest.raises(ValueError, match='garbage.pth is not a torch checkpoint'):
         load_sam_checkpoint(str(garbage))
     with pytest.raises(FileNotFoundError, match='nope.pth'):
         load_sam_checkpoint(str(tmp_path / 'nope.pth'))
@@ -342,58 +347,51 @@ def test_loader_errors(official, tmp_path):
         load_sam_checkpoint(partial_path)
 
 
-def test_init_errors(official):
-    _, path = official
+def test_init_errors(official, tmp_path):
+    sam, path = official
     state = load_sam_checkpoint(path)
-    pe = build_prompt_encoder(grid=GRID)
     with pytest.raises(ValueError, match='layer_map'):
-        init_from_sam(state, prompt_encoder=pe, blocks=[], layer_map='wrap')
-    with pytest.raises(ValueError, match=r'layers\.0\.self_attn\.q_proj\.weight.*\(128, 128\)'):
-        init_from_sam(state, prompt_encoder=pe, blocks=[
-            SAMBlock(text_dim=TEXT_DIM, embed_dim=128, skip_first_layer_pe=True)])
-    with pytest.raises(ValueError, match=r'prompt_encoder\.pe_layer\..*\(2, 32\)'):
-        init_from_sam(state, prompt_encoder=build_prompt_encoder(grid=GRID, embed_dim=64),
-                      blocks=[])
-    with pytest.raises(ValueError, match='output_tokens'):
-        init_from_sam(state, prompt_encoder=pe, blocks=[
-            SAMBlock(text_dim=TEXT_DIM, num_output_tokens=3, skip_first_layer_pe=True)])
-    bad = dict(state)
+        escnet_sam_weights(state, num_blocks=1, layer_map='wrap')
+    with pytest.raises(CheckpointMismatchError, match=r'sam_vit_t_000000.pth does not fit the SAM '
+                       r'blocks of ESCNeck: \d+ weights of another shape \(prompt_encoder\.'):
+        _neck(path, sam_dim=128)
+    no_tokens = {k: v for k, v in state.items() if 'iou_token' not in k}
+    with pytest.raises(ValueError, match='iou_token.*output tokens'):
+        escnet_sam_weights(no_tokens, num_blocks=1)
+    bad = dict(sam.state_dict())
     bad['mask_decoder.transformer.layers.1.mlp.lin1.bias'] = torch.zeros(7)
-    with pytest.raises(ValueError, match=r'layers\.1\.mlp\.lin1\.bias.*\(7,\)'):
-        init_from_sam(bad, prompt_encoder=pe, blocks=[
-            SAMBlock(text_dim=TEXT_DIM, skip_first_layer_pe=True), SAMBlock(text_dim=TEXT_DIM)])
-    with pytest.raises(TypeError, match=r'blocks\[0\]'):
-        init_from_sam(state, prompt_encoder=pe, blocks=[nn.Linear(2, 2)])
-    with pytest.raises(TypeError, match='PromptEncoder'):
-        init_from_sam(state, prompt_encoder=nn.Linear(2, 2), blocks=[])
+    torch.save(bad, tmp_path / 'bad.pth')
+    with pytest.raises(CheckpointMismatchError,
+                       match=r'1 weight of another shape \(sam_blocks\.1\.block\.mlp\.lin1\.bias '
+                             r'\(7,\) in the file, \(2048,\) in the model\)'):
+        _neck(str(tmp_path / 'bad.pth'), num_blocks=2)
 
 
-def test_forward_and_constructor_errors(loaded):
-    pe, blocks = loaded
-    block = blocks[0]
-    image, image_pe, sparse, dense, text = _inputs(pe, b=1, t=2)
-    cases = [
-        ((image[:, :8], image_pe, sparse, dense, text), r'image must be \(B, 256'),
-        ((image, image_pe[:, :, :3], sparse, dense, text), 'image_pe must be'),
-        ((image, image_pe, sparse[:1], dense, text), r'sparse must be \(B\*T=2'),
-        ((image, image_pe, sparse, dense[:, :, :3], text), 'dense must be'),
-        ((image, image_pe, sparse, dense, text[..., :4]), r'text must be \(B=1, T, 16\)'),
-        ((image, image_pe, sparse, dense, text[:, :0]), 'no classes'),
-    ]
-    for args, msg in cases:
-        with pytest.raises(ValueError, match=msg):
-            block(*args)
-    with pytest.raises(TypeError, match='text must be a torch.Tensor'):
-        block(image, image_pe, sparse, dense, text.tolist())
-    with pytest.raises(ValueError, match='class_chunk_size'):
-        block(image, image_pe, sparse, dense, text, class_chunk_size=0)
-    with pytest.raises(ValueError, match='divisible'):
-        SAMBlock(text_dim=4, embed_dim=24, num_heads=8)
-    with pytest.raises(ValueError, match='num_output_tokens'):
-        SAMBlock(text_dim=4, num_output_tokens=-1)
-    with pytest.raises(ValueError, match='grid'):
-        build_prompt_encoder(grid=(24,))
-    with pytest.raises(ValueError, match='mask_in_chans'):
-        build_prompt_encoder(mask_in_chans=6)
-    with pytest.raises(ValueError, match='embed_dim must be even'):
-        build_prompt_encoder(embed_dim=7)
+@pytest.mark.parametrize('points, boxes, masks', [(True, False, True), (True, False, False),
+                                                  (False, True, False), (True, True, True),
+                                                  (False, True, True), (False, False, True)])
+def test_encode_prompts_through_the_public_api_keeps_sams_token_layout(loaded, points, boxes,
+                                                                       masks):
+    """K points and K boxes per prompt set through ``PromptEncoder.forward`` only: the same
+    tokens as SAM's own embedding of the points (+ pad without boxes), then every box's two
+    corners; the mask (or SAM's "no mask" embedding) as the dense prompt."""
+    pe, _ = loaded
+    n, k = 4, P
+    coords, labels, mask_logits = _prompts(n)
+    gen = torch.Generator().manual_seed(7)
+    corner = torch.randint(0, GRID[0] - 2, (n, k, 2), generator=gen).float()
+    box = torch.cat([corner, corner + 2], dim=-1)  # (N, K, 4) inclusive corners
+    args = dict(points=coords if points else None, point_labels=labels if points else None,
+                boxes=box if boxes else None, masks=mask_logits if masks else None)
+    with torch.no_grad():
+        sparse, dense = encode_prompts(pe, **args)
+        expected = []
+        if points:
+            expected.append(pe._embed_points(coords, labels, pad=not boxes))
+        if boxes:
+            expected.append(pe._embed_boxes(box.reshape(n * k, 4)).reshape(n, 2 * k, S))
+        expected = torch.cat(expected, 1) if expected else torch.zeros(n, 0, S)
+        expected_dense = (pe._embed_masks(mask_logits) if masks else
+                          pe.no_mask_embed.weight.reshape(1, S, 1, 1).expand(n, S, *GRID))
+    torch.testing.assert_close(sparse, expected, rtol=0, atol=0)
+    torch.testing.assert_close(dense, expected_dense, rtol=0, atol=0)

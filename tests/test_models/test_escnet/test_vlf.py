@@ -31,20 +31,30 @@ def _inputs(b=2, t=7, seed=1):
     return cost, visual, text
 
 
+def _catseg_layer(vlf: VisionLanguageFusion) -> CATSegAggregatorLayer:
+    """CAT-Seg's aggregator layer holding the VLF's Swin pair and class attention."""
+    layer = CATSegAggregatorLayer(hidden_dim=HID, appearance_guidance_dim=GA,
+                                  text_guidance_dim=GT, num_heads=2, input_resolution=(RES, RES),
+                                  window_size=4, pooling_size=(2, 2), pad_len=10)
+    state = {k: v for k, v in vlf.state_dict().items() if not k.startswith('guidance_projection')}
+    layer.load_state_dict(state, strict=True)  # same names: swin_block.*, attention.*
+    return layer
+
+
 def test_shapes_and_wiring_equal_catseg_layer_on_projected_visual():
     vlf = _vlf()
-    assert isinstance(vlf.layer, CATSegAggregatorLayer)
     cost, visual, text = _inputs()
+    layer = _catseg_layer(vlf)
     with torch.no_grad():
         out = vlf(cost, visual, text)
         assert out.shape == (2, HID, 7, RES, RES)
         guidance = torch.relu(torch.nn.functional.conv2d(
             visual, vlf.guidance_projection[0].weight, vlf.guidance_projection[0].bias,
             padding=1))  # (B, GA, h, w)
-        torch.testing.assert_close(out, vlf.layer(cost, guidance, text))
+        torch.testing.assert_close(out, layer(cost, guidance, text))
         # the pooling override reaches the class attention
         out1 = vlf(cost, visual, text, pooling_size=(1, 1))
-        torch.testing.assert_close(out1, vlf.layer(cost, guidance, text, pooling_size=1))
+        torch.testing.assert_close(out1, layer(cost, guidance, text, pooling_size=1))
         assert not torch.allclose(out, out1, atol=1e-3)
 
 
@@ -108,31 +118,18 @@ def test_parameter_count_at_escnet_dims():
     class_layer = (2 * c + 2 * linear(c + g, c) + linear(c, c) + linear(c, 4 * c)
                    + linear(4 * c, c) + 2 * 2 * c)  # pad tokens, q, k, v, MLP, 2 LayerNorms
     projection = 3 * 3 * 256 * g + g
-    layer_count = sum(p.numel() for p in vlf.layer.parameters())
+    layer_count = sum(p.numel() for n, p in vlf.named_parameters()
+                      if n.startswith(('swin_block.', 'attention.')))
     assert layer_count == swin_pair + class_layer == 2_697_728
     assert sum(p.numel() for p in vlf.parameters()) == layer_count + projection == 3_287_808
 
 
-def test_bad_inputs_raise():
-    vlf = _vlf()
-    cost, visual, text = _inputs()
-    with pytest.raises(ValueError, match='cost must be'):
-        vlf(cost[:, :8], visual, text)
-    with pytest.raises(ValueError, match='cost grid'):
-        vlf(cost[..., :4, :4], visual[..., :4, :4], text)
-    with pytest.raises(ValueError, match='visual must be'):
-        vlf(cost, visual[:, :4], text)
-    with pytest.raises(ValueError, match='visual must be'):
-        vlf(cost, None, text)
-    with pytest.raises(ValueError, match='text_guidance must be'):
-        vlf(cost, visual, text[:, :3])
-    with pytest.raises(ValueError, match='text_guidance must be None'):
-        _vlf(text_guidance_dim=0)(cost, visual, text)
-    for bad in (0, -2, 1.5, True):
-        with pytest.raises(ValueError, match='class_chunk_size'):
-            vlf(cost, visual, text, class_chunk_size=bad)
+def test_bad_arguments_raise():
     with pytest.raises(ValueError, match='input_resolution'):
         VisionLanguageFusion(input_resolution=(24, 24, 1))
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match='class_chunk_size'):
+            check_class_chunk_size(bad)
 
 
 def test_map_class_chunks_splits_and_concatenates():
@@ -151,5 +148,3 @@ def test_map_class_chunks_splits_and_concatenates():
     torch.testing.assert_close(map_class_chunks(centre, x, None, dim=1, out_dim=0), centre(x))
     assert map_class_chunks(lambda c: c * 2, x, 7, dim=1).equal(x * 2)
     assert check_class_chunk_size(None) is None and check_class_chunk_size(4) == 4
-    with pytest.raises(ValueError, match='positive int'):
-        map_class_chunks(centre, x, 0, dim=1)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmseg_escnet.models.text.class_embedder import ClassEmbedder
-from mmseg_escnet.models.text.vocabulary import Vocabulary
+from mmseg_escnet.text.vocabulary import Vocabulary
 
 DIM = 8
 CLASSES = ['sofa, couch, lounge', 'cat', 'dog, puppy']

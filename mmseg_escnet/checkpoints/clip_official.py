@@ -22,12 +22,16 @@ common format returned by :func:`load_clip_weights` is the open_clip naming with
 """
 import json
 import os.path as osp
+import pickle
 import struct
 import zipfile
 from typing import Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+
+from .download import local_checkpoint_path
+from .safe_loading import load_local_checkpoint
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -93,7 +97,6 @@ def read_weights_file(path_or_url: str, cache_dir: Optional[str] = None) -> Tupl
         FileNotFoundError: If the file does not exist.
         ValueError: If the file is not a supported weights format or holds no CLIP weights.
     """
-    from ...checkpoints.download import local_checkpoint_path
     path = local_checkpoint_path(path_or_url, what='CLIP weights', cache_dir=cache_dir)
     if _is_torchscript_archive(path):
         fmt, state = 'torchscript', dict(torch.jit.load(path, map_location='cpu').state_dict())
@@ -102,12 +105,11 @@ def read_weights_file(path_or_url: str, cache_dir: Optional[str] = None) -> Tupl
         fmt, state = 'safetensors', dict(load_file(path, device='cpu'))
     else:
         try:
-            obj = torch.load(path, map_location='cpu', weights_only=True)
-        except Exception as err:  # torch raises several unrelated types for garbage input
+            obj = load_local_checkpoint(path, map_location='cpu')
+        except (ValueError, pickle.UnpicklingError) as err:
             raise ValueError(
                 f'{path}: not a supported CLIP weights file (expected a TorchScript archive, a '
-                f'torch-saved state dict or a .safetensors file): {type(err).__name__}: {err}'
-            ) from err
+                f'torch-saved state dict or a .safetensors file): {err}') from err
         fmt, state = _unwrap(obj, path)
         state = dict(state)
     non_tensor = [k for k, v in state.items() if not torch.is_tensor(v)]

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from mmseg_escnet.models.text.templates import CATSEG_TEMPLATES, get_templates
-from mmseg_escnet.models.text.vocabulary import Vocabulary, available_vocabularies
+from mmseg_escnet.text.templates import CATSEG_TEMPLATES, get_templates
+from mmseg_escnet.text.vocabulary import Vocabulary, available_vocabularies
 
 BUILTIN = {
     # name: (size, first name, last name) as in CAT-Seg's datasets/*.json
@@ -198,7 +198,7 @@ def test_builtin_names_ignore_case():
 
 
 def test_parse_vocabulary_text(tmp_path):
-    from mmseg_escnet.models.text import parse_vocabulary_text as parse
+    from mmseg_escnet.text import parse_vocabulary_text as parse
     assert parse('cat, dog|puppy ,sky') == ['cat', 'dog, puppy', 'sky']
     assert parse('sky') == ['sky']
     assert parse('potted plant') == ['potted plant']

@@ -1,22 +1,17 @@
-"""Refuse checkpoints made for another model instead of loading what happens to fit.
+"""Does a state dict fit a model? One line naming the first missing, unexpected and mis-shaped keys.
 
 MMEngine loads ``load_from`` non-strictly: an ESC-Net checkpoint given to a CAT-Seg config loads
 its CLIP weights, logs the rest as warnings and evaluates a mostly random model with exit code 0.
-:func:`check_state_dict_fits` compares a state dict with a model and raises one line naming the
-first missing, unexpected and mis-shaped keys; :class:`CheckpointFitHook` applies it to every
-checkpoint the Runner loads (``load_from``, ``--resume``, ``tools/test.py``), and the inferencer
-applies it to its weights. Fine-tuning from a checkpoint of another model (e.g. another head)
-stays possible with the config key ``load_from_strict = False``.
+:func:`check_state_dict_fits` is used instead wherever weights are loaded: by
+:class:`~mmseg_escnet.engine.CheckpointFitHook` for every checkpoint the Runner loads, by the
+inferencer, and by partial loads such as the official SAM weights of ESC-Net's neck.
 """
 from typing import List, Mapping, Tuple
 
 import torch.nn as nn
-from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
-from mmseg.registry import HOOKS
 
 __all__ = ['CheckpointMismatchError', 'check_state_dict_fits', 'checkpoint_state_dict',
-           'CheckpointFitHook']
+           'state_dict_differences']
 
 
 class CheckpointMismatchError(ValueError):
@@ -58,20 +53,29 @@ def state_dict_differences(model: nn.Module, state: Mapping
     return missing, unexpected, shapes
 
 
-def check_state_dict_fits(model: nn.Module, state: Mapping, *, source: str,
-                          target: str) -> None:
+LOAD_FROM_HINT = ('Use the config the checkpoint was trained with; to fine-tune from the weights '
+                  'that fit, set load_from_strict=False')
+
+
+def check_state_dict_fits(model: nn.Module, state: Mapping, *, source: str, target: str,
+                          partial: bool = False, hint: str = LOAD_FROM_HINT) -> None:
     """Raise one line if ``state`` does not fit ``model`` key for key and shape for shape.
 
     Args:
         model (nn.Module): The model the weights are for.
         state (Mapping): Its weights (``checkpoint_state_dict`` of a loaded checkpoint).
         source (str): Where the weights come from (a path), for the message.
-        target (str): What the model is (e.g. its config file), for the message.
+        target (str): What the model is, for the message (``'the model of configs/x.py'``).
+        partial (bool): ``state`` initialises only part of the model: weights of the model
+            missing from it are fine.
+        hint (str): What to do about it, ending the message.
 
     Raises:
         CheckpointMismatchError: naming the first missing, unexpected and mis-shaped keys.
     """
     missing, unexpected, shapes = state_dict_differences(model, state)
+    if partial:
+        missing = []
     if not (missing or unexpected or shapes):
         return
     parts = []
@@ -83,27 +87,4 @@ def check_state_dict_fits(model: nn.Module, state: Mapping, *, source: str,
     if shapes:
         parts.append(f'{_count(shapes)} of another shape ({_listed(shapes, 2)})')
     raise CheckpointMismatchError(
-        f'checkpoint {source} does not fit the model of {target}: {"; ".join(parts)}. Use the '
-        f'config the checkpoint was trained with; to fine-tune from the weights that fit, set '
-        f'load_from_strict=False')
-
-
-@HOOKS.register_module()
-class CheckpointFitHook(Hook):
-    """Check every checkpoint the Runner loads against the model before MMEngine loads it.
-
-    Skipped when the config sets ``load_from_strict = False`` (MMEngine's non-strict loading,
-    for fine-tuning from another model); ``--resume`` is always checked.
-    """
-
-    priority = 'VERY_HIGH'
-
-    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        """Called by ``Runner.load_checkpoint`` before the weights go into the model."""
-        if not runner._resume and not runner.cfg.get('load_from_strict', True):
-            return
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        source = runner._load_from or 'the resumed checkpoint'
-        state = checkpoint_state_dict(checkpoint, source)
-        target = runner.cfg.filename or type(model).__name__
-        check_state_dict_fits(model, state, source=source, target=target)
+        f'checkpoint {source} does not fit {target}: {"; ".join(parts)}. {hint}')

@@ -8,7 +8,7 @@ from mmengine.logging import HistoryBuffer
 from mmengine.runner.checkpoint import CheckpointLoader
 
 import mmseg_escnet  # noqa: F401  (installs the loader)
-from mmseg_escnet.engine.checkpoint_loading import load_local_checkpoint
+from mmseg_escnet.checkpoints.safe_loading import load_local_checkpoint
 
 
 class NotAllowed:

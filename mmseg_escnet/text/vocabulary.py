@@ -4,7 +4,7 @@ A vocabulary is an ordered list of classes; class ``i`` is channel ``i`` of the
 segmentation logits. Each class is one entry ``'a, b, c'``: comma-separated
 synonyms, the first of which is the display name.
 
-Built-in vocabularies live in ``mmseg_escnet/vocabularies/<name>.txt`` (one entry
+Built-in vocabularies live in ``mmseg_escnet/text/vocabularies/<name>.txt`` (one entry
 per line). They are the official CAT-Seg class lists
 (cvlab-kaist/CAT-Seg ``datasets/*.json``), one JSON entry per line, stripped:
 
@@ -36,7 +36,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 from .templates import get_templates
 
-VOCABULARY_DIR = Path(__file__).resolve().parents[2] / 'vocabularies'
+VOCABULARY_DIR = Path(__file__).resolve().parent / 'vocabularies'
 
 SynonymPolicy = Union[str, int]
 ClassesSpec = Union[str, 'os.PathLike[str]', Sequence[str]]
@@ -48,7 +48,7 @@ def available_vocabularies() -> List[str]:
     """Names of the built-in vocabularies.
 
     Returns:
-        List[str]: sorted stems of ``mmseg_escnet/vocabularies/*.txt``.
+        List[str]: sorted stems of ``mmseg_escnet/text/vocabularies/*.txt``.
     """
     return sorted(p.stem for p in VOCABULARY_DIR.glob('*.txt'))
 

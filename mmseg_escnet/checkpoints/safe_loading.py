@@ -7,9 +7,10 @@ a few Python objects besides tensors (``HistoryBuffer`` in ``message_hub``, NumP
 ``tools/test.py <local ckpt>``, ``load_from`` and ``--resume``.
 
 The fix here keeps the safe unpickler and allow-lists exactly the types that MMEngine itself writes,
-by re-registering MMEngine's local-file scheme (``''``) in :class:`CheckpointLoader`. Anything else in
+(``load_from``, ``--resume``, ``tools/test.py`` go through MMEngine's local-file scheme, which
+:mod:`mmseg_escnet.engine.checkpoint_schemes` points here). Anything else in
 a file is still refused, with an error that names the offending globals instead of a bare
-``UnpicklingError``. :func:`install` runs when :mod:`mmseg_escnet` is imported.
+``UnpicklingError``. :mod:`mmseg_escnet.engine.checkpoint_schemes` makes MMEngine use it.
 """
 import os.path as osp
 import pickle
@@ -19,7 +20,6 @@ from typing import Any, Callable, List, Optional, Union
 import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer
-from mmengine.runner.checkpoint import CheckpointLoader
 
 
 def _numpy_globals() -> List[Any]:
@@ -94,12 +94,18 @@ def checkpoint_file_problem(path: str) -> Optional[str]:
     return f'is not a torch checkpoint (it starts with {head!r})'
 
 
-def load_local_checkpoint(filename: str, map_location: Optional[Union[str, Callable]] = None) -> Any:
+def load_local_checkpoint(filename: str, map_location: Optional[Union[str, Callable]] = None, *,
+                          mmap: bool = False) -> Any:
     """Load a local checkpoint with ``weights_only=True`` and MMEngine's own types allow-listed.
+
+    The one place where this package unpickles a checkpoint (TorchScript and safetensors files
+    have readers of their own).
 
     Args:
         filename (str): Path of the checkpoint file.
         map_location (str | Callable, optional): Same as :func:`torch.load`.
+        mmap (bool): Memory-map the tensors (zip checkpoints only): reading a few entries of a
+            large file, such as SAM's decoder or a checkpoint's meta, costs no memory.
 
     Returns:
         The unpickled checkpoint (usually a dict).
@@ -118,7 +124,8 @@ def load_local_checkpoint(filename: str, map_location: Optional[Union[str, Calla
         raise ValueError(f'checkpoint {filename} {problem}')
     with torch.serialization.safe_globals(trusted_checkpoint_globals()):
         try:
-            return torch.load(filename, map_location=map_location, weights_only=True)
+            return torch.load(filename, map_location=map_location, weights_only=True,
+                              mmap=mmap and zipfile.is_zipfile(filename))
         except pickle.UnpicklingError as error:
             try:
                 unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(filename)
@@ -128,41 +135,5 @@ def load_local_checkpoint(filename: str, map_location: Optional[Union[str, Calla
                 f'refusing to unpickle {filename}: it holds Python objects that are neither tensors '
                 f'nor the types MMEngine writes ({", ".join(unsafe) or "see below"}). Only load '
                 f'checkpoints you trust; strip them to plain tensors with tools/publish_model.py, or '
-                f'extend mmseg_escnet.engine.checkpoint_loading.trusted_checkpoint_globals. '
+                f'extend mmseg_escnet.checkpoints.safe_loading.trusted_checkpoint_globals. '
                 f'Original error: {error}') from error
-
-
-def load_from_local_safe(filename: str,
-                         map_location: Optional[Union[str, Callable]] = None) -> Any:
-    """Local-file loader: :func:`load_local_checkpoint` (MMEngine logs "local_safe backend")."""
-    return load_local_checkpoint(filename, map_location=map_location)
-
-
-def load_from_verified_url(filename: str,
-                           map_location: Optional[Union[str, Callable]] = None) -> Any:
-    """``http(s)://`` loader: verified, cached download, then :func:`load_local_checkpoint`.
-
-    See :func:`mmseg_escnet.checkpoints.download.load_checkpoint_from_url` (MMEngine logs the
-    loader's name after ``load_from_``).
-    """
-    from ..checkpoints.download import load_checkpoint_from_url
-    return load_checkpoint_from_url(filename, map_location=map_location)
-
-
-def load_from_model_zoo(filename: str, map_location: Optional[Union[str, Callable]] = None) -> Any:
-    """``zoo://NAME`` loader: see :func:`mmseg_escnet.checkpoints.model_zoo.load_from_model_zoo`."""
-    from ..checkpoints.model_zoo import load_from_model_zoo as load
-    return load(filename, map_location=map_location)
-
-
-def install() -> None:
-    """Register our loaders in :class:`CheckpointLoader`.
-
-    Local files use :func:`load_local_checkpoint`; ``http://`` and ``https://`` URLs are downloaded
-    once into a verified cache (:mod:`mmseg_escnet.checkpoints.download`); ``zoo://NAME`` names a
-    model of the model index (:mod:`mmseg_escnet.checkpoints.model_zoo`).
-    """
-    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_safe, force=True)
-    CheckpointLoader.register_scheme(prefixes=('http://', 'https://'),
-                                     loader=load_from_verified_url, force=True)
-    CheckpointLoader.register_scheme(prefixes='zoo://', loader=load_from_model_zoo, force=True)

@@ -16,14 +16,14 @@ from safetensors.torch import save_file
 
 from mmseg_escnet.checkpoints.download import cache_path
 from mmseg_escnet.models.backbones.clip import CLIPBackbone
-from mmseg_escnet.models.backbones.clip_weights import (detect_format, load_clip_weights,
+from mmseg_escnet.checkpoints.clip_official import (detect_format, load_clip_weights,
                                                         merge_qkv, resize_pos_embed, split_qkv)
 
 # Tiny OpenAI-style arch: head width 64 everywhere, so open_clip's OpenAI loader infers it too.
 TINY = dict(embed_dim=32,
             vision_cfg=dict(image_size=32, layers=2, width=128, patch_size=16, head_width=64),
             text_cfg=dict(context_length=16, vocab_size=49408, width=64, heads=1, layers=2))
-CONVERTER = osp.join(osp.dirname(__file__), '..', '..', '..', 'tools', 'model_converters',
+CONVERTER = osp.join(osp.dirname(__file__), '..', '..', 'tools', 'model_converters',
                      'clip2mmseg.py')
 
 

@@ -1,0 +1,43 @@
+"""MMEngine's checkpoint loading goes through our safe, verified readers.
+
+:func:`install` (run when :mod:`mmseg_escnet` is imported) registers in MMEngine's
+:class:`~mmengine.runner.CheckpointLoader`: local files -> the allow-listed ``weights_only``
+loader (:mod:`mmseg_escnet.checkpoints.safe_loading`), ``http(s)://`` -> a verified, cached
+download (:mod:`mmseg_escnet.checkpoints.download`), ``zoo://NAME`` -> a model of the model index
+(:mod:`mmseg_escnet.checkpoints.model_zoo`). MMEngine logs the part of each function name after
+``load_from_`` ("Loads checkpoint by local_safe backend").
+"""
+from typing import Any, Callable, Optional, Union
+
+from mmengine.runner.checkpoint import CheckpointLoader
+
+from ..checkpoints.download import load_checkpoint_from_url
+from ..checkpoints.model_zoo import load_from_model_zoo as load_zoo_checkpoint
+from ..checkpoints.safe_loading import load_local_checkpoint
+
+__all__ = ['install']
+
+MapLocation = Optional[Union[str, Callable]]
+
+
+def load_from_local_safe(filename: str, map_location: MapLocation = None) -> Any:
+    """Local files: :func:`~mmseg_escnet.checkpoints.safe_loading.load_local_checkpoint`."""
+    return load_local_checkpoint(filename, map_location=map_location)
+
+
+def load_from_verified_url(filename: str, map_location: MapLocation = None) -> Any:
+    """``http(s)://``: :func:`~mmseg_escnet.checkpoints.download.load_checkpoint_from_url`."""
+    return load_checkpoint_from_url(filename, map_location=map_location)
+
+
+def load_from_model_zoo(filename: str, map_location: MapLocation = None) -> Any:
+    """``zoo://NAME``: :func:`~mmseg_escnet.checkpoints.model_zoo.load_from_model_zoo`."""
+    return load_zoo_checkpoint(filename, map_location=map_location)
+
+
+def install() -> None:
+    """Register the three loaders in MMEngine's :class:`CheckpointLoader`."""
+    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_safe, force=True)
+    CheckpointLoader.register_scheme(prefixes=('http://', 'https://'),
+                                     loader=load_from_verified_url, force=True)
+    CheckpointLoader.register_scheme(prefixes='zoo://', loader=load_from_model_zoo, force=True)
