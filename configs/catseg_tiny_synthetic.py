@@ -72,7 +72,9 @@ test_evaluator = val_evaluator
 max_iters = 600
 optim_wrapper = dict(
     type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=1e-3, weight_decay=1e-4),
+    # 1e-3 can leave this model on a plateau (about 0.35 BCE, 19-29 mIoU, depending on the float
+    # rounding of the machine); 5e-4 trains it reliably
+    optimizer=dict(type='AdamW', lr=5e-4, weight_decay=1e-4),
     paramwise_cfg=dict(norm_decay_mult=0.0),
     clip_grad=dict(max_norm=1.0, norm_type=2))
 param_scheduler = [
