@@ -4,12 +4,13 @@ Every tool's entry point is ``sys.exit(run_cli(main, 'tools/x.py'))``: an error 
 on stderr, ``<prog>: error: <what went wrong>``, and exit status 1; ``--debug`` (accepted by every
 tool) shows the traceback instead.
 """
+import json
 import os
 import sys
 import tempfile
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
-__all__ = ['one_line', 'run_cli', 'ensure_writable_dir']
+__all__ = ['one_line', 'run_cli', 'ensure_writable_dir', 'write_json']
 
 # Exception types whose message says everything; others are prefixed with their type's name.
 _PLAIN = (ValueError, OSError, KeyError, LookupError, RuntimeError, TypeError)
@@ -70,3 +71,10 @@ def ensure_writable_dir(folder: str, what: str) -> str:
     except OSError as error:
         raise OSError(f'cannot write {what} into {target}: {error.strerror or error}') from None
     return folder
+
+
+def write_json(path: Optional[str], data: Any) -> None:
+    """Write ``data`` as indented JSON to ``path`` (a tool's ``--json``); nothing if None."""
+    if path:
+        with open(path, 'w', encoding='utf-8') as f:
+            json.dump(data, f, indent=2)

@@ -1,7 +1,7 @@
 """Measure inference speed and peak memory of a config through :class:`OpenVocabInferencer`.
 
 ``python tools/analysis/benchmark_inference.py CONFIG [--vocab ade150] [--size 480 640] [--runs 3]
-[--cfg-options model.test_cfg.views_per_batch=1]``
+[--cfg-options model.test_cfg.views_per_batch=1] [--json OUT]``
 
 The model is built with random weights (speed and memory do not depend on them) and segments a
 random image of ``--size`` (H W) with the vocabulary ``--vocab`` (a built-in name, a file or
@@ -12,12 +12,14 @@ sliding + global protocol). Reported, as one markdown table row:
 - per image: the mean over ``--runs`` further images with the cached text;
 - peak memory: the process's peak resident set size (CPU) or ``torch.cuda.max_memory_allocated``.
 
-Speed and memory are measured here, not in the test suite; docs/inference.md lists the results.
+``--json OUT`` writes the row as ``{"config", "classes", "mode", "device", "threads",
+"first_image_s", "per_image_s", "peak_memory_gb"}``. Speed and memory are measured here, not in the test suite; docs/inference.md lists the results.
 Errors are one line on stderr (``--debug`` shows the traceback).
 """
 import argparse
 import resource
 import sys
+import os.path as osp
 import time
 import warnings
 from typing import Optional, Sequence
@@ -27,7 +29,7 @@ import torch
 from mmengine.config import Config, DictAction
 
 from mmseg_escnet.apis import OpenVocabInferencer
-from mmseg_escnet.utils import run_cli
+from mmseg_escnet.utils import ensure_writable_dir, run_cli, write_json
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -43,6 +45,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
                         help='override config keys, e.g. model.test_cfg.views_per_batch=1')
+    parser.add_argument('--json', help='also write the results to this JSON file')
     parser.add_argument('--debug', action='store_true', help='show the traceback of an error')
     args = parser.parse_args(argv)
     if args.runs < 1:
@@ -57,13 +60,18 @@ def peak_memory_gb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> dict:
     """Print the markdown row of the benchmark.
 
     Args:
         argv (Sequence[str], optional): Arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        dict: The results (the ``--json`` keys).
     """
     args = parse_args(argv)
+    if args.json:
+        ensure_writable_dir(osp.dirname(args.json), '--json')
     if args.threads:
         torch.set_num_threads(args.threads)
     vocab = args.vocab if ',' not in args.vocab else [c.strip() for c in args.vocab.split(',')]
@@ -89,12 +97,17 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     mode = test_cfg.get('mode', 'whole')
     if mode == 'sliding_global':
         mode += f' (views_per_batch={test_cfg.get("views_per_batch", 0)})'
+    result = dict(config=args.config, classes=len(inferencer.vocabulary), mode=mode,
+                  device=device, threads=torch.get_num_threads(), first_image_s=first,
+                  per_image_s=per_image, peak_memory_gb=peak_memory_gb(device))
     print('| config | classes | image | mode | device | threads | first image (s) | per image (s) '
           '| peak memory (GB) |')
     print('|---|---|---|---|---|---|---|---|---|')
-    print(f'| {args.config} | {len(inferencer.vocabulary)} | {args.size[0]}x{args.size[1]} | {mode} '
-          f'| {device} | {torch.get_num_threads()} | {first:.2f} | {per_image:.2f} '
-          f'| {peak_memory_gb(device):.2f} |')
+    print(f'| {args.config} | {result["classes"]} | {args.size[0]}x{args.size[1]} | {mode} '
+          f'| {device} | {result["threads"]} | {first:.2f} | {per_image:.2f} '
+          f'| {result["peak_memory_gb"]:.2f} |')
+    write_json(args.json, result)
+    return result
 
 
 if __name__ == '__main__':

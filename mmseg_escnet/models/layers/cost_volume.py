@@ -4,7 +4,8 @@ Every model of the family starts the same way (CAT-Seg §3.2; ESC-Net Eq. 1)::
 
     img_feats (B, C, h, w), text_feats (B, T, P, C)
       -> correlation: cosine of every pixel with every class prompt   (B, P, T, h, w)
-      -> prune_classes: the top-``pad_len`` classes by maximal correlation (B, P, T', h, w)
+      -> select_classes: an optional test-time filter (top-k classes), then the top
+         ``pad_len`` classes by maximal correlation                   (B, P, T', h, w)
       -> embed_cost: a per-class conv of the P template channels      (B, hidden, T', h, w)
     and guides its aggregation with
       -> text_guidance: the prompts' mean embedding, projected        (B, T', G)
@@ -21,7 +22,8 @@ from torch import Tensor
 
 from .linear_class_attention import PoolSize
 
-__all__ = ['correlation', 'prune_classes', 'embed_cost', 'text_guidance', 'select_pooling']
+__all__ = ['correlation', 'CLASS_FILTERS', 'check_class_filter', 'filter_classes', 'keep_classes',
+           'select_classes', 'embed_cost', 'text_guidance', 'select_pooling']
 
 
 def correlation(img_feats: Tensor, text_feats: Tensor) -> Tensor:
@@ -39,29 +41,95 @@ def correlation(img_feats: Tensor, text_feats: Tensor) -> Tensor:
     return torch.einsum('bchw,btpc->bpthw', img, text)
 
 
-def prune_classes(corr: Tensor, text_feats: Tensor, pad_len: int
-                  ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-    """Keep the top-``pad_len`` classes of each image by maximal correlation (CAT-Seg's rule).
+#: Test-time class filters (``test_cfg.class_filter``), see :func:`filter_classes`.
+CLASS_FILTERS = ('topk', 'pixel_topk')
+
+
+def check_class_filter(class_filter: Optional[dict]) -> Optional[dict]:
+    """Validate a ``test_cfg.class_filter``: None, ``dict(type='topk', k=32)`` or
+    ``dict(type='pixel_topk', k=8)``.
+
+    Raises:
+        ValueError: naming the bad type, key or value.
+    """
+    if class_filter is None:
+        return None
+    if not isinstance(class_filter, dict) or class_filter.get('type') not in CLASS_FILTERS:
+        raise ValueError(f'class_filter must be None or a dict with type in {CLASS_FILTERS}, '
+                         f'got {class_filter!r}')
+    unknown = set(class_filter) - {'type', 'k'}
+    k = class_filter.get('k')
+    if unknown or isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"class_filter needs exactly 'type' and an int k >= 1, got "
+                         f'{dict(class_filter)!r}')
+    return class_filter
+
+
+def filter_classes(corr: Tensor, class_filter: Optional[dict]) -> Optional[Tensor]:
+    """The classes a test-time filter keeps, from the initial correlation.
+
+    * ``topk`` (LMSeg's category filtering): the k classes with the highest image-level score,
+      the maximal correlation over the templates and pixels;
+    * ``pixel_topk`` (SED's category early rejection, on the correlation): the union of every
+      pixel's k best classes (correlation averaged over the templates); the union is taken
+      over the batch, so all images keep the same classes (evaluation runs one image at a
+      time).
 
     Args:
         corr (Tensor): (B, P, T, h, w) correlation.
-        text_feats (Tensor): (B, T, P, C) class embeddings.
-        pad_len (int): Classes to keep; 0 or ``T <= pad_len`` keeps all.
+        class_filter (dict, optional): see :func:`check_class_filter`.
 
     Returns:
-        tuple: ``corr`` (B, P, T', h, w), ``text_feats`` (B, T', P, C) re-normalised, and
-        ``class_index`` (B, T') with the kept classes in ascending order (None if nothing was
-        pruned).
+        Tensor, optional: (B, T') kept classes, ascending; None when all are kept.
     """
-    if pad_len <= 0 or text_feats.shape[1] <= pad_len:
-        return corr, text_feats, None
-    score = corr.transpose(1, 2).flatten(2).max(dim=-1).values  # (B, T): max over prompts, pixels
-    class_index = score.topk(pad_len, dim=-1).indices.sort(dim=-1).values  # (B, T')
+    if class_filter is None or class_filter['k'] >= corr.shape[2]:
+        return None
+    k = class_filter['k']
+    if class_filter['type'] == 'topk':
+        score = corr.transpose(1, 2).flatten(2).max(dim=-1).values  # (B, T)
+        return score.topk(k, dim=-1).indices.sort(dim=-1).values  # (B, k)
+    best = corr.mean(dim=1).topk(k, dim=1).indices  # (B, T, h, w) -> (B, k, h, w)
+    kept = torch.zeros(corr.shape[2], dtype=torch.bool, device=corr.device)
+    kept[best.flatten()] = True
+    return kept.nonzero()[:, 0].expand(corr.shape[0], -1)  # (B, T')
+
+
+def keep_classes(corr: Tensor, text_feats: Tensor, class_index: Optional[Tensor]
+                 ) -> Tuple[Tensor, Tensor]:
+    """The correlation (B, P, T', h, w) and re-normalised text (B, T', P, C) of the kept
+    classes (``class_index`` (B, T'); None keeps all)."""
+    if class_index is None:
+        return corr, text_feats
     idx = class_index[:, None, :, None, None].expand(-1, corr.shape[1], -1, *corr.shape[-2:])
     corr = corr.gather(2, idx)  # (B, P, T', h, w)
     text_feats = text_feats.gather(
         1, class_index[:, :, None, None].expand(-1, -1, *text_feats.shape[2:]))  # (B, T', P, C)
-    return corr, F.normalize(text_feats, dim=-1), class_index
+    return corr, F.normalize(text_feats, dim=-1)
+
+
+def select_classes(corr: Tensor, text_feats: Tensor, *, pad_len: int,
+                   class_filter: Optional[dict] = None
+                   ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """The classes the aggregation works on: a test-time filter, then CAT-Seg's pruning of a
+    vocabulary larger than ``pad_len`` to its top ``pad_len`` classes by maximal correlation.
+
+    Args:
+        corr (Tensor): (B, P, T, h, w) correlation.
+        text_feats (Tensor): (B, T, P, C) class embeddings.
+        pad_len (int): Classes the class attention takes; 0 keeps all.
+        class_filter (dict, optional): see :func:`filter_classes`.
+
+    Returns:
+        tuple: ``corr`` (B, P, T', h, w), ``text_feats`` (B, T', P, C), and ``class_index``
+        (B, T') with the kept classes in ascending order (None if all were kept).
+    """
+    class_index = filter_classes(corr, class_filter)
+    corr, text_feats = keep_classes(corr, text_feats, class_index)
+    if 0 < pad_len < text_feats.shape[1]:
+        pruned = filter_classes(corr, dict(type='topk', k=pad_len))  # (B, pad_len)
+        corr, text_feats = keep_classes(corr, text_feats, pruned)
+        class_index = pruned if class_index is None else class_index.gather(1, pruned)
+    return corr, text_feats, class_index
 
 
 def embed_cost(embed: nn.Module, corr: Tensor) -> Tensor:

@@ -20,6 +20,9 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+
+from .official_cost import guidance_for_classes
 
 __all__ = [
     'window_partition', 'window_reverse', 'shifted_window_mask', 'GuidedWindowAttention',
@@ -119,29 +122,57 @@ class GuidedWindowAttention(nn.Module):
         self.v = nn.Linear(dim, dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def guidance_terms(self, guidance: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The guidance's share of the queries and keys, computed once per image.
+
+        ``q([x ; g]) = W_x x + W_g g + b``: the ``W_g g`` part is the same for every class of an
+        image, so it is computed on the per-image guidance and added to every class.
+
+        Args:
+            guidance (torch.Tensor): (..., G) guidance tokens.
+
+        Returns:
+            tuple: the query and key terms, (..., C) each.
+        """
+        return (F.linear(guidance, self.q.weight[:, self.dim:]),
+                F.linear(guidance, self.k.weight[:, self.dim:]))
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                guidance_q: Optional[torch.Tensor] = None,
+                guidance_k: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Attend within each window.
 
         Args:
-            x (torch.Tensor): (nW * B, N, C + G) window tokens, guidance channels last.
+            x (torch.Tensor): (B*T*nW, N, C) window tokens of B images x T classes (images
+                major, windows minor).
             mask (torch.Tensor, optional): (nW, N, N) additive mask shared by the batch.
+            guidance_q (torch.Tensor, optional): (B, nW, N, C) per-image query terms of the
+                guidance (:meth:`guidance_terms`, windowed like ``x``); None without guidance.
+            guidance_k (torch.Tensor, optional): the key terms, as ``guidance_q``.
 
         Returns:
-            torch.Tensor: (nW * B, N, C).
+            torch.Tensor: (B*T*nW, N, C).
         """
         bw, n, _ = x.shape
-        # (nW*B, N, C) -> (nW*B, heads, N, C/heads)
-        q = self.q(x).view(bw, n, self.num_heads, -1).transpose(1, 2)
-        k = self.k(x).view(bw, n, self.num_heads, -1).transpose(1, 2)
-        v = self.v(x[..., :self.dim]).view(bw, n, self.num_heads, -1).transpose(1, 2)
+        q = F.linear(x, self.q.weight[:, :self.dim], self.q.bias)  # (nW*B*T, N, C)
+        k = F.linear(x, self.k.weight[:, :self.dim], self.k.bias)
+        if guidance_q is not None:
+            # (B*T*nW, N, C) -> (B, T, nW, N, C) + the per-image terms (B, 1, nW, N, C)
+            b, nw = guidance_q.shape[:2]
+            q = (q.view(b, -1, nw, n, q.shape[-1]) + guidance_q[:, None]).view(bw, n, -1)
+            k = (k.view(b, -1, nw, n, k.shape[-1]) + guidance_k[:, None]).view(bw, n, -1)
+        # (nW*B*T, N, C) -> (nW*B*T, heads, N, C/heads)
+        q = q.view(bw, n, self.num_heads, -1).transpose(1, 2)
+        k = k.view(bw, n, self.num_heads, -1).transpose(1, 2)
+        v = self.v(x).view(bw, n, self.num_heads, -1).transpose(1, 2)
 
-        logits = (q * self.scale) @ k.transpose(-2, -1)  # (nW*B, heads, N, N)
+        logits = (q * self.scale) @ k.transpose(-2, -1)  # (nW*B*T, heads, N, N)
         if mask is not None:
             num_windows = mask.shape[0]
-            # (nW*B, h, N, N) -> (B, nW, h, N, N) + (1, nW, 1, N, N)
+            # (nW*B*T, h, N, N) -> (B*T, nW, h, N, N) + (1, nW, 1, N, N)
             logits = logits.view(bw // num_windows, num_windows, self.num_heads, n, n)
             logits = (logits + mask[None, :, None]).view(bw, self.num_heads, n, n)
-        out = logits.softmax(dim=-1) @ v  # (nW*B, heads, N, C/heads)
+        out = logits.softmax(dim=-1) @ v  # (nW*B*T, heads, N, C/heads)
         out = out.transpose(1, 2).reshape(bw, n, self.dim)
         return self.proj(out)
 
@@ -211,31 +242,41 @@ class GuidedSwinBlock(nn.Module):
         # Recomputed at construction; the official checkpoint's copy is dropped on load.
         self.register_buffer('attn_mask', mask, persistent=False)
 
+    def _windows(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, H*W, C) tokens -> (N*nW, ws*ws, C) (shifted) windows."""
+        height, width = self.input_resolution
+        x = x.view(x.shape[0], height, width, -1)
+        if self.shift_size > 0:
+            x = torch.roll(x, shifts=(-self.shift_size, -self.shift_size), dims=(1, 2))
+        return window_partition(x, self.window_size)
+
     def forward(self, x: torch.Tensor, guidance: Optional[torch.Tensor]) -> torch.Tensor:
         """Run the block.
 
         Args:
-            x (torch.Tensor): (N, H*W, C) tokens, row-major grid.
-            guidance (torch.Tensor, optional): (N, H*W, G) guidance (already normalised), or
-                None when ``guidance_dim == 0``.
+            x (torch.Tensor): (B*T, H*W, C) tokens of B images x T classes (images major),
+                row-major grid.
+            guidance (torch.Tensor, optional): (B, H*W, G) guidance of the B images (already
+                normalised), or None when ``guidance_dim == 0``.
 
         Returns:
-            torch.Tensor: (N, H*W, C).
+            torch.Tensor: (B*T, H*W, C).
         """
         height, width = self.input_resolution
         n, length, c = x.shape
         assert length == height * width and (guidance is None) == (self.guidance_dim == 0)
+        guidance_q = guidance_k = None
+        if guidance is not None:
+            # per image: (B, H*W, G) -> query / key terms (B, H*W, C) -> (B, nW, ws*ws, C)
+            guidance = guidance_for_classes(guidance, n // guidance.shape[0])
+            guidance_q, guidance_k = [self._windows(term).unflatten(0, (guidance.shape[0], -1))
+                                      for term in self.attn.guidance_terms(guidance)]
 
         shortcut = x
-        x = self.norm1(x)
-        if guidance is not None:
-            x = torch.cat([x, guidance], dim=-1)  # (N, H*W, C+G)
-        x = x.view(n, height, width, -1)
-        if self.shift_size > 0:
-            x = torch.roll(x, shifts=(-self.shift_size, -self.shift_size), dims=(1, 2))
-        windows = window_partition(x, self.window_size)  # (N*nW, ws*ws, C+G)
-        windows = self.attn(windows, mask=self.attn_mask)  # (N*nW, ws*ws, C)
-        x = window_reverse(windows, self.window_size, height, width)  # (N, H, W, C)
+        windows = self._windows(self.norm1(x))  # (B*T*nW, ws*ws, C)
+        windows = self.attn(windows, mask=self.attn_mask, guidance_q=guidance_q,
+                            guidance_k=guidance_k)  # (B*T*nW, ws*ws, C)
+        x = window_reverse(windows, self.window_size, height, width)  # (B*T, H, W, C)
         if self.shift_size > 0:
             x = torch.roll(x, shifts=(self.shift_size, self.shift_size), dims=(1, 2))
         x = shortcut + x.reshape(n, length, c)
@@ -280,10 +321,9 @@ class GuidedSwinBlockPair(nn.Module):
         b, c, t, h, w = x.shape
         if guidance is not None:
             assert guidance.shape[0] == b and guidance.shape[2:] == (h, w), guidance.shape
-            # (B, G, H, W) -> (B, H*W, G) -> (B*T, H*W, G); LayerNorm is per token, so
-            # normalising before the repeat equals the official repeat-then-normalise.
+            # (B, G, H, W) -> (B, H*W, G), normalised per token once per image (the official
+            # code repeats it for every class first: the same values)
             guidance = self.guidance_norm(guidance.flatten(2).transpose(1, 2))
-            guidance = guidance.repeat_interleave(t, dim=0)
         x = x.permute(0, 2, 3, 4, 1).reshape(b * t, h * w, c)  # (B,C,T,H,W) -> (B*T, H*W, C)
         x = self.block_1(x, guidance)
         x = self.block_2(x, guidance)

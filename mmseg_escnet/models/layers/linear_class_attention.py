@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .official_cost import computing_official_cost, guidance_for_classes
+
 __all__ = ['LinearAttention', 'GuidedLinearAttention', 'ClassTransformerLayer']
 
 #: A pooling window: (h, w), a side for both, or None (no pooling).
@@ -35,23 +37,33 @@ class LinearAttention(nn.Module):
         super().__init__()
         self.eps = eps
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor,
-                values: torch.Tensor) -> torch.Tensor:
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                repeated: Optional[Tuple[torch.Tensor, torch.Tensor, int]] = None
+                ) -> torch.Tensor:
         """Attend.
 
         Args:
             queries (torch.Tensor): (N, L, H, D).
             keys (torch.Tensor): (N, S, H, D).
             values (torch.Tensor): (N, S, H, Dv).
+            repeated (tuple, optional): ``(key (H, D), value (H, Dv), m)``: m more key/value
+                tokens, all equal (the class attention's padding), counted m times without
+                being repeated.
 
         Returns:
             torch.Tensor: (N, L, H, Dv).
         """
         q = F.elu(queries) + 1
         k = F.elu(keys) + 1
-        length = values.shape[1]
+        length = values.shape[1] + (repeated[2] if repeated is not None else 0)
         kv = torch.einsum('nshd,nshv->nhdv', k, values / length)  # (N, H, D, Dv)
-        z = 1 / (torch.einsum('nlhd,nhd->nlh', q, k.sum(dim=1)) + self.eps)  # (N, L, H)
+        k_sum = k.sum(dim=1)  # (N, H, D)
+        if repeated is not None:
+            key, value, count = repeated
+            key = F.elu(key) + 1
+            kv = kv + count * torch.einsum('hd,hv->hdv', key, value / length)
+            k_sum = k_sum + count * key
+        z = 1 / (torch.einsum('nlhd,nhd->nlh', q, k_sum) + self.eps)  # (N, L, H)
         return torch.einsum('nlhd,nhdv,nlh->nlhv', q, kv, z) * length
 
 
@@ -78,24 +90,47 @@ class GuidedLinearAttention(nn.Module):
         self.v = nn.Linear(hidden_dim, hidden_dim)
         self.attention = LinearAttention(eps=eps)
 
-    def forward(self, x: torch.Tensor, guidance: Optional[torch.Tensor]) -> torch.Tensor:
+    def project(self, x: torch.Tensor, guidance: Optional[torch.Tensor]
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of tokens ``x`` (..., C) with guidance (..., G): (..., C) each."""
+        key_in = torch.cat([x, guidance], dim=-1) if guidance is not None else x
+        return self.k(key_in), self.v(x)
+
+    def forward(self, x: torch.Tensor, guidance: Optional[torch.Tensor],
+                repeated: Optional[Tuple[torch.Tensor, torch.Tensor, int]] = None
+                ) -> torch.Tensor:
         """Attend over the token axis.
 
         Args:
-            x (torch.Tensor): (N, L, C) tokens.
-            guidance (torch.Tensor, optional): (N, L, G), or None if ``guidance_dim == 0``.
+            x (torch.Tensor): (B*M, L, C) tokens: M token sequences per image (e.g. one per
+                pixel), images major.
+            guidance (torch.Tensor, optional): (B, L, G) guidance of the B images, the same for
+                their M sequences; None if ``guidance_dim == 0``.
+            repeated (tuple, optional): ``(key (C,), value (C,), m)`` from :meth:`project`:
+                m more identical key/value tokens every sequence attends to.
 
         Returns:
-            torch.Tensor: (N, L, C).
+            torch.Tensor: (B*M, L, C).
         """
         assert (guidance is None) == (self.guidance_dim == 0)
-        xg = torch.cat([x, guidance], dim=-1) if guidance is not None else x
         n, length, c = x.shape
-        # (N, L, C) -> (N, L, heads, C/heads)
-        q = self.q(xg).view(n, length, self.num_heads, -1)
-        k = self.k(xg).view(n, length, self.num_heads, -1)
+        q = F.linear(x, self.q.weight[:, :c], self.q.bias)  # (B*M, L, C)
+        k = F.linear(x, self.k.weight[:, :c], self.k.bias)
+        if guidance is not None:
+            # q([x ; g]) = W_x x + W_g g + b: the W_g g terms once per image, (B, L, C), added
+            # to its M sequences: (B*M, L, C) -> (B, M, L, C)
+            guidance = guidance_for_classes(guidance, n // guidance.shape[0])
+            b = guidance.shape[0]
+            q = (q.view(b, -1, length, c) + F.linear(guidance, self.q.weight[:, c:])[:, None])
+            k = (k.view(b, -1, length, c) + F.linear(guidance, self.k.weight[:, c:])[:, None])
+        # (B*M, L, C) -> (B*M, L, heads, C/heads)
+        q = q.reshape(n, length, self.num_heads, -1)
+        k = k.reshape(n, length, self.num_heads, -1)
         v = self.v(x).view(n, length, self.num_heads, -1)
-        return self.attention(q, k, v).reshape(n, length, c)
+        if repeated is not None:
+            key, value, count = repeated
+            repeated = (key.view(self.num_heads, -1), value.view(self.num_heads, -1), count)
+        return self.attention(q, k, v, repeated).reshape(n, length, c)
 
 
 class ClassTransformerLayer(nn.Module):
@@ -175,24 +210,27 @@ class ClassTransformerLayer(nn.Module):
         xp = xp.view(b, t, c, hp, wp).permute(0, 3, 4, 1, 2)  # (B, h', w', T, C)
 
         num_pad = self.pad_len - t if self.padding_tokens is not None else 0
-        if num_pad > 0:
-            pad = self.padding_tokens.expand(b, hp, wp, num_pad, c)
-            xp = torch.cat([xp, pad], dim=3)  # (B, h', w', T+pad, C)
+        repeated = None
+        if num_pad > 0 and computing_official_cost():  # the padding processed like classes
+            xp = torch.cat([xp, self.padding_tokens.expand(b, hp, wp, num_pad, c)], dim=3)
             if guidance is not None and self.padding_guidance is not None:
-                pad_g = self.padding_guidance.expand(b, num_pad, -1)
-                guidance = torch.cat([guidance, pad_g], dim=1)  # (B, T+pad, G)
+                guidance = torch.cat([guidance, self.padding_guidance.expand(b, num_pad, -1)],
+                                     dim=1)  # (B, T+pad, G)
+        elif num_pad > 0:
+            # all padding tokens have the same key and value, and their outputs are dropped:
+            # one key/value counted num_pad times (the official result, less work)
+            pad_guidance = None if guidance is None else self.padding_guidance[0, 0]
+            key, value = self.attention.project(self.norm1(self.padding_tokens[0, 0]),
+                                                pad_guidance)  # (C,) each
+            repeated = (key, value, num_pad)
         length = xp.shape[3]
-        xp = xp.reshape(b * hp * wp, length, c)  # (B*h'*w', T+pad, C)
-        if guidance is not None:
-            # (B, T+pad, G) -> (B*h'*w', T+pad, G)
-            guidance = guidance.repeat_interleave(hp * wp, dim=0)
-
-        xp = xp + self.attention(self.norm1(xp), guidance)
+        xp = xp.reshape(b * hp * wp, length, c)  # (B*h'*w', T (+pad), C)
+        # every pixel of an image sees its (B, T (+pad), G) guidance
+        xp = xp + self.attention(self.norm1(xp), guidance, repeated)
         xp = xp + self.MLP(self.norm2(xp))
 
-        # (B*h'*w', T+pad, C) -> (B, T+pad, C, h', w') -> (B*(T+pad), C, h', w')
-        xp = xp.view(b, hp, wp, length, c).permute(0, 3, 4, 1, 2)
-        xp = xp.reshape(b * length, c, hp, wp)
+        # (B*h'*w', T (+pad), C) -> (B, T, C, h', w') -> (B*T, C, h', w')
+        xp = xp.view(b, hp, wp, length, c)[:, :, :, :t].permute(0, 3, 4, 1, 2)
+        xp = xp.reshape(b * t, c, hp, wp)
         xp = F.interpolate(xp, size=(h, w), mode='bilinear', align_corners=True)
-        xp = xp.view(b, length, c, h, w)[:, :t].transpose(1, 2)  # (B, C, T, H, W)
-        return x + xp
+        return x + xp.view(b, t, c, h, w).transpose(1, 2)  # (B, C, T, H, W)

@@ -2,14 +2,18 @@
 
 CAT-Seg upsamples with a transposed convolution; ESC-Net (paper §3.6) with bilinear
 interpolation followed by 3x3 convolutions.  The cost volume is decoded per class: inputs are
-(B*T, C, H, W), and the per-image skip guidance (B, G, 2H, 2W) is repeated for the T classes
-of each image before concatenation.  Parameter names (``up``, ``conv.double_conv.{0,1,3,4}``)
-follow the official CAT-Seg code.
+(B*T, C, H, W), and the per-image skip guidance (B, G, 2H, 2W) is concatenated to every class
+of its image. The guidance's share of the first convolution is computed once per image and
+added to every class, the same result without the per-class work.
+Parameter names (``up``, ``conv.double_conv.{0,1,3,4}``) follow the official CAT-Seg code.
 """
 from typing import Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+
+from .official_cost import guidance_for_classes
 
 __all__ = ['DoubleConv', 'Up', 'UPSAMPLE_MODES']
 
@@ -96,6 +100,11 @@ class Up(nn.Module):
     def forward(self, x: torch.Tensor, guidance: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Upsample and fuse.
 
+        The first 3x3 convolution of the DoubleConv sees ``[x ; guidance]``. A convolution is
+        linear (and that one has no bias), so its output is ``conv_x(x) + conv_g(guidance)``, and
+        ``conv_g(guidance)`` is computed once per image and added to all its classes
+        (:mod:`~mmseg_escnet.models.layers.official_cost`).
+
         Args:
             x (torch.Tensor): (B*T, C_in, H, W), images major, classes minor.
             guidance (torch.Tensor, optional): (B, G, 2H, 2W) skip features of the B images.
@@ -105,10 +114,14 @@ class Up(nn.Module):
         """
         x = self.up(x)  # (B*T, C_in - G, 2H, 2W) transposed; (B*T, C_in, 2H, 2W) bilinear
         assert (guidance is None) == (self.guidance_channels == 0)
-        if guidance is not None:
-            assert guidance.shape[2:] == x.shape[2:] and x.shape[0] % guidance.shape[0] == 0
-            num_classes = x.shape[0] // guidance.shape[0]
-            # (B, G, 2H, 2W) -> (B*T, G, 2H, 2W)
-            guidance = guidance.repeat_interleave(num_classes, dim=0)
-            x = torch.cat([x, guidance], dim=1)  # (B*T, DoubleConv in, 2H, 2W)
-        return self.conv(x)
+        if guidance is None:
+            return self.conv(x)
+        assert guidance.shape[2:] == x.shape[2:] and x.shape[0] % guidance.shape[0] == 0
+        guidance = guidance_for_classes(guidance, x.shape[0] // guidance.shape[0])
+        layers = self.conv.double_conv
+        weight = layers[0].weight  # (C_mid, C_x + G, 3, 3)
+        y = F.conv2d(x, weight[:, :x.shape[1]], padding=1)  # (B*T, C_mid, 2H, 2W)
+        g = F.conv2d(guidance, weight[:, x.shape[1]:], padding=1)  # (B, C_mid, 2H, 2W)
+        # (B*T, C_mid, 2H, 2W) -> (B, T, C_mid, 2H, 2W) + the per-image term -> (B*T, ...)
+        y = (y.view(g.shape[0], -1, *y.shape[1:]) + g[:, None]).flatten(0, 1)
+        return layers[1:](y)

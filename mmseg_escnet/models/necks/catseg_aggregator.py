@@ -13,7 +13,7 @@ import torch.nn as nn
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
-from ..layers.cost_volume import (correlation, embed_cost, prune_classes, select_pooling,
+from ..layers.cost_volume import (correlation, embed_cost, select_classes, select_pooling,
                                   text_guidance)
 from ..layers.guided_swin import GuidedSwinBlockPair
 from ..layers.linear_class_attention import ClassTransformerLayer, PoolSize
@@ -131,7 +131,8 @@ class CATSegAggregator(BaseModule):
         ) if text_proj > 0 else None
 
     def forward(self, img_feats: torch.Tensor, text_feats: torch.Tensor,
-                appearance_guidance: Optional[torch.Tensor]) -> AggregatedCost:
+                appearance_guidance: Optional[torch.Tensor],
+                class_filter: Optional[dict] = None) -> AggregatedCost:
         """Build and aggregate the cost volume.
 
         Args:
@@ -139,6 +140,9 @@ class CATSegAggregator(BaseModule):
             text_feats (torch.Tensor): (B, T, P, C) L2-normalised class text embeddings.
             appearance_guidance (torch.Tensor, optional): (B, Ca, h, w) appearance guidance
                 (CAT-Seg passes ``img_feats`` again); ignored if appearance_guidance_dim is 0.
+            class_filter (dict, optional): test-time class filter (``test_cfg.class_filter``,
+                :func:`~mmseg_escnet.models.layers.cost_volume.filter_classes`): everything
+                after the correlation runs on the kept classes only.
 
         Returns:
             AggregatedCost: ``cost`` (B, hidden_dim, T', h, w) and ``class_index`` (None, or
@@ -146,7 +150,8 @@ class CATSegAggregator(BaseModule):
         """
         assert tuple(img_feats.shape[-2:]) == self.feature_resolution, img_feats.shape
         corr = correlation(img_feats, text_feats)  # (B, P, T, h, w)
-        corr, text_feats, class_index = prune_classes(corr, text_feats, self.pad_len)
+        corr, text_feats, class_index = select_classes(corr, text_feats, pad_len=self.pad_len,
+                                                      class_filter=class_filter)
         cost = embed_cost(self.conv1, corr)  # (B, hidden, T', h, w)
         app_guidance = None
         if self.guidance_projection is not None:

@@ -33,7 +33,7 @@ from mmseg.registry import MODELS
 from ...checkpoints.sam_official import escnet_sam_weights, load_sam_checkpoint
 from ...checkpoints.state_dict_fit import check_state_dict_fits
 from ..layers.class_chunks import check_class_chunk_size
-from ..layers.cost_volume import (correlation, embed_cost, prune_classes, select_pooling,
+from ..layers.cost_volume import (correlation, embed_cost, select_classes, select_pooling,
                                   text_guidance)
 from ..structures import AggregatedCost
 from .ppg import PseudoPromptGenerator
@@ -172,7 +172,8 @@ class ESCNeck(BaseModule):
                       f'({self.sam_layer_map} layer map)', logger='current')
 
     def forward(self, img_feats: torch.Tensor, text_feats: torch.Tensor,
-                appearance_guidance: Optional[torch.Tensor] = None) -> AggregatedCost:
+                appearance_guidance: Optional[torch.Tensor] = None,
+                class_filter: Optional[dict] = None) -> AggregatedCost:
         """Run the ESC blocks.
 
         Args:
@@ -180,6 +181,9 @@ class ESCNeck(BaseModule):
             text_feats (torch.Tensor): (B, T, P, C) L2-normalised class embeddings F_l.
             appearance_guidance (torch.Tensor, optional): (B, C, h, w) features refined by the SAM
                 blocks; defaults to ``img_feats`` (the segmentor passes the dense features).
+            class_filter (dict, optional): test-time class filter (``test_cfg.class_filter``,
+                :func:`~mmseg_escnet.models.layers.cost_volume.filter_classes`): PPG, SAM blocks,
+                VLFs and the decoder run on the kept classes only.
 
         Returns:
             AggregatedCost: ``cost`` (B, hidden, T', h, w) and ``class_index`` (None or (B, T')
@@ -189,7 +193,8 @@ class ESCNeck(BaseModule):
         if appearance_guidance is None:
             appearance_guidance = img_feats
         corr = correlation(img_feats, text_feats)                     # (B, P, T, h, w)
-        corr, text_feats, class_index = prune_classes(corr, text_feats, self.pad_len)
+        corr, text_feats, class_index = select_classes(corr, text_feats, pad_len=self.pad_len,
+                                                      class_filter=class_filter)
         b, t = text_feats.shape[:2]
         h, w = self.feature_resolution
         cost = embed_cost(self.corr_embed, corr)                      # (B, hidden, T', h, w)

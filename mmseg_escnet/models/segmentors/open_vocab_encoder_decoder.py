@@ -29,6 +29,7 @@ from mmseg.utils import ConfigType, OptConfigType, OptMultiConfig
 from torch import Tensor
 
 from ...text import Vocabulary
+from ..layers.cost_volume import check_class_filter
 from ..structures import DecodeInputs
 from ..text import ClassEmbedder
 from .sliding_global_inference import parse_protocol_cfg, sliding_global_inference
@@ -55,7 +56,10 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
         test_cfg (dict): ``mode='whole'`` / ``'slide'`` as in :class:`EncoderDecoder`, or
             ``dict(mode='sliding_global', kernel=384, overlap=0.333, out_size=(640, 640),
             views_per_batch=0)`` for CAT-Seg's protocol. ``seg_logits`` are logits in every
-            mode (in ``sliding_global`` the logit of the averaged probabilities).
+            mode (in ``sliding_global`` the logit of the averaged probabilities). In every
+            mode ``class_filter=dict(type='topk', k=32)`` (LMSeg's rule) or
+            ``dict(type='pixel_topk', k=8)`` (SED's rule) runs everything after the initial
+            correlation on the kept classes only; the others get a logit that never wins.
     """
 
     def __init__(self,
@@ -75,6 +79,7 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
         if isinstance(clip_resolution, int):
             clip_resolution = (clip_resolution, clip_resolution)
         self.clip_resolution = tuple(clip_resolution)
+        check_class_filter((self.test_cfg or {}).get('class_filter'))
         self.text_chunk_size = text_chunk_size
         self.train_text = ClassEmbedder(vocabulary)
         self.test_text = ClassEmbedder(vocabulary if test_vocabulary is None else test_vocabulary)
@@ -152,7 +157,8 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
         dense, *clip_features = self.backbone(inputs)             # (B, C, h, w), [(B, D, h, w)]
         text = self.text_embeddings()                             # (T, P, C)
         text = text.unsqueeze(0).expand(inputs.shape[0], *text.shape)  # (T, P, C) -> (B, T, P, C)
-        cost = self.neck(dense, text, dense)
+        class_filter = None if self.training else (self.test_cfg or {}).get('class_filter')
+        cost = self.neck(dense, text, dense, class_filter=class_filter)
         return DecodeInputs(*cost, clip_features=clip_features, num_classes=text.shape[1])
 
     def loss(self, inputs: Tensor, data_samples: List) -> dict:

@@ -99,7 +99,7 @@ def parse_protocol_cfg(test_cfg: dict) -> Tuple[int, float, Tuple[int, int], int
 
     Unknown keys are refused so that a typo does not silently fall back to a default.
     """
-    allowed = {'mode', 'kernel', 'overlap', 'out_size', 'views_per_batch'}
+    allowed = {'mode', 'kernel', 'overlap', 'out_size', 'views_per_batch', 'class_filter'}
     unknown = set(test_cfg) - allowed
     if unknown:
         raise KeyError(f"test_cfg for mode 'sliding_global' has unknown keys {sorted(unknown)}; "

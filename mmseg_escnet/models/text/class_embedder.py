@@ -160,6 +160,11 @@ class ClassEmbedder(nn.Module):
         self._tokens = tokens
         self._device_tokens = None
         self._group_index = torch.tensor(groups, dtype=torch.long)
+        # prompts per (class, template): the synonyms averaged into one embedding
+        sizes = [0] * (max(groups) + 1)
+        for group in groups:
+            sizes[group] += 1
+        self._group_sizes = torch.tensor(sizes, dtype=torch.long)
 
     def _tokens_on(self, device: Optional[torch.device]) -> Tensor:
         """The token tensor on ``device`` (moved once and kept there)."""
@@ -195,7 +200,7 @@ class ClassEmbedder(nn.Module):
         num_groups = self.num_classes * self.num_templates
         index = self._group_index.to(emb.device)
         sums = emb.new_zeros(num_groups, emb.shape[1]).index_add(0, index, emb)  # (T*P, C)
-        counts = torch.bincount(index, minlength=num_groups).to(emb.dtype)  # (T*P,)
+        counts = self._group_sizes.to(device=emb.device, dtype=emb.dtype)  # (T*P,)
         mean = sums / counts.unsqueeze(1)
         mean = F.normalize(mean, dim=-1)
         # (T*P, C) -> (T, P, C)

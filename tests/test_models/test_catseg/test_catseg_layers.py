@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mmseg_escnet.models.layers.official_cost import official_cost
 from mmseg_escnet.models.layers.guided_swin import (GuidedSwinBlock, GuidedSwinBlockPair,
                                                     GuidedWindowAttention, shifted_window_mask,
                                                     window_partition, window_reverse)
@@ -76,14 +77,17 @@ def _reference_block(block: GuidedSwinBlock, x: torch.Tensor, g: torch.Tensor) -
 
 
 @pytest.mark.parametrize('shift', [0, 2])
-def test_guided_swin_block_matches_token_level_reference(shift):
+@pytest.mark.parametrize('classes', [1, 3])
+def test_guided_swin_block_matches_token_level_reference(shift, classes):
+    """The per-image guidance terms give the official concatenation of the guidance to the
+    tokens of every class (the reference concatenates, per token)."""
     torch.manual_seed(0)
     block = _randomize(GuidedSwinBlock(dim=8, guidance_dim=4, input_resolution=(8, 8),
                                        num_heads=2, window_size=4, shift_size=shift))
-    x, g = torch.randn(3, 64, 8), torch.randn(3, 64, 4)
+    x, g = torch.randn(2 * classes, 64, 8), torch.randn(2, 64, 4)  # B = 2 images
     with torch.no_grad():
-        torch.testing.assert_close(block(x, g), _reference_block(block, x, g), atol=1e-5,
-                                   rtol=1e-5)
+        expected = _reference_block(block, x, g.repeat_interleave(classes, dim=0))
+        torch.testing.assert_close(block(x, g), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_guided_swin_block_window_covers_map_disables_shift():
@@ -208,14 +212,20 @@ def test_double_conv_structure():
         DoubleConv(in_channels=8, out_channels=24)
 
 
-def test_up_repeats_guidance_per_image():
+def test_up_adds_the_guidance_once_per_image():
+    """The guidance's share of the first conv, computed once per image, equals the official
+    concatenation of the guidance to every class."""
     torch.manual_seed(0)
     up = _randomize(Up(in_channels=32, out_channels=16, guidance_channels=8))
     assert up.up.out_channels == 24
     x, g = torch.randn(2 * 3, 32, 5, 5), torch.randn(2, 8, 10, 10)
     with torch.no_grad():
         out = up(x, g)
+        concatenated = up.conv(torch.cat([up.up(x), g.repeat_interleave(3, dim=0)], dim=1))
+        with official_cost():  # the official cost: the guidance repeated per class
+            torch.testing.assert_close(up(x, g), concatenated, atol=1e-5, rtol=1e-5)
         assert out.shape == (6, 16, 10, 10)
+        torch.testing.assert_close(out, concatenated, atol=1e-5, rtol=1e-5)
         for b, t in itertools.product(range(2), range(3)):
             torch.testing.assert_close(out[b * 3 + t:b * 3 + t + 1],
                                        up(x[b * 3 + t:b * 3 + t + 1], g[b:b + 1]))

@@ -81,7 +81,8 @@ def test_up_modes_and_errors():
     assert up_t.conv.double_conv[0].in_channels == 32
     # bilinear allows guidance wider than the input (no channel split needed)
     up_b = Up(in_channels=16, out_channels=16, guidance_channels=32, upsample_mode='bilinear')
-    assert up_b(torch.randn(3, 16, 5, 5), torch.randn(1, 32, 10, 10)).shape == (3, 16, 10, 10)
+    g = torch.randn(1, 32, 10, 10)
+    assert up_b(torch.randn(3, 16, 5, 5), g).shape == (3, 16, 10, 10)
     with pytest.raises(ValueError, match='upsample_mode'):
         Up(in_channels=16, out_channels=16, guidance_channels=8, upsample_mode='nearest')
     with pytest.raises(ValueError, match='guidance_channels'):

@@ -1,0 +1,98 @@
+"""The vocabulary sweep's table, plot and redraw, and the class-filter agreement tool, on tiny
+inputs (the measurements themselves are in docs/efficiency.md, never timed in tests)."""
+import importlib.util
+import json
+import os.path as osp
+
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmseg.registry import MODELS
+from PIL import Image
+
+import mmseg_escnet  # noqa: F401
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def _tool(name):
+    spec = importlib.util.spec_from_file_location(
+        name, osp.join(ROOT, 'tools', 'analysis', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _points():
+    points = []
+    for n in (10, 40):
+        for config, scale in (('a/cat.py', 1.0), ('b/esc.py', 3.0)):
+            points.append(dict(config=config, num_classes=n, gmacs=scale * n,
+                               official_gmacs=scale * n + 1, per_image_s=scale * n / 10,
+                               peak_memory_gb=scale))
+    return points
+
+
+def test_sweep_table_ratios_plot_and_redraw(tmp_path):
+    tool = _tool('benchmark_vocabulary')
+    text = tool.table(_points(), ['a/cat.py', 'b/esc.py'])
+    rows = [line.split(' | ') for line in text.splitlines()]
+    assert rows[0][:4] == ['| classes', 'GMACs: cat', 'GMACs: esc', 'GMACs: esc / cat']
+    assert rows[2][:4] == ['| 10', '10.0', '30.0', '3.00x'] and rows[3][0] == '| 40'
+    assert '1.00' in rows[3] and '3.00x |' == rows[3][-1]  # memory column: 1.00 GB, ratio 3
+    recorded = tmp_path / 'sweep.json'
+    recorded.write_text(json.dumps(dict(command='x', points=_points())))
+    paths = tool.main(['--from-json', str(recorded), '--out-dir', str(tmp_path / 'out')])
+    assert open(paths['md']).read() == text
+    assert Image.open(paths['png']).size[0] > 1000  # one panel per quantity
+    with pytest.raises(SystemExit):
+        tool.parse_args(['configs/catseg_tiny_synthetic.py', '--num-classes', '900',
+                         '--out-dir', str(tmp_path)])
+    with pytest.raises(SystemExit):  # measure or redraw, not both
+        tool.parse_args([osp.join(ROOT, 'configs', 'catseg_tiny_synthetic.py'), '--from-json',
+                         str(recorded), '--out-dir', str(tmp_path)])
+
+
+def test_filter_agreement_tool_on_a_tiny_model(tmp_path):
+    tool = _tool('class_filter_agreement')
+    assert tool.parse_filter('topk:32') == dict(type='topk', k=32)
+    for bad in ('topk', 'topk:x', 'nearest:3', 'topk:0'):
+        with pytest.raises(ValueError):
+            tool.parse_filter(bad)
+    padded = tool.padded_vocabulary(['Wall', 'my thing'], 6)
+    assert padded[:2] == ['Wall', 'my thing'] and len(set(padded)) == 6
+    assert 'wall' not in [p.lower() for p in padded[2:]]
+    with pytest.raises(ValueError, match='below'):
+        tool.padded_vocabulary(['a', 'b', 'c'], 2)
+
+    config = osp.join(ROOT, 'configs', 'catseg_tiny_synthetic.py')
+    init_default_scope('mmseg')
+    torch.manual_seed(0)
+    model = MODELS.build(Config.fromfile(config).model)
+    checkpoint = str(tmp_path / 'tiny.pth')
+    torch.save(dict(state_dict=model.state_dict(), meta=dict()), checkpoint)
+    images = tmp_path / 'images'
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    annotations = tmp_path / 'annotations'
+    annotations.mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(
+            images / f'{i}.png')
+        Image.fromarray(rng.choice([0, 1, 4, 255], (64, 80)).astype(np.uint8)).save(
+            annotations / f'{i}.png')
+    out = str(tmp_path / 'agreement.json')
+    results = tool.main([config, checkpoint, '--images', str(images), '--num-classes', '12',
+                         '--annotations', str(annotations), '--filters', 'topk:3',
+                         'pixel_topk:12', '--json', out])
+    assert json.load(open(out)) == json.loads(json.dumps(results))
+    assert results['none']['unchanged'] == 1.0 and results['none']['kept'] == 12
+    assert results['topk:3']['kept'] == 3 and 0 <= results['topk:3']['unchanged'] <= 1
+    # a filter that keeps every class changes nothing
+    assert results['pixel_topk:12']['kept'] == 12
+    assert results['pixel_topk:12']['unchanged'] == 1.0
+    assert results['pixel_topk:12']['recall'] == 1.0
+    assert results['pixel_topk:12']['accuracy'] == results['none']['accuracy']
+    assert 0 <= results['topk:3']['recall'] <= 1 and 0 <= results['topk:3']['accuracy'] <= 1
