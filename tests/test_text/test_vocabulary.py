@@ -163,28 +163,19 @@ def test_errors(kwargs, error, match):
         Vocabulary(classes, **kwargs)
 
 
-def test_file_errors(tmp_path):
-    only_comments = _write(tmp_path, 'empty.txt', '# nothing here\n\n')
-    with pytest.raises(ValueError, match='empty'):
-        Vocabulary(only_comments)
-    dup = _write(tmp_path, 'dup.txt', 'cat\ndog\n\ncat\n')
-    with pytest.raises(ValueError, match=r'duplicate class 2 .*line 4 of'):
-        Vocabulary(dup)
-    bad_syn = _write(tmp_path, 'bad.txt', 'cat\n, dog\n')
-    with pytest.raises(ValueError, match=r'class 1 \(line 2 of .*empty synonym at position 0'):
-        Vocabulary(bad_syn)
-    not_list = _write(tmp_path, 'obj.json', '{"a": 1}')
-    with pytest.raises(ValueError, match='JSON list of strings'):
-        Vocabulary(not_list)
-    broken = _write(tmp_path, 'broken.json', '["cat", ')
-    with pytest.raises(ValueError, match='not valid JSON'):
-        Vocabulary(broken)
-    non_str = _write(tmp_path, 'nonstr.json', '["cat", 5]')
-    with pytest.raises(TypeError, match=r'class 1 \(item 1 of .*must be a str'):
-        Vocabulary(non_str)
-    other_suffix = _write(tmp_path, 'classes.csv', 'cat\n')
-    with pytest.raises(ValueError, match=r'must end in one of'):
-        Vocabulary(other_suffix)
+@pytest.mark.parametrize('name, text, error, match', [
+    ('empty.txt', '# nothing here\n\n', ValueError, 'empty'),
+    ('dup.txt', 'cat\ndog\n\ncat\n', ValueError, r'duplicate class 2 .*line 4 of'),
+    ('bad.txt', 'cat\n, dog\n', ValueError,
+     r'class 1 \(line 2 of .*empty synonym at position 0'),
+    ('obj.json', '{"a": 1}', ValueError, 'JSON list of strings'),
+    ('broken.json', '["cat", ', ValueError, 'not valid JSON'),
+    ('nonstr.json', '["cat", 5]', TypeError, r'class 1 \(item 1 of .*must be a str'),
+    ('classes.csv', 'cat\n', ValueError, r'must end in one of'),
+])
+def test_file_errors(tmp_path, name, text, error, match):
+    with pytest.raises(error, match=match):
+        Vocabulary(_write(tmp_path, name, text))
 
 
 def test_builtin_names_ignore_case():
