@@ -38,6 +38,7 @@ from mmseg.structures import SegDataSample
 from torch import nn
 
 from ..checkpoints.state_dict_fit import check_state_dict_fits, checkpoint_state_dict
+from ..models.segmentors.class_sparse import dense_probabilities
 from ..text import Vocabulary
 from ..visualization import make_palette, render_segmentation
 from .image_io import (list_images, read_image, resize_label_map, shrink_to_max_side, to_bgr_uint8,
@@ -232,7 +233,8 @@ class OpenVocabInferencer(MMSegInferencer):
                 (its images, sorted by name) or a list of paths and arrays.
             return_datasamples (bool): Return the model's :class:`SegDataSample` (one, or a list)
                 instead of dicts; their ``pred_sem_seg`` (int32) is at the original size,
-                ``seg_logits`` at the inference size; ``out_names`` in their metainfo are the
+                ``seg_logits`` (K, h, w) at the inference size, for the K classes in
+                ``metainfo['seg_logits_classes']``; ``out_names`` in their metainfo are the
                 output file names.
             batch_size (int): Images per forward pass.
             return_vis (bool): Also return the rendered overlays (RGB arrays).
@@ -259,10 +261,12 @@ class OpenVocabInferencer(MMSegInferencer):
             - ``scores``: one dict per class present, largest first: ``index``, ``name``,
               ``fraction`` (share of the label map's pixels) and ``mean_probability`` (mean
               probability of the class over the pixels it wins, at the inference size);
-            - ``max_probabilities``: (T,) float32, every class's maximum probability;
+            - ``max_probabilities``: (T,) float32, every class's maximum probability (0 for the
+              classes a class filter removed);
             - ``img_path``: the file, or None for an array;
             - ``probabilities`` (if asked): (T, h, w) float32 at the inference size (h, w), the
-              original size unless shrunk by ``max_side``;
+              original size unless shrunk by ``max_side`` (0 for the classes a class filter
+              removed);
 
             and ``visualization``: the overlays (an empty list if none were asked for).
             Probabilities are the sigmoid of the logits (in the ``sliding_global`` test mode,
@@ -347,7 +351,10 @@ class OpenVocabInferencer(MMSegInferencer):
 
     @torch.no_grad()
     def forward(self, inputs: dict, **kwargs) -> List[SegDataSample]:
-        """Run the model; adds ``probabilities`` (T, h, w) and the (H0, W0) int32 label map.
+        """Run the model; adds ``probabilities`` (K, h, w) and the (H0, W0) int32 label map.
+
+        ``probabilities`` are those of the K classes in ``metainfo['seg_logits_classes']`` (all T
+        unless a class filter removed some; see ``models/segmentors/class_sparse.py``).
 
         Images of different sizes in one batch are run one by one (mmseg's test preprocessor
         needs equal sizes).
@@ -360,9 +367,10 @@ class OpenVocabInferencer(MMSegInferencer):
                      for p in self.model.test_step(dict(inputs=[images[i]],
                                                         data_samples=[samples[i]]))]
         for pred in preds:
-            logits = pred.seg_logits.data                                     # (T, h, w)
+            logits = pred.seg_logits.data                                     # (K, h, w)
             probs = logits.sigmoid().float().cpu()  # the segmentor returns logits in every mode
-            small = probs.argmax(dim=0).to(torch.int32).numpy()               # (h, w)
+            classes = pred.metainfo['seg_logits_classes'].cpu()               # (K,)
+            small = classes[probs.argmax(dim=0)].to(torch.int32).numpy()      # (h, w)
             label_map = resize_label_map(small, pred.metainfo['source_shape'])  # (H0, W0) int32
             pred.set_field(probs, 'probabilities', field_type='data')
             pred.pred_sem_seg = PixelData(data=torch.from_numpy(label_map)[None])
@@ -403,14 +411,17 @@ class OpenVocabInferencer(MMSegInferencer):
         names = self.classes
         results = []
         for pred in preds:
-            probs = pred.probabilities                                        # (T, h, w)
+            probs = pred.probabilities                                        # (K, h, w)
+            classes = pred.metainfo['seg_logits_classes'].cpu()               # (K,)
             label_map = pred.pred_sem_seg.data[0].numpy()                     # (H0, W0) int32
+            max_probs = torch.zeros(len(names))
+            max_probs[classes] = probs.flatten(1).amax(dim=1)
             result = dict(sem_seg=label_map, classes=list(names),
-                          scores=class_scores(probs, label_map, names),
-                          max_probabilities=probs.flatten(1).amax(dim=1).numpy(),
+                          scores=class_scores(probs, label_map, names, classes),
+                          max_probabilities=max_probs.numpy(),
                           img_path=pred.metainfo['img_path'])
             if return_probabilities:
-                result['probabilities'] = probs.numpy()
+                result['probabilities'] = dense_probabilities(probs, classes, len(names)).numpy()
             self._write_label_map(pred, pred_out_dir)
             results.append(result)
         return results
@@ -432,4 +443,4 @@ class OpenVocabInferencer(MMSegInferencer):
         """Write the (H0, W0) label map to ``pred_out_dir/<name>.png``, if a folder is given."""
         if pred_out_dir:
             write_label_map(osp.join(pred_out_dir, self._output_names(pred)['pred']),
-                            pred.pred_sem_seg.data[0].numpy(), len(pred.probabilities))
+                            pred.pred_sem_seg.data[0].numpy(), len(self.classes))

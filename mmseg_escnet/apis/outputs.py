@@ -24,15 +24,17 @@ from .image_io import encode_to_file
 OUTPUT_KINDS = ('vis', 'pred')
 
 
-def class_scores(probabilities: torch.Tensor, label_map: np.ndarray,
-                 names: Sequence[str]) -> List[Dict[str, Any]]:
+def class_scores(probabilities: torch.Tensor, label_map: np.ndarray, names: Sequence[str],
+                 classes: Optional[torch.Tensor] = None) -> List[Dict[str, Any]]:
     """Scores of the classes present in a prediction, largest pixel share first.
 
     Args:
-        probabilities (torch.Tensor): ``(T, h, w)`` float class probabilities at the inference
+        probabilities (torch.Tensor): ``(K, h, w)`` float class probabilities at the inference
             size.
         label_map (np.ndarray): ``(H0, W0)`` integer class ids at the original size.
         names (Sequence[str]): The T display names.
+        classes (torch.Tensor, optional): ``(K,)`` the vocabulary index of each channel of
+            ``probabilities``; None when K = T.
 
     Returns:
         List[dict]: One dict per class present in ``label_map`` (ties: lower id first):
@@ -40,9 +42,10 @@ def class_scores(probabilities: torch.Tensor, label_map: np.ndarray,
         ``mean_probability`` (mean probability of the class over the pixels it wins at the
         inference size).
     """
-    num_classes = probabilities.shape[0]
-    small = probabilities.argmax(dim=0).flatten()                           # (h * w,)
-    chosen = probabilities.flatten(1).gather(0, small[None])[0]              # (h * w,)
+    num_classes = len(names)
+    chosen, small = probabilities.flatten(1).max(dim=0)                     # (h * w,) twice
+    if classes is not None:
+        small = classes[small]                                              # vocabulary ids
     small_counts = torch.bincount(small, minlength=num_classes).double()
     small_sums = torch.bincount(small, weights=chosen.double(), minlength=num_classes)
     counts = class_pixel_counts(label_map, num_classes)

@@ -94,6 +94,31 @@ def test_scores_match_probabilities_and_logits(catseg):
     np.testing.assert_array_equal(sample.pred_sem_seg.data[0].numpy(), labels)
 
 
+def test_a_class_filter_gives_class_sparse_outputs(catseg):
+    """With ``topk`` k = 2, only 2 classes have probabilities; the others are reported as 0."""
+    image = _image(40, 60, seed=3)
+    catseg.model.test_cfg['class_filter'] = dict(type='topk', k=2)
+    try:
+        pred = _predict(catseg, image)
+        sample = catseg(image, return_datasamples=True)
+    finally:
+        del catseg.model.test_cfg['class_filter']
+    kept = sample.metainfo['seg_logits_classes'].tolist()
+    assert len(kept) == 2 and sample.seg_logits.shape == (40, 60)
+    assert sample.seg_logits.data.shape[0] == 2
+    dropped = sorted(set(range(5)) - set(kept))
+    probs = pred['probabilities']                                           # (5, 40, 60)
+    assert (probs[dropped] == 0).all() and (probs[kept] > 0).all()
+    np.testing.assert_allclose(probs[kept], sample.seg_logits.data.sigmoid().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(pred['max_probabilities'], probs.reshape(5, -1).max(1))
+    np.testing.assert_array_equal(pred['sem_seg'], probs.argmax(0))
+    assert {s['index'] for s in pred['scores']} <= set(kept)
+    for score in pred['scores']:
+        mask = pred['sem_seg'] == score['index']
+        assert score['mean_probability'] == pytest.approx(probs[score['index']][mask].mean(),
+                                                          rel=1e-5)
+
+
 def test_large_image_is_shrunk_then_label_map_enlarged(catseg):
     catseg.max_side = 64
     big = cv2.resize(_image(30, 20, seed=4), (2000, 3000), interpolation=cv2.INTER_NEAREST)

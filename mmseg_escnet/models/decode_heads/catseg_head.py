@@ -19,12 +19,9 @@ from mmseg.utils import SampleList
 
 from ..layers.class_chunks import check_class_chunk_size, map_class_chunks
 from ..layers.upsampling import Up
-from ..structures import DecodeInputs
+from ..structures import PRUNED_LOGIT, DecodeInputs
 
 __all__ = ['CATSegHead']
-
-#: Logit given to classes that the neck pruned (official value).
-PRUNED_LOGIT = -100.0
 
 
 @MODELS.register_module()

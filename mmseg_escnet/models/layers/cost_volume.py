@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .linear_class_attention import PoolSize
 
-__all__ = ['correlation', 'CLASS_FILTERS', 'check_class_filter', 'filter_classes', 'keep_classes',
+__all__ = ['correlation', 'CLASS_FILTERS', 'HEAD_CLASS_FILTERS', 'check_class_filter', 'filter_classes', 'keep_classes',
            'select_classes', 'embed_cost', 'text_guidance', 'select_pooling']
 
 
@@ -41,8 +41,11 @@ def correlation(img_feats: Tensor, text_feats: Tensor) -> Tensor:
     return torch.einsum('bchw,btpc->bpthw', img, text)
 
 
-#: Test-time class filters (``test_cfg.class_filter``), see :func:`filter_classes`.
-CLASS_FILTERS = ('topk', 'pixel_topk')
+#: Test-time class filters (``test_cfg.class_filter``), see :func:`filter_classes`; the last,
+#: SED's category early rejection, is applied by a decode head with auxiliary heads (SED's)
+#: before each of its stages, not here.
+CLASS_FILTERS = ('topk', 'pixel_topk', 'sed_cer')
+HEAD_CLASS_FILTERS = ('sed_cer', )
 
 
 def check_class_filter(class_filter: Optional[dict]) -> Optional[dict]:
@@ -80,9 +83,11 @@ def filter_classes(corr: Tensor, class_filter: Optional[dict]) -> Optional[Tenso
         class_filter (dict, optional): see :func:`check_class_filter`.
 
     Returns:
-        Tensor, optional: (B, T') kept classes, ascending; None when all are kept.
+        Tensor, optional: (B, T') kept classes, ascending; None when all are kept (or the
+        filter is one a decode head applies).
     """
-    if class_filter is None or class_filter['k'] >= corr.shape[2]:
+    if (class_filter is None or class_filter['type'] in HEAD_CLASS_FILTERS
+            or class_filter['k'] >= corr.shape[2]):
         return None
     k = class_filter['k']
     if class_filter['type'] == 'topk':

@@ -21,7 +21,6 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from mmengine.structures import PixelData
 from mmseg.models.segmentors import EncoderDecoder
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
@@ -29,9 +28,10 @@ from mmseg.utils import ConfigType, OptConfigType, OptMultiConfig
 from torch import Tensor
 
 from ...text import Vocabulary
-from ..layers.cost_volume import check_class_filter
+from ..layers.cost_volume import HEAD_CLASS_FILTERS, check_class_filter
 from ..structures import DecodeInputs
 from ..text import ClassEmbedder
+from .class_sparse import flip_back, postprocess_sparse, set_prediction
 from .sliding_global_inference import parse_protocol_cfg, sliding_global_inference
 
 VocabularyLike = Union[str, Sequence[str], dict, Vocabulary]
@@ -59,7 +59,8 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
             mode (in ``sliding_global`` the logit of the averaged probabilities). In every
             mode ``class_filter=dict(type='topk', k=32)`` (LMSeg's rule) or
             ``dict(type='pixel_topk', k=8)`` (SED's rule) runs everything after the initial
-            correlation on the kept classes only; the others get a logit that never wins.
+            correlation on the kept classes only; the others never win, and ``seg_logits``
+            hold only the kept classes (:mod:`.class_sparse`).
     """
 
     def __init__(self,
@@ -79,7 +80,7 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
         if isinstance(clip_resolution, int):
             clip_resolution = (clip_resolution, clip_resolution)
         self.clip_resolution = tuple(clip_resolution)
-        check_class_filter((self.test_cfg or {}).get('class_filter'))
+        self.test_class_filter()  # a bad filter fails when the model is built
         self.text_chunk_size = text_chunk_size
         self.train_text = ClassEmbedder(vocabulary)
         self.test_text = ClassEmbedder(vocabulary if test_vocabulary is None else test_vocabulary)
@@ -140,6 +141,21 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
         return self.class_embedder(self.backbone.encode_text, self.backbone.tokenize,
                                    chunk_size=self.text_chunk_size)
 
+    def test_class_filter(self) -> Optional[dict]:
+        """The checked ``test_cfg.class_filter`` (None: no filter).
+
+        Raises:
+            ValueError: for an unknown rule, bad ``k``, or a rule the decode head cannot apply
+                (``'sed_cer'`` needs SED's auxiliary heads).
+        """
+        class_filter = check_class_filter((self.test_cfg or {}).get('class_filter'))
+        if class_filter is not None and class_filter['type'] in HEAD_CLASS_FILTERS and \
+                class_filter['type'] not in getattr(self.decode_head, 'class_filters', ()):
+            raise ValueError(f"class_filter type {class_filter['type']!r} needs a decode head "
+                             f'that applies it (SEDHead); {type(self.decode_head).__name__} '
+                             "does not: use 'pixel_topk', the same rule on the correlation")
+        return class_filter
+
     # -- features --------------------------------------------------------------------------------
     def extract_feat(self, inputs: Tensor) -> DecodeInputs:
         """Run CLIP, the text encoder and the neck.
@@ -157,9 +173,9 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
         dense, *clip_features = self.backbone(inputs)             # (B, C, h, w), [(B, D, h, w)]
         text = self.text_embeddings()                             # (T, P, C)
         text = text.unsqueeze(0).expand(inputs.shape[0], *text.shape)  # (T, P, C) -> (B, T, P, C)
-        class_filter = None if self.training else (self.test_cfg or {}).get('class_filter')
+        class_filter = None if self.training else self.test_class_filter()
         cost = self.neck(dense, text, dense, class_filter=class_filter)
-        return DecodeInputs(*cost, clip_features=clip_features, num_classes=text.shape[1])
+        return DecodeInputs.from_cost(cost, clip_features, text.shape[1], class_filter)
 
     def loss(self, inputs: Tensor, data_samples: List) -> dict:
         """Training losses; see :meth:`EncoderDecoder.loss`."""
@@ -174,28 +190,20 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
     # -- inference -------------------------------------------------------------------------------
     def postprocess_result(self, seg_logits: Tensor,
                            data_samples: Optional[List] = None) -> List[SegDataSample]:
-        """mmseg's post-processing, with argmax semantics for a one-class vocabulary too.
+        """mmseg's post-processing on the kept classes only, with argmax semantics always.
 
-        mmseg treats a single output channel as binary segmentation (sigmoid, then a threshold
-        the head does not have). Here a label is always the best class of the vocabulary, so with
-        one class every pixel is class 0 and ``seg_logits`` stay logits.
+        See :mod:`.class_sparse`: classes that are ``PRUNED_LOGIT`` everywhere are not resized,
+        and a one-class vocabulary labels every pixel 0 (mmseg would threshold a sigmoid).
 
         Args:
             seg_logits (Tensor): (B, T, h, w) logits.
             data_samples (list, optional): as in :meth:`EncoderDecoder.postprocess_result`.
 
         Returns:
-            list[SegDataSample]: with ``seg_logits`` (T, H0, W0) and ``pred_sem_seg`` (1, H0, W0).
+            list[SegDataSample]: with ``seg_logits`` (K, H0, W0) of the classes in
+            ``metainfo['seg_logits_classes']`` (K,) and ``pred_sem_seg`` (1, H0, W0).
         """
-        if seg_logits.shape[1] != 1:
-            return super().postprocess_result(seg_logits, data_samples)
-        # (B, 1, h, w) -> (B, 2, h, w): a constant channel that never wins the argmax (finite, so
-        # mmseg's bilinear resize cannot turn it into NaN), removed again afterwards.
-        floor = torch.full_like(seg_logits, torch.finfo(seg_logits.dtype).min / 4)
-        samples = super().postprocess_result(torch.cat([seg_logits, floor], dim=1), data_samples)
-        for sample in samples:
-            sample.seg_logits = PixelData(data=sample.seg_logits.data[:1])
-        return samples
+        return postprocess_sparse(seg_logits, data_samples, self.align_corners)
 
     def predict(self, inputs: Tensor, data_samples: Optional[List] = None) -> List[SegDataSample]:
         """Predict label maps at the original image size.
@@ -206,9 +214,15 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
                 ``ori_shape``, padding and flip meta).
 
         Returns:
-            list[SegDataSample]: with ``seg_logits`` (T, H0, W0) and ``pred_sem_seg`` (1, H0, W0).
+            list[SegDataSample]: with ``seg_logits`` (K, H0, W0) of the K classes kept (all T
+            without a class filter or pruning) listed in ``metainfo['seg_logits_classes']``, and
+            ``pred_sem_seg`` (1, H0, W0) vocabulary indices.
         """
-        if self.test_cfg.get('mode', 'whole') != 'sliding_global':
+        mode = self.test_cfg.get('mode', 'whole')
+        if mode == 'whole':  # mmseg's whole_inference + postprocess_result, on K classes
+            return postprocess_sparse(self._forward(inputs), data_samples, self.align_corners,
+                                      input_size=inputs.shape[2:])
+        if mode != 'sliding_global':  # 'slide': mmseg's (T, H, W) canvas, then K classes
             return super().predict(inputs, data_samples)
         kernel, overlap, out_size, views_per_batch = parse_protocol_cfg(self.test_cfg)
         if data_samples is None:
@@ -220,14 +234,11 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
             left, right, top, bottom = meta.get('img_padding_size',
                                                 meta.get('padding_size', [0, 0, 0, 0]))
             image = inputs[i:i + 1, :, top:height - bottom, left:width - right]  # unpadded
-            probs = sliding_global_inference(self._forward, image, kernel=kernel,
-                                             overlap=overlap, out_size=out_size,
-                                             views_per_batch=views_per_batch)  # (1, T, 640, 640)
-            if meta.get('flip'):
-                probs = probs.flip(dims=(3, ) if meta['flip_direction'] == 'horizontal' else (2, ))
-            probs = F.interpolate(probs, size=tuple(meta['ori_shape'][:2]), mode='bilinear',
-                                  align_corners=False)[0]                     # (T, H0, W0)
+            probs, classes = sliding_global_inference(
+                self._forward, image, kernel=kernel, overlap=overlap, out_size=out_size,
+                views_per_batch=views_per_batch)                            # (1, K, 640, 640)
+            probs = F.interpolate(flip_back(probs, meta), size=tuple(meta['ori_shape'][:2]),
+                                  mode='bilinear', align_corners=False)[0]  # (K, H0, W0)
             # labels from the averaged probabilities (the protocol), logits as in every mode
-            sample.set_data(dict(seg_logits=PixelData(data=torch.logit(probs)),
-                                 pred_sem_seg=PixelData(data=probs.argmax(dim=0, keepdim=True))))
+            set_prediction(sample, torch.logit(probs), classes)
         return data_samples

@@ -12,6 +12,10 @@ CAT-Seg and ESC-Net report::
       -> crops summed back onto the 640 x 640 canvas / number of crops covering each pixel
       -> (crops + global view resized to 640 x 640) / 2       = probabilities (T, 640, 640)
 
+Only the K classes kept by a class filter (or the top-``pad_len`` pruning) in at least one view
+are resized and averaged: the others are ``PRUNED_LOGIT`` in every view (probability ~0), so the
+canvas is (K, 640, 640) instead of (T, 640, 640), with the same values for the kept classes.
+
 The caller resizes the result to the original image size. The crops are placed where
 ``torch.nn.Unfold(kernel, stride)`` places them (offsets ``0, stride, 2 * stride, ...`` while the
 crop fits); a setting that leaves pixels uncovered is refused instead of dividing by zero.
@@ -21,6 +25,8 @@ from typing import Callable, List, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .class_sparse import kept_classes
 
 
 def crop_offsets(size: int, kernel: int, stride: int) -> List[int]:
@@ -45,7 +51,7 @@ def sliding_global_inference(forward: Callable[[Tensor], Tensor],
                              kernel: int = 384,
                              overlap: float = 0.333,
                              out_size: Sequence[int] = (640, 640),
-                             views_per_batch: int = 0) -> Tensor:
+                             views_per_batch: int = 0) -> Tuple[Tensor, Tensor]:
     """Class probabilities of one image with CAT-Seg's sliding + global protocol.
 
     Args:
@@ -59,7 +65,8 @@ def sliding_global_inference(forward: Callable[[Tensor], Tensor],
             values bound memory with large vocabularies and give the same result.
 
     Returns:
-        Tensor: (1, T, H', W') probabilities in [0, 1].
+        tuple: probabilities (1, K, H', W') in [0, 1] of the kept classes (K,) (long, ascending;
+        all T unless classes were pruned in every view).
     """
     if image.dim() != 4 or image.shape[0] != 1:
         raise ValueError(f'expected one image (1, C, H, W), got {tuple(image.shape)}')
@@ -74,9 +81,11 @@ def sliding_global_inference(forward: Callable[[Tensor], Tensor],
     step = views_per_batch or views.shape[0]
     logits = torch.cat([forward(views[i:i + step])
                         for i in range(0, views.shape[0], step)])   # (N + 1, T, h', w')
+    classes = kept_classes(logits)
+    logits = logits[:, classes]                                         # (N + 1, K, h', w')
 
     # Views are upsampled one at a time: with 847 classes, (N + 1, T, 384, 384) at once would be
-    # 2.5 GB more than the (T, 640, 640) canvas. The arithmetic is the official one.
+    # 2.5 GB more than the (K, 640, 640) canvas. The arithmetic is the official one.
     canvas = logits.new_zeros(1, logits.shape[1], out_h, out_w)
     count = logits.new_zeros(1, 1, out_h, out_w)
     for k, (y, x) in enumerate((y, x) for y in rows for x in cols):
@@ -85,7 +94,7 @@ def sliding_global_inference(forward: Callable[[Tensor], Tensor],
     canvas /= count
     global_probs = F.interpolate(_probabilities(logits[-1:], kernel), size=(out_h, out_w),
                                  mode='bilinear', align_corners=False)
-    return canvas.add_(global_probs).div_(2)
+    return canvas.add_(global_probs).div_(2), classes
 
 
 def _probabilities(logits: Tensor, kernel: int) -> Tensor:

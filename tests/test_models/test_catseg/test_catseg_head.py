@@ -40,7 +40,7 @@ def _inputs(b=2, t=7, seed=1):
 def _predict(neck, head, img, text, clip):
     with torch.no_grad():
         out = neck(img, text, img)
-        return head(DecodeInputs(*out, clip_features=clip, num_classes=text.shape[1])), \
+        return head(DecodeInputs.from_cost(out, clip, text.shape[1])), \
             out.class_index
 
 
@@ -118,7 +118,7 @@ def test_mmseg_loss_and_predict_api():
     neck, head = _tiny()
     head.train()
     img, text, clip = _inputs(t=3)
-    inputs = DecodeInputs(*neck(img, text, img), clip_features=clip, num_classes=3)
+    inputs = DecodeInputs.from_cost(neck(img, text, img), clip, 3)
     labels = torch.randint(0, 3, (2, 40, 40))
     loss = head.loss(inputs, _samples(labels), train_cfg=None)
     loss['loss_bce'].backward()

@@ -6,7 +6,9 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
+from mmseg.models.segmentors import BaseSegmentor, EncoderDecoder
 from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
 
 import mmseg_escnet  # noqa: F401
 from mmseg_escnet.models.layers.cost_volume import (check_class_filter, correlation,
@@ -79,3 +81,56 @@ def test_bad_filters_are_refused_when_the_model_is_built(bad):
         check_class_filter(bad)
     with pytest.raises(ValueError, match='class_filter'):
         _model('catseg_tiny_synthetic.py', class_filter=bad)
+
+
+def _samples(n, ori_shape, pad=(0, 3, 0, 5), flip=None):
+    """Samples of (96, 96) padded inputs whose unpadded part is resized back to ``ori_shape``."""
+    meta = dict(ori_shape=ori_shape, img_shape=(91, 93), pad_shape=(96, 96), padding_size=pad)
+    if flip:
+        meta.update(flip=True, flip_direction=flip)
+    return [SegDataSample(metainfo=dict(meta)) for _ in range(n)]
+
+
+def _mmseg_predict(model, images, samples):
+    """mmseg's ``EncoderDecoder.predict`` with mmseg's dense post-processing."""
+    logits = EncoderDecoder.inference(model, images, [s.metainfo for s in samples])
+    return BaseSegmentor.postprocess_result(model, logits, samples)
+
+
+@pytest.mark.parametrize('flip', [None, 'horizontal', 'vertical'])
+def test_whole_mode_equals_mmseg_post_processing_without_a_filter(flip):
+    """Without pruning, the class-sparse post-processing is mmseg's, bit for bit."""
+    model = _model('catseg_tiny_synthetic.py')
+    images = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ours = model.predict(images, _samples(2, (70, 50), flip=flip))
+        mmseg = _mmseg_predict(model, images, _samples(2, (70, 50), flip=flip))
+    for a, b in zip(ours, mmseg):
+        assert a.metainfo['seg_logits_classes'].tolist() == list(range(len(VOCABULARY)))
+        assert torch.equal(a.seg_logits.data, b.seg_logits.data)
+        assert torch.equal(a.pred_sem_seg.data, b.pred_sem_seg.data)
+
+
+@pytest.mark.parametrize('mode', ['whole', 'sliding_global'])
+def test_with_a_filter_only_the_kept_classes_reach_the_image_size(mode):
+    rule = dict(type='topk', k=3)
+    protocol = dict(kernel=48, overlap=0.5, out_size=(96, 96)) if mode == 'sliding_global' else {}
+    model = _model('escnet_tiny_synthetic.py', class_filter=rule, **protocol)
+    model.test_cfg['mode'] = mode
+    images = _images()
+    with torch.no_grad():
+        sparse = model.predict(images, _samples(1, (70, 50)))[0]
+        if mode == 'whole':  # mmseg's dense post-processing of the same filtered logits
+            dense = _mmseg_predict(model, images, _samples(1, (70, 50)))[0]
+    classes = sparse.metainfo['seg_logits_classes']
+    assert sparse.seg_logits.data.shape == (len(classes), 70, 50)
+    assert set(sparse.pred_sem_seg.data.unique().tolist()) <= set(classes.tolist())
+    if mode == 'sliding_global':  # the union of each view's top 3
+        assert 3 <= len(classes) < len(VOCABULARY)
+        return
+    kept = filter_classes(_initial_correlation(model, images), rule)[0]
+    assert classes.tolist() == kept.tolist()
+    # bilinear resizing of 3 instead of 9 channels may round differently (1 ulp)
+    torch.testing.assert_close(sparse.seg_logits.data, dense.seg_logits.data[classes],
+                               rtol=0, atol=1e-6)
+    assert torch.equal(sparse.pred_sem_seg.data, dense.pred_sem_seg.data)

@@ -16,6 +16,7 @@ from mmseg.structures import SegDataSample
 from torch import nn
 
 import mmseg_escnet  # noqa: F401
+from mmseg_escnet.models.structures import PRUNED_LOGIT
 from mmseg_escnet.models.segmentors.sliding_global_inference import (crop_offsets,
                                                                      parse_protocol_cfg,
                                                                      sliding_global_inference)
@@ -64,14 +65,36 @@ def test_matches_the_official_algorithm(kernel, overlap, out_res, size):
     image = torch.randn(1, 3, *size)
     with torch.no_grad():
         expected = official_protocol(net, image, kernel, overlap, out_res)
-        ours = sliding_global_inference(net, image, kernel=kernel, overlap=overlap,
-                                        out_size=out_res)
-        chunked = sliding_global_inference(net, image, kernel=kernel, overlap=overlap,
-                                           out_size=out_res, views_per_batch=2)
-    assert ours.shape == (1, 6, *out_res)
+        ours, classes = sliding_global_inference(net, image, kernel=kernel, overlap=overlap,
+                                                 out_size=out_res)
+        chunked, _ = sliding_global_inference(net, image, kernel=kernel, overlap=overlap,
+                                              out_size=out_res, views_per_batch=2)
+    assert ours.shape == (1, 6, *out_res) and classes.tolist() == list(range(6))
     torch.testing.assert_close(ours, expected, rtol=0, atol=1e-6)
     torch.testing.assert_close(chunked, ours, rtol=0, atol=1e-6)
     assert ours.min() >= 0 and ours.max() <= 1
+
+
+class PruningNet(TinyNet):
+    """TinyNet whose class 2 is pruned in every view and class 4 in the global view only."""
+
+    def forward(self, x):
+        logits = super().forward(x)
+        logits[:, 2] = PRUNED_LOGIT
+        logits[-1:, 4] = PRUNED_LOGIT
+        return logits
+
+
+def test_only_classes_kept_in_some_view_are_averaged():
+    net = PruningNet()
+    image = torch.randn(1, 3, 70, 50, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = official_protocol(net, image, 48, 0.5, (96, 120))        # (1, 6, 96, 120)
+        probs, classes = sliding_global_inference(net, image, kernel=48, overlap=0.5,
+                                                  out_size=(96, 120))
+    assert classes.tolist() == [0, 1, 3, 4, 5]
+    torch.testing.assert_close(probs, expected[:, classes], rtol=0, atol=1e-6)
+    assert expected[:, 2].max() < 1e-40  # what the dense canvas held for the dropped class
 
 
 def test_crop_offsets_and_errors():
