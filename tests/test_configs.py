@@ -19,13 +19,23 @@ ALL_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', '*.py')))
 BENCHMARK_CONFIGS = [p for p in ALL_CONFIGS
                      if osp.splitext(p)[0].rsplit('_', 1)[-1] in BENCHMARKS]
 CONFIGS = [p for p in ALL_CONFIGS if p not in BENCHMARK_CONFIGS]
-PAPER_MODELS = ('catseg_vitb16', 'catseg_vitl14', 'escnet_vitb16', 'escnet_vitl14')
+PAPER_MODELS = ('catseg_vitb16', 'catseg_vitl14', 'escnet_vitb16', 'escnet_vitl14',
+                'sed_convnext_base', 'sed_convnext_large')
+#: The test settings of each family's benchmark configs (its paper's protocol).
+PROTOCOLS = {
+    'catseg': dict(mode='sliding_global', kernel=384, overlap=0.333, out_size=(640, 640)),
+    'escnet': dict(mode='sliding_global', kernel=384, overlap=0.333, out_size=(640, 640)),
+    'sed': dict(mode='whole', resize_probabilities=True, class_filter=dict(type='sed_cer', k=8)),
+}
 
 # The official model (cvlab-kaist/CAT-Seg, docs/catseg.md): CLIP + aggregator/decoder + upsample1/2; trainable = CLIP Wq/Wv + the rest,
 # less the last vision block's Wq, which the dense forward never uses (official: always zero gradient).
 OFFICIAL_COUNTS = {
     'catseg_vitb16.py': (149_620_737 + 2_308_961 + 2_359_680, 20_447_232 - 768**2 + 2_308_961 + 2_359_680),
     'catseg_vitl14.py': (427_944_193 + 2_636_641 + 3_146_112, 64_487_424 - 1024**2 + 2_636_641 + 3_146_112),
+    # SED (xb534/SED) built with random weights: total, and trainable under CLIP_FINETUNE "full"
+    'sed_convnext_base.py': (180_761_741, 89_598_220),
+    'sed_convnext_large.py': (353_245_773, 201_243_980),
 }
 
 # ESC-Net: paper Table 4 gives 451.3M for ViT-L/14; the issue allows 1 %.
@@ -84,8 +94,7 @@ def test_benchmark_config_is_consistent(path):
     for key in ('test_vocabulary', 'test_cfg'):
         model.pop(key), parent_model.pop(key)
     assert model == parent_model
-    assert cfg.model.test_cfg == dict(mode='sliding_global', kernel=384, overlap=0.333,
-                                      out_size=(640, 640))
+    assert cfg.model.test_cfg == PROTOCOLS[osp.basename(path).split('_')[0]]
     dataset_cls = DATASETS.get(cfg.test_dataloader.dataset.type)
     meta = dataset_cls.METAINFO
     # the text vocabulary, the dataset's classes and the metric agree

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from .clip_official import merge_qkv, split_qkv
 from .catseg_official import map_catseg_key
+from .official_checkpoint import detectron2_state_dict, float32, short_list
 
 __all__ = [
     'OFFICIAL_CLIP_PREFIX', 'CLIP_PREFIX', 'DROPPED_KEYS', 'REQUIRED_OFFICIAL_KEYS',
@@ -218,34 +219,6 @@ def check_architecture(checkpoint_arch: CLIPArchitecture, config_arch: CLIPArchi
                          f'{config_arch.name}')
 
 
-def _short(keys: List[str], limit: int = 12) -> str:
-    more = f' ... (+{len(keys) - limit} more)' if len(keys) > limit else ''
-    return repr(keys[:limit]) + more
-
-
-def _official_state_dict(checkpoint: Mapping) -> Mapping[str, Tensor]:
-    """The state dict inside a detectron2 checkpoint, or ``checkpoint`` itself if bare."""
-    if not isinstance(checkpoint, Mapping):
-        raise TypeError(f'expected a checkpoint dict, got {type(checkpoint).__name__}')
-    if 'model' in checkpoint:
-        state = checkpoint['model']
-        if not isinstance(state, Mapping):
-            raise ValueError(f"the checkpoint's 'model' entry is a {type(state).__name__}, "
-                             'expected a state dict')
-    elif isinstance(checkpoint.get('state_dict'), Mapping):
-        raise ValueError("the checkpoint has a 'state_dict' entry and no 'model' entry: it looks "
-                         'like an mmseg/MMEngine checkpoint (already converted?), not an official '
-                         'detectron2 CAT-Seg checkpoint')
-    else:
-        state = checkpoint
-    bad = [k for k, v in state.items() if not isinstance(k, str) or not torch.is_tensor(v)]
-    if bad:
-        raise ValueError("expected a detectron2 checkpoint {'model': state_dict, ...} or a bare "
-                         f'state dict of tensors; entries that are not named tensors: '
-                         f'{_short([str(k) for k in bad])}')
-    return state
-
-
 def split_catseg_checkpoint(
         checkpoint: Mapping) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
     """Convert an official CAT-Seg checkpoint and also return what was dropped.
@@ -263,12 +236,12 @@ def split_catseg_checkpoint(
             that are not part of CAT-Seg, missing :data:`REQUIRED_OFFICIAL_KEYS` or incomplete
             q/k/v triples; the message lists the keys.
     """
-    state = _official_state_dict(checkpoint)
+    state = detectron2_state_dict(checkpoint, 'CAT-Seg')
     old = [k for k in state if k.startswith('backbone.')]
     if old:
         raise ValueError(
-            f'{len(old)} backbone.* keys (e.g. {_short(old, 3)}): this checkpoint comes from the '
-            'early CAT-Seg version with an extra Swin/ResNet backbone (configs vitl_swinb_384*, '
+            f'{len(old)} backbone.* keys (e.g. {short_list(old, 3)}): this checkpoint comes from '
+            'the early CAT-Seg version with an extra Swin/ResNet backbone (configs vitl_swinb_384*, '
             'vitb_r101_384), which this port does not implement; use the current release '
             '(model_final_base.pth / model_final_large.pth)')
     missing = [k for k in REQUIRED_OFFICIAL_KEYS if k not in state]
@@ -296,22 +269,18 @@ def split_catseg_checkpoint(
                 converted[new_key] = value
     if unknown:
         hints = [hint for stem, hint in _HINTS if any(stem in k for k in unknown)]
-        raise ValueError(f'{len(unknown)} entries are not part of CAT-Seg: {_short(unknown)}' +
+        raise ValueError(f'{len(unknown)} entries are not part of CAT-Seg: {short_list(unknown)}' +
                          ''.join(f'; {h}' for h in hints))
     both = [k for k in clip if k.endswith('.in_proj_weight')
             and k[:-len('in_proj_weight')] + 'q_proj_weight' in clip]
     if both:
-        raise ValueError(f'attention weights both packed and split: {_short(both)}')
+        raise ValueError(f'attention weights both packed and split: {short_list(both)}')
     try:
         clip = split_qkv(merge_qkv(clip))  # packed or split in -> split out
     except ValueError as err:
         raise ValueError(f'CLIP attention weights under {OFFICIAL_CLIP_PREFIX}: {err}') from err
     converted.update({CLIP_PREFIX + k: v for k, v in clip.items()})
-    converted = {
-        k: v.float() if v.is_floating_point() else v
-        for k, v in sorted(converted.items())
-    }
-    return converted, dropped
+    return float32(converted), dropped
 
 
 def convert_catseg_checkpoint(checkpoint: Mapping) -> Dict[str, Tensor]:

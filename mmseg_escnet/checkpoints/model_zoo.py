@@ -47,6 +47,7 @@ ConverterFn = Callable[[Mapping], Dict[str, torch.Tensor]]
 #: Converter name -> ``'module:function'`` (imported on first use) or a callable.
 CONVERTERS: Dict[str, Union[str, ConverterFn]] = {
     'catseg_official': convert_catseg_checkpoint,
+    'sed_official': 'mmseg_escnet.checkpoints.sed_checkpoint:convert_sed_checkpoint',
 }
 _REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 

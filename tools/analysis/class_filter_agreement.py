@@ -7,12 +7,14 @@ The vocabulary is the config's test vocabulary padded to ``--num-classes`` class
 distractors (ADE20K-847 classes none of whose names is already in it, in order). Every image of ``--images`` is
 segmented without a filter and with each ``model.test_cfg.class_filter`` of ``--filters``
 (``topk:K``: LMSeg's top-k classes of the image; ``pixel_topk:K``: SED's union of every pixel's
-top-k). Reported per filter:
+top-k on the initial correlation; ``sed_cer:K``: SED's category early rejection, for SED). Reported
+per filter:
 
 - ``unchanged``: the share of pixels whose label equals the unfiltered one;
 - ``speedup``: unfiltered seconds per image over filtered seconds per image (the first image,
   which encodes the vocabulary, is not timed);
-- ``kept``: the mean number of classes the filter kept;
+- ``kept``: the mean number of classes that reach the output (for ``sed_cer``: the survivors of
+  its last stage);
 - with ``--annotations`` (label PNGs named like the images, 255 ignored): ``recall``, the share of
   annotated pixels whose true class the filter kept, and the pixel accuracy, so that a change
   can be judged as a loss or a gain.
@@ -30,6 +32,7 @@ from PIL import Image
 
 from mmseg_escnet.apis import OpenVocabInferencer
 from mmseg_escnet.models.layers.cost_volume import check_class_filter
+from mmseg_escnet.models.segmentors.class_sparse import kept_classes
 from mmseg_escnet.text import Vocabulary
 from mmseg_escnet.utils import ensure_writable_dir, run_cli, write_json
 
@@ -114,25 +117,27 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, dict]:
                             kept=float(args.num_classes), accuracy=accuracy(reference),
                             recall=None if truth is None else 1.0)}
     for rule in args.filters:
-        kept = []  # per forward: the kept class indices (None: all)
+        kept = []  # per forward: the class indices that reach the output
+        model = inferencer.model
+        network = model._forward
 
-        def record(module, inputs, out):  # out: AggregatedCost, cost (B, C, T', h, w)
-            index = out.class_index
-            kept.append(None if index is None else set(index[0].tolist()))
+        def record(*args, **kwargs):  # the network's logits (B, T, H, W)
+            logits = network(*args, **kwargs)
+            kept.append(set(kept_classes(logits[:1]).tolist()))
+            return logits
 
-        hook = inferencer.model.neck.register_forward_hook(record)
+        model._forward = record
         try:
             labels, seconds = _segment(inferencer, images, rule)
         finally:
-            hook.remove()
+            del model._forward  # back to the class's method
         unchanged = sum((a == b).sum() for a, b in zip(labels, reference)) / sum(
             a.size for a in reference)
         recall = None
         if truth is not None and len(kept) == len(truth):  # one forward per image
-            hits = sum(np.isin(t[t != 255], sorted(k) if k is not None else t).sum()
-                       for t, k in zip(truth, kept))
+            hits = sum(np.isin(t[t != 255], sorted(k)).sum() for t, k in zip(truth, kept))
             recall = float(hits / sum((t != 255).sum() for t in truth))
-        counts = [args.num_classes if k is None else len(k) for k in kept]
+        counts = [len(k) for k in kept]
         results[f'{rule["type"]}:{rule["k"]}'] = dict(
             unchanged=float(unchanged), speedup=base_seconds / seconds, seconds=seconds,
             kept=float(np.mean(counts)), accuracy=accuracy(labels), recall=recall)

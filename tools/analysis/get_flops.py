@@ -22,8 +22,8 @@ The vocabulary has ``--num-classes`` names (default: the config's test vocabular
 multiply-accumulates, the convention of fvcore and of the CAT-Seg / ESC-Net efficiency tables
 ("GFLOPs"). Not counted: element-wise operations, normalisations and interpolations, and
 ESC-Net's pseudo prompt generator (k-means on at most h x w points per class, whose data-dependent
-steps cannot run on shapes alone). ``class_filter=dict(type='pixel_topk', ...)`` keeps a
-data-dependent number of classes and cannot be counted this way either.
+steps cannot run on shapes alone). ``class_filter=dict(type='pixel_topk', ...)`` and SED's
+``'sed_cer'`` keep a data-dependent number of classes and cannot be counted this way either.
 """
 import argparse
 import os.path as osp
@@ -66,14 +66,17 @@ def _prepare(cfg: Config, num_classes: Optional[int]) -> Config:
         model.neck.sam_init = 'random'
     test_vocabulary = model.get('test_vocabulary') or model.vocabulary
     spec = test_vocabulary if isinstance(test_vocabulary, dict) else dict(classes=test_vocabulary)
-    templates = spec.get('templates', 'catseg')
     if num_classes is None:
         num_classes = len(Vocabulary(**spec))
+    # names only: the segmentor prompts them with the templates of the config's vocabulary
     model.test_vocabulary = dict(classes=[f'class {i}' for i in range(num_classes)],
-                                 templates=templates)
-    if (model.get('test_cfg') or {}).get('class_filter', {}).get('type') == 'pixel_topk':
-        raise ValueError("class_filter type 'pixel_topk' keeps a data-dependent number of "
-                         'classes: measure it with tools/analysis/benchmark_inference.py')
+                                 **{k: v for k, v in spec.items() if k != 'classes'})
+    rule = ((model.get('test_cfg') or {}).get('class_filter') or {}).get('type')
+    if rule in ('pixel_topk', 'sed_cer'):
+        raise ValueError(f'class_filter type {rule!r} keeps a data-dependent number of classes: '
+                         'count without it (--cfg-options model.test_cfg.class_filter=None) for '
+                         'the upper bound, or measure it with tools/analysis/'
+                         'class_filter_agreement.py')
     return cfg
 
 
@@ -141,7 +144,7 @@ def count(cfg: Config, num_classes: Optional[int] = None,
                 # mmseg's slide checks its coverage with .item(), which shapes alone cannot
                 # answer: count one crop in 'whole' mode, times the number of crops
                 crops, size = _slide_crops(model.test_cfg, size), tuple(model.test_cfg.crop_size)
-                model.test_cfg.mode = 'whole'
+                model.test_cfg = dict(mode='whole', class_filter=model.test_cfg.get('class_filter'))
             images = torch.zeros(1, 3, *size)
             meta = dict(img_shape=size, ori_shape=size, pad_shape=size,
                         padding_size=[0, 0, 0, 0])

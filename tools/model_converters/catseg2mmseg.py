@@ -20,7 +20,6 @@ anything is read or built. Errors are one line on stderr (``--debug`` shows the 
 import argparse
 import os
 import os.path as osp
-import pickle
 import sys
 from dataclasses import asdict
 from typing import Dict, List, Mapping, Optional
@@ -30,10 +29,11 @@ import torch
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from mmseg_escnet.checkpoints.download import local_checkpoint_path  # noqa: E402
 from mmseg_escnet.checkpoints.catseg_checkpoint import (  # noqa: E402
     CLIPArchitecture, check_architecture, clip_architecture, clip_architecture_from_config,
     split_catseg_checkpoint)
+from mmseg_escnet.checkpoints.official_checkpoint import (  # noqa: E402
+    load_official_checkpoint, state_dict_problems)
 from mmseg_escnet.utils import ensure_writable_dir, run_cli  # noqa: E402
 
 CONVERTER = 'tools/model_converters/catseg2mmseg.py'
@@ -44,43 +44,9 @@ DEFAULT_CONFIGS = {
 }
 
 
-def _short(keys: List[str], limit: int = 10) -> str:
-    more = f' ... (+{len(keys) - limit} more)' if len(keys) > limit else ''
-    return repr(keys[:limit]) + more
-
-
 def load_checkpoint_file(src: str) -> Mapping:
-    """Read a checkpoint file safely (tensors and plain Python types only).
-
-    Args:
-        src (str): Local path or http(s) URL.
-
-    Returns:
-        Mapping: The unpickled checkpoint.
-
-    Raises:
-        FileNotFoundError: If a local ``src`` does not exist.
-        ValueError: If the file is not a torch checkpoint, needs arbitrary Python objects
-            unpickled, or does not hold a dict.
-    """
-    path = local_checkpoint_path(src, what='official CAT-Seg checkpoint')
-    try:
-        obj = torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as err:
-        if 'Weights only load failed' not in str(err):
-            raise ValueError(f'{src}: not a torch checkpoint file ({err})') from err
-        reason = str(err).strip().splitlines()[-1]
-        raise ValueError(
-            f'{src}: the file needs arbitrary Python objects unpickled, which is refused for '
-            f'safety (torch.load weights_only=True: {reason}). If you trust it, re-save only its '
-            "weights: torch.save({'model': torch.load(src, weights_only=False)['model']}, new)"
-        ) from err
-    except Exception as err:  # torch raises several unrelated types for non-checkpoint files
-        raise ValueError(f'{src}: not a torch checkpoint file ({type(err).__name__}: {err})'
-                         ) from err
-    if not isinstance(obj, Mapping):
-        raise ValueError(f'{src}: holds a {type(obj).__name__}, expected a checkpoint dict')
-    return obj
+    """Read an official CAT-Seg checkpoint safely (see :func:`load_official_checkpoint`)."""
+    return load_official_checkpoint(src, 'official CAT-Seg checkpoint')
 
 
 def check_against_config(state: Dict[str, torch.Tensor], dropped: Dict[str, torch.Tensor],
@@ -108,18 +74,7 @@ def check_against_config(state: Dict[str, torch.Tensor], dropped: Dict[str, torc
     check_architecture(arch, clip_architecture_from_config(cfg.model.backbone), config)
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     model = MODELS.build(cfg.model)
-    reference = model.state_dict()
-    problems = []
-    missing = [k for k in reference if k not in state]
-    unexpected = [k for k in state if k not in reference]
-    mismatched = [f'{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}'
-                  for k, v in reference.items() if k in state and state[k].shape != v.shape]
-    if missing:
-        problems.append(f'missing keys {_short(missing)}')
-    if unexpected:
-        problems.append(f'unexpected keys {_short(unexpected)}')
-    if mismatched:
-        problems.append(f'shape mismatch {_short(mismatched)}')
+    problems = state_dict_problems(state, model.state_dict())
     buffers = dict(model.named_buffers())
     prefix = 'sem_seg_head.predictor.transformer.'
     for key, mask in dropped.items():

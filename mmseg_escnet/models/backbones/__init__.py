@@ -1,4 +1,5 @@
 """Backbones."""
 from .clip import CLIPBackbone
+from .clip_convnext import CLIPConvNeXtBackbone
 
-__all__ = ['CLIPBackbone']
+__all__ = ['CLIPBackbone', 'CLIPConvNeXtBackbone']

@@ -1,11 +1,13 @@
-"""Necks: CAT-Seg's cost aggregation and ESC-Net's ESC blocks (PPG, SAM block, VLF)."""
+"""Necks: CAT-Seg's cost aggregation, ESC-Net's ESC blocks (PPG, SAM block, VLF), SED's cost map."""
 from .catseg_aggregator import CATSegAggregator, CATSegAggregatorLayer
 from .esc_neck import ESCNeck
 from .ppg import PseudoPromptGenerator, PseudoPrompts
 from .sam_block import SAMBlock, build_prompt_encoder, encode_prompts
+from .sed_cost import SEDCostNeck
 from .vlf import VisionLanguageFusion
 
 __all__ = [
     'CATSegAggregator', 'CATSegAggregatorLayer', 'ESCNeck', 'PseudoPromptGenerator',
-    'PseudoPrompts', 'SAMBlock', 'build_prompt_encoder', 'encode_prompts', 'VisionLanguageFusion'
+    'PseudoPrompts', 'SAMBlock', 'build_prompt_encoder', 'encode_prompts', 'VisionLanguageFusion',
+    'SEDCostNeck'
 ]

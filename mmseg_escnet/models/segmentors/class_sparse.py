@@ -6,8 +6,8 @@ the image size would cost as much as resizing real ones: 847 x 480 x 640 float32
 So the segmentor resizes only the kept classes::
 
     logits (1, T, h, w)  -> kept classes (K,)  = channels not PRUNED_LOGIT everywhere
-      -> (1, K, h, w) -> bilinear resize to the input, remove padding, undo flip, bilinear
-         resize to the original size                                  (K, H0, W0) ``seg_logits``
+      -> (1, K, h, w) -> [with padding: bilinear resize to the input, remove the padding]
+         -> undo flip -> bilinear resize to the original size         (K, H0, W0) ``seg_logits``
       -> labels = kept[argmax over K]                                 (1, H0, W0) ``pred_sem_seg``
 
 ``sample.metainfo['seg_logits_classes']`` holds ``kept`` (K,): channel ``j`` of ``seg_logits`` is
@@ -53,12 +53,15 @@ def set_prediction(sample: SegDataSample, logits: Tensor, classes: Tensor) -> Se
 
 def postprocess_sparse(seg_logits: Tensor, data_samples: Optional[List[SegDataSample]],
                        align_corners: bool = False,
-                       input_size: Optional[Sequence[int]] = None) -> List[SegDataSample]:
-    """mmseg's post-processing on the kept classes of each image, argmax semantics always.
+                       input_size: Optional[Sequence[int]] = None,
+                       resize_probabilities: bool = False) -> List[SegDataSample]:
+    """Post-processing on the kept classes of each image, argmax semantics always.
 
-    The steps are mmseg's (``BaseDecodeHead.predict_by_feat`` then
-    ``BaseSegmentor.postprocess_result``), on K channels instead of T. Unlike mmseg, a
-    single-class output is not a binary segmentation: every pixel is class 0.
+    With padding, the steps are mmseg's (``BaseDecodeHead.predict_by_feat`` resizes to the input,
+    the padding is cut, then ``BaseSegmentor.postprocess_result`` resizes to the original size),
+    on K channels instead of T. Without padding the logits go to the original size in one
+    bilinear resize, as detectron2's ``sem_seg_postprocess`` (which CAT-Seg and SED use) does.
+    Unlike mmseg, a single-class output is not a binary segmentation: every pixel is class 0.
 
     Args:
         seg_logits (Tensor): (B, T, h, w) logits.
@@ -66,9 +69,10 @@ def postprocess_sparse(seg_logits: Tensor, data_samples: Optional[List[SegDataSa
             ``padding_size``, ``flip``, ``flip_direction``); None leaves the logits at the
             input size.
         align_corners (bool): of the bilinear resizes.
-        input_size (tuple, optional): (H, W) of the (padded) network input the logits are first
-            resized to, as the decode head's ``predict`` does in ``whole`` mode; None when they
-            are already at that size.
+        input_size (tuple, optional): (H, W) of the (padded) network input; None when the
+            logits are already at that size.
+        resize_probabilities (bool): resize the sigmoid probabilities and return their logit
+            (SED resizes probabilities), instead of the logits (mmseg).
 
     Returns:
         list[SegDataSample]: with ``seg_logits`` (K, H0, W0), ``pred_sem_seg`` (1, H0, W0) and
@@ -81,20 +85,27 @@ def postprocess_sparse(seg_logits: Tensor, data_samples: Optional[List[SegDataSa
         metas = [sample.metainfo for sample in data_samples]
     for i, (sample, meta) in enumerate(zip(data_samples, metas)):
         classes = kept_classes(seg_logits[i:i + 1])
-        logits = seg_logits[i:i + 1, classes]                               # (1, K, h, w)
-        if input_size is not None and tuple(logits.shape[-2:]) != tuple(input_size):
-            logits = F.interpolate(logits, size=tuple(input_size), mode='bilinear',
-                                   align_corners=align_corners)             # (1, K, H, W)
+        out = seg_logits[i:i + 1, classes]                                  # (1, K, h, w)
+        if resize_probabilities:
+            out = out.sigmoid()
+        padding = meta.get('img_padding_size', meta.get('padding_size', [0, 0, 0, 0]))
+        if input_size is not None and (not meta or any(padding)):
+            out = _resize(out, input_size, align_corners)                   # (1, K, H, W)
         if meta:
-            height, width = logits.shape[-2:]
-            left, right, top, bottom = meta.get('img_padding_size',
-                                                meta.get('padding_size', [0, 0, 0, 0]))
-            logits = logits[..., top:height - bottom, left:width - right]
-            logits = flip_back(logits, meta)
-            logits = F.interpolate(logits, size=tuple(meta['ori_shape'][:2]), mode='bilinear',
-                                   align_corners=align_corners)             # (1, K, H0, W0)
+            left, right, top, bottom = padding
+            height, width = out.shape[-2:]
+            out = out[..., top:height - bottom, left:width - right]
+            out = _resize(flip_back(out, meta), meta['ori_shape'][:2], align_corners)
+        logits = torch.logit(out) if resize_probabilities else out          # (1, K, H0, W0)
         set_prediction(sample, logits[0], classes)
     return data_samples
+
+
+def _resize(x: Tensor, size: Sequence[int], align_corners: bool) -> Tensor:
+    """Bilinear resize of (B, C, h, w) to ``size`` (a no-op at that size already)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode='bilinear', align_corners=align_corners)
 
 
 def flip_back(x: Tensor, meta: dict) -> Tensor:

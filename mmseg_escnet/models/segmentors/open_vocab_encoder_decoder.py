@@ -35,6 +35,13 @@ from .class_sparse import flip_back, postprocess_sparse, set_prediction
 from .sliding_global_inference import parse_protocol_cfg, sliding_global_inference
 
 VocabularyLike = Union[str, Sequence[str], dict, Vocabulary]
+#: The ``test_cfg`` keys of each inference mode.
+TEST_CFG_KEYS = {
+    'whole': {'mode', 'class_filter', 'resize_probabilities'},
+    'slide': {'mode', 'class_filter', 'crop_size', 'stride'},
+    'sliding_global': {'mode', 'class_filter', 'kernel', 'overlap', 'out_size',
+                       'views_per_batch'},
+}
 
 
 @MODELS.register_module()
@@ -50,6 +57,8 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
             path to a ``.txt``/``.json`` class list, a list of names, or ``Vocabulary`` kwargs
             (``dict(classes=..., synonyms='first', templates='catseg')``).
         test_vocabulary (optional): Vocabulary used in eval mode; defaults to ``vocabulary``.
+            Given without ``templates``/``synonyms`` (a name, a file, a list), it takes those of
+            ``vocabulary``, as does any test vocabulary :meth:`set_vocabulary` sets later.
         clip_resolution (int | tuple): Size the images are resized to before CLIP, (H, W).
         text_chunk_size (int): Prompts encoded per text-encoder call (bounds memory).
         train_cfg, data_preprocessor, init_cfg: As in :class:`EncoderDecoder`.
@@ -58,9 +67,12 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
             views_per_batch=0)`` for CAT-Seg's protocol. ``seg_logits`` are logits in every
             mode (in ``sliding_global`` the logit of the averaged probabilities). In every
             mode ``class_filter=dict(type='topk', k=32)`` (LMSeg's rule) or
-            ``dict(type='pixel_topk', k=8)`` (SED's rule) runs everything after the initial
-            correlation on the kept classes only; the others never win, and ``seg_logits``
-            hold only the kept classes (:mod:`.class_sparse`).
+            ``dict(type='pixel_topk', k=8)`` (SED's rule) or ``dict(type='sed_cer', k=8)``
+            (SED's category early rejection, by a head with auxiliary heads) runs everything
+            after the initial correlation on the kept classes only; the others never win, and
+            ``seg_logits`` hold only the kept classes (:mod:`.class_sparse`).
+            ``resize_probabilities=True`` (``whole`` mode) resizes sigmoid probabilities instead
+            of logits, as SED does. Unknown keys are refused.
     """
 
     def __init__(self,
@@ -80,10 +92,15 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
         if isinstance(clip_resolution, int):
             clip_resolution = (clip_resolution, clip_resolution)
         self.clip_resolution = tuple(clip_resolution)
-        self.test_class_filter()  # a bad filter fails when the model is built
+        self.test_class_filter()  # a bad filter or test_cfg key fails when the model is built
         self.text_chunk_size = text_chunk_size
         self.train_text = ClassEmbedder(vocabulary)
-        self.test_text = ClassEmbedder(vocabulary if test_vocabulary is None else test_vocabulary)
+        # a test vocabulary given without templates/synonyms is prompted like the training one
+        # (SED's 80 templates are the neck's input channels)
+        trained = self.train_text.vocabulary
+        self.test_text = ClassEmbedder(vocabulary if test_vocabulary is None else test_vocabulary,
+                                       defaults=dict(templates=trained.templates,
+                                                     synonyms=trained.synonym_policy))
         # New weights make cached text embeddings stale, even without a train() in between.
         self.register_load_state_dict_post_hook(self._clear_text_caches)
 
@@ -142,13 +159,23 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
                                    chunk_size=self.text_chunk_size)
 
     def test_class_filter(self) -> Optional[dict]:
-        """The checked ``test_cfg.class_filter`` (None: no filter).
+        """The checked ``test_cfg.class_filter`` (None: no filter), after checking ``test_cfg``.
 
         Raises:
+            KeyError: for a ``test_cfg`` key the mode does not take.
             ValueError: for an unknown rule, bad ``k``, or a rule the decode head cannot apply
                 (``'sed_cer'`` needs SED's auxiliary heads).
         """
-        class_filter = check_class_filter((self.test_cfg or {}).get('class_filter'))
+        test_cfg = self.test_cfg or {}
+        allowed = TEST_CFG_KEYS.get(test_cfg.get('mode', 'whole'))
+        if allowed is None:
+            raise ValueError(f"test_cfg.mode must be one of {sorted(TEST_CFG_KEYS)}, got "
+                             f"{test_cfg.get('mode')!r}")
+        unknown = set(test_cfg) - allowed
+        if unknown:
+            raise KeyError(f"test_cfg for mode {test_cfg.get('mode', 'whole')!r} has unknown keys "
+                           f'{sorted(unknown)}; allowed: {sorted(allowed)}')
+        class_filter = check_class_filter(test_cfg.get('class_filter'))
         if class_filter is not None and class_filter['type'] in HEAD_CLASS_FILTERS and \
                 class_filter['type'] not in getattr(self.decode_head, 'class_filters', ()):
             raise ValueError(f"class_filter type {class_filter['type']!r} needs a decode head "
@@ -220,8 +247,10 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
         """
         mode = self.test_cfg.get('mode', 'whole')
         if mode == 'whole':  # mmseg's whole_inference + postprocess_result, on K classes
-            return postprocess_sparse(self._forward(inputs), data_samples, self.align_corners,
-                                      input_size=inputs.shape[2:])
+            return postprocess_sparse(
+                self._forward(inputs), data_samples, self.align_corners,
+                input_size=inputs.shape[2:],
+                resize_probabilities=self.test_cfg.get('resize_probabilities', False))
         if mode != 'sliding_global':  # 'slide': mmseg's (T, H, W) canvas, then K classes
             return super().predict(inputs, data_samples)
         kernel, overlap, out_size, views_per_batch = parse_protocol_cfg(self.test_cfg)

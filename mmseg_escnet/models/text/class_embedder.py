@@ -27,7 +27,8 @@ from ...text import Vocabulary
 VocabularySpec = Union[Vocabulary, str, Sequence[str], Dict]
 
 
-def build_vocabulary(vocabulary: VocabularySpec) -> Vocabulary:
+def build_vocabulary(vocabulary: VocabularySpec,
+                     defaults: Optional[dict] = None) -> Vocabulary:
     """Build a :class:`Vocabulary` from any accepted form.
 
     Args:
@@ -35,6 +36,9 @@ def build_vocabulary(vocabulary: VocabularySpec) -> Vocabulary:
             arguments (``classes`` plus optional ``synonyms``/``templates``);
             or anything ``Vocabulary(classes=...)`` accepts (a built-in name,
             a file path or a list of class names).
+        defaults (dict, optional): ``synonyms``/``templates`` for a vocabulary
+            that does not set them (a model's prompting, e.g. SED's 80
+            templates); ignored for a :class:`Vocabulary`.
 
     Returns:
         Vocabulary: the vocabulary.
@@ -44,12 +48,13 @@ def build_vocabulary(vocabulary: VocabularySpec) -> Vocabulary:
     """
     if isinstance(vocabulary, Vocabulary):
         return vocabulary
+    defaults = dict(defaults or {})
     if isinstance(vocabulary, dict):
         if 'classes' not in vocabulary:
             raise TypeError(f"a vocabulary dict needs a 'classes' key, got keys "
                             f'{sorted(vocabulary)}')
-        return Vocabulary(**vocabulary)
-    return Vocabulary(vocabulary)
+        return Vocabulary(**{**defaults, **vocabulary})
+    return Vocabulary(vocabulary, **defaults)
 
 
 def _encoder_module(encode_text: Callable) -> Optional[nn.Module]:
@@ -82,11 +87,14 @@ class ClassEmbedder(nn.Module):
         vocabulary: a :class:`Vocabulary`, a dict of its keyword arguments
             (e.g. ``dict(classes='ade847', synonyms='all')``), a built-in
             vocabulary name, a ``.txt``/``.json`` path or a list of class names.
+        defaults (dict, optional): ``synonyms``/``templates`` for every vocabulary given
+            without them (see :func:`build_vocabulary`).
     """
 
-    def __init__(self, vocabulary: VocabularySpec) -> None:
+    def __init__(self, vocabulary: VocabularySpec, defaults: Optional[dict] = None) -> None:
         super().__init__()
-        self._vocabulary = build_vocabulary(vocabulary)
+        self.defaults = dict(defaults or {})
+        self._vocabulary = build_vocabulary(vocabulary, self.defaults)
         self._tokens: Optional[Tensor] = None  # (N, L) as returned by the tokenizer
         self._device_tokens: Optional[Tensor] = None  # (N, L) on the encoder's device
         self._group_index: Optional[Tensor] = None  # (N,) flat (class * P + template) index
@@ -114,7 +122,7 @@ class ClassEmbedder(nn.Module):
         Args:
             vocabulary: anything accepted by the constructor.
         """
-        self._vocabulary = build_vocabulary(vocabulary)
+        self._vocabulary = build_vocabulary(vocabulary, self.defaults)
         self.clear_cache(tokens=True)
 
     def clear_cache(self, tokens: bool = False) -> None:

@@ -4,6 +4,7 @@ import os.path as osp
 
 import pytest
 import torch
+import torch.nn.functional as F
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmseg.models.segmentors import BaseSegmentor, EncoderDecoder
@@ -19,10 +20,10 @@ CONFIGS = ['catseg_tiny_synthetic.py', 'escnet_tiny_synthetic.py']
 VOCABULARY = ['sky', 'grass', 'sand', 'snow', 'brick', 'water', 'road', 'tree', 'wall']
 
 
-def _model(name, **test_cfg):
+def _model(name, mode='whole', **test_cfg):
     cfg = Config.fromfile(osp.join(ROOT, 'configs', name))
     cfg.model.vocabulary = VOCABULARY
-    cfg.model.test_cfg = dict(mode='whole', **test_cfg)
+    cfg.model.test_cfg = dict(mode=mode, **test_cfg)
     init_default_scope('mmseg')
     torch.manual_seed(0)
     return MODELS.build(cfg.model).eval()
@@ -83,6 +84,15 @@ def test_bad_filters_are_refused_when_the_model_is_built(bad):
         _model('catseg_tiny_synthetic.py', class_filter=bad)
 
 
+def test_head_filters_and_unknown_test_cfg_keys_are_refused():
+    with pytest.raises(ValueError, match="'sed_cer' needs a decode head"):
+        _model('catseg_tiny_synthetic.py', class_filter=dict(type='sed_cer', k=8))  # no aux heads
+    with pytest.raises(KeyError, match="unknown keys \\['kernel'\\]"):
+        _model('catseg_tiny_synthetic.py', kernel=384)  # a sliding_global key in 'whole' mode
+    with pytest.raises(ValueError, match='test_cfg.mode'):
+        _model('catseg_tiny_synthetic.py', mode='wole')
+
+
 def _samples(n, ori_shape, pad=(0, 3, 0, 5), flip=None):
     """Samples of (96, 96) padded inputs whose unpadded part is resized back to ``ori_shape``."""
     meta = dict(ori_shape=ori_shape, img_shape=(91, 93), pad_shape=(96, 96), padding_size=pad)
@@ -115,8 +125,7 @@ def test_whole_mode_equals_mmseg_post_processing_without_a_filter(flip):
 def test_with_a_filter_only_the_kept_classes_reach_the_image_size(mode):
     rule = dict(type='topk', k=3)
     protocol = dict(kernel=48, overlap=0.5, out_size=(96, 96)) if mode == 'sliding_global' else {}
-    model = _model('escnet_tiny_synthetic.py', class_filter=rule, **protocol)
-    model.test_cfg['mode'] = mode
+    model = _model('escnet_tiny_synthetic.py', mode, class_filter=rule, **protocol)
     images = _images()
     with torch.no_grad():
         sparse = model.predict(images, _samples(1, (70, 50)))[0]
@@ -134,3 +143,20 @@ def test_with_a_filter_only_the_kept_classes_reach_the_image_size(mode):
     torch.testing.assert_close(sparse.seg_logits.data, dense.seg_logits.data[classes],
                                rtol=0, atol=1e-6)
     assert torch.equal(sparse.pred_sem_seg.data, dense.pred_sem_seg.data)
+
+
+@pytest.mark.parametrize('resize_probabilities', [False, True])
+def test_without_padding_one_resize_to_the_original_size(resize_probabilities):
+    """detectron2's sem_seg_postprocess (CAT-Seg, SED): one bilinear resize; SED resizes the
+    sigmoid probabilities."""
+    model = _model('catseg_tiny_synthetic.py', resize_probabilities=resize_probabilities)
+    images = _images()
+    with torch.no_grad():
+        out = model.predict(images, _samples(1, (70, 50), pad=(0, 0, 0, 0)))[0]
+        low = model._forward(images)                                      # (1, T, 96, 96)
+    resize = lambda x: F.interpolate(x, size=(70, 50), mode='bilinear', align_corners=False)  # noqa
+    if resize_probabilities:
+        torch.testing.assert_close(out.seg_logits.data.sigmoid(), resize(low.sigmoid())[0],
+                                   rtol=0, atol=1e-6)
+    else:
+        assert torch.equal(out.seg_logits.data, resize(low)[0])

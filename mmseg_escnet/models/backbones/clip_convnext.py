@@ -1,0 +1,417 @@
+"""CLIP ConvNeXt backbone (open_clip + timm) with SED's dense image encoding.
+
+SED (https://github.com/xb534/SED, ``open_clip/src/open_clip/timm_model.py``,
+``TimmModel.forward`` with ``dense=True``) encodes images with an open_clip CLIP whose image
+tower is a timm ConvNeXt trunk: it returns the stage outputs ``res2``..``res5`` (strides 4 to 32)
+and ``clip_vis_dense``, every stride-32 location passed alone, as a 1x1 image, through the
+trunk's head (its channel LayerNorm) and open_clip's projection head, so that it lies in the
+text-embedding space.
+
+The CLIP model is open_clip's own ``CLIP``/``TimmModel``
+(https://github.com/mlfoundations/open_clip) and the trunk timm's ``ConvNeXt``
+(https://github.com/huggingface/pytorch-image-models); this module only adds the dense path,
+custom trunk sizes and the fine-tuning policy.
+"""
+import contextvars
+import os
+from copy import deepcopy
+from typing import Dict, List, Optional, Tuple, Union
+
+import open_clip
+import timm
+import torch
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from mmseg.registry import MODELS
+from timm.models import register_model
+from timm.models.convnext import ConvNeXt
+
+from ...checkpoints.clip_official import (match_state_dict, normalize_clip_state_dict,
+                                          read_weights_file)
+
+__all__ = ['CLIPConvNeXtBackbone']
+
+FINETUNE_POLICIES = ('visual', 'frozen', 'full')
+#: Never trainable: no output of the backbone depends on them.
+_UNUSED_PARAMETERS = ('logit_scale', 'logit_bias')
+#: ConvNeXt arguments a ``trunk_cfg`` must not set (open_clip's config or the removed classifier).
+_RESERVED_TRUNK_KEYS = ('pretrained', 'pretrained_cfg', 'pretrained_cfg_overlay', 'checkpoint_path',
+                        'num_classes', 'global_pool', 'in_chans', 'drop_path_rate', 'output_stride')
+#: timm entry building the trunk while a ``trunk_cfg`` is active; base of unknown trunk names.
+_CUSTOM_TRUNK_NAME = 'mmseg_escnet_clip_convnext_custom'
+_DEFAULT_TEMPLATE = 'convnext_base'
+_STAGE_STRIDES = (4, 8, 16, 32)
+_HF_WEIGHTS_URL = 'https://huggingface.co/{repo}/resolve/main/open_clip_pytorch_model.bin'
+
+# (timm model whose arguments are the defaults, ConvNeXt keyword overrides); set only while
+# CLIPConvNeXtBackbone builds its CLIP, so the timm entry below sees it.
+_TRUNK_SPEC: contextvars.ContextVar = contextvars.ContextVar('clip_convnext_trunk', default=None)
+
+
+@register_model
+def mmseg_escnet_clip_convnext_custom(pretrained: bool = False, **kwargs) -> ConvNeXt:
+    """timm entry used by :class:`CLIPConvNeXtBackbone` for a ConvNeXt with a ``trunk_cfg``.
+
+    open_clip's ``TimmModel`` builds its trunk by name with ``timm.create_model``; this entry lets
+    it build a ConvNeXt of any size. It only works while the backbone is being constructed.
+    """
+    spec = _TRUNK_SPEC.get()
+    if spec is None:
+        raise RuntimeError(f'{_CUSTOM_TRUNK_NAME} is only built by '
+                           'CLIPConvNeXtBackbone(trunk_cfg=...)')
+    if pretrained:
+        raise ValueError('a custom-size ConvNeXt trunk has no pretrained timm weights')
+    template, trunk_cfg = spec
+    return timm.create_model(template, pretrained=False, **{**kwargs, **trunk_cfg})
+
+
+def _check_arch_cfg(cfg: dict) -> None:
+    """Refuse open_clip configs that are not a CLIP with a timm ConvNeXt-style image tower."""
+    for key in ('embed_dim', 'vision_cfg', 'text_cfg'):
+        if key not in cfg:
+            raise ValueError(f'CLIP arch config needs {key!r}; got keys {sorted(cfg)}')
+    for key in ('custom_text', 'multimodal_cfg'):
+        if cfg.get(key):
+            raise ValueError(f'unsupported CLIP arch: {key!r} (CustomTextCLIP/CoCa); only plain '
+                             'CLIP models are supported')
+    vision = cfg['vision_cfg']
+    if not isinstance(vision, dict) or not isinstance(cfg['text_cfg'], dict):
+        raise TypeError('vision_cfg and text_cfg must be dicts')
+    if not vision.get('timm_model_name'):
+        raise ValueError('unsupported CLIP arch: vision_cfg.timm_model_name is not set; only timm '
+                         'ConvNeXt image towers are supported (use CLIPBackbone for ViTs)')
+    pool, proj = vision.get('timm_pool', 'avg'), vision.get('timm_proj', 'linear')
+    if pool not in ('', 'avg'):
+        raise ValueError(f'unsupported CLIP arch: vision_cfg.timm_pool={pool!r}; the dense path '
+                         "needs '' or 'avg' (no attention pooling)")
+    if proj not in ('linear', 'mlp'):
+        raise ValueError(f"unsupported CLIP arch: vision_cfg.timm_proj={proj!r}; expected 'linear' "
+                         "or 'mlp'")
+
+
+def _check_trunk_cfg(trunk_cfg: Optional[dict]) -> Optional[dict]:
+    """Validate ``trunk_cfg`` and return a copy with tuple ``depths``/``dims``."""
+    if trunk_cfg is None:
+        return None
+    if not isinstance(trunk_cfg, dict):
+        raise TypeError(f'trunk_cfg must be a dict of timm ConvNeXt arguments, got '
+                        f'{type(trunk_cfg)!r}')
+    reserved = sorted(set(trunk_cfg) & set(_RESERVED_TRUNK_KEYS))
+    if reserved:
+        raise ValueError(f'trunk_cfg must not set {reserved}: drop path comes from '
+                         'vision_cfg.timm_drop_path, the classifier is removed by open_clip')
+    trunk_cfg = deepcopy(dict(trunk_cfg))
+    for key in ('depths', 'dims'):
+        if key in trunk_cfg:
+            value = trunk_cfg[key]
+            if not isinstance(value, (list, tuple)) or len(value) != 4 or not all(
+                    isinstance(v, int) and v > 0 for v in value):
+                raise ValueError(f'trunk_cfg.{key} must be 4 positive ints, got {value!r}')
+            trunk_cfg[key] = tuple(value)
+    return trunk_cfg
+
+
+@MODELS.register_module()
+class CLIPConvNeXtBackbone(BaseModule):
+    """open_clip CLIP with a timm ConvNeXt image tower and SED's dense image encoding.
+
+    Built with random weights (no download, no file access; timm never fetches weights); official
+    weights are loaded by :meth:`init_weights` from ``pretrained``.
+
+    Args:
+        model_name (str): Built-in open_clip ConvNeXt architecture, e.g.
+            ``'convnext_base_w_320'`` (SED-B) or ``'convnext_large_d_320'`` (SED-L). Ignored for
+            the architecture when ``model_cfg`` is given.
+        model_cfg (dict, optional): Explicit open_clip arch dict (``embed_dim``, ``vision_cfg``
+            with ``timm_model_name``/``timm_pool``/``timm_proj``..., ``text_cfg``), e.g. for tiny
+            test models.
+        trunk_cfg (dict, optional): Keyword arguments of timm's ``ConvNeXt`` (e.g. ``depths``,
+            ``dims``, 4 values each) overriding those of the timm model named by
+            ``vision_cfg.timm_model_name``; when timm does not know that name (a custom trunk),
+            timm's ``convnext_base`` entry is the base. Drop path stays
+            ``vision_cfg.timm_drop_path``.
+        finetune (str): ``'visual'`` (SED's ``CLIP_FINETUNE: full``: every image-tower parameter
+            ``visual.*`` trains, the text tower is frozen), ``'frozen'`` or ``'full'`` (both
+            towers train). ``logit_scale`` is never trained (unused). Defaults to ``'visual'``.
+        pretrained (str, optional): Local path or http(s) URL of open_clip weights (state dict,
+            ``{'state_dict': ...}`` training checkpoint, safetensors, an mmseg checkpoint with
+            ``backbone.clip_model.*`` or an official SED checkpoint with
+            ``sem_seg_head.predictor.clip_model.*``), or an open_clip pretrained tag of
+            ``model_name`` such as ``'laion_aesthetic_s13b_b82k_augreg'`` (resolved to its
+            Hugging Face download URL).
+        init_cfg (dict, optional): mmengine init config. Do not combine with ``pretrained``.
+    """
+
+    def __init__(self,
+                 model_name: str = 'convnext_base_w_320',
+                 *,
+                 model_cfg: Optional[dict] = None,
+                 trunk_cfg: Optional[dict] = None,
+                 finetune: str = 'visual',
+                 pretrained: Optional[str] = None,
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        if finetune not in FINETUNE_POLICIES:
+            raise ValueError(f'finetune must be one of {FINETUNE_POLICIES}, got {finetune!r}')
+        if pretrained is not None and init_cfg is not None:
+            raise ValueError('give either pretrained or init_cfg, not both')
+        if pretrained is not None and not isinstance(pretrained, str):
+            raise TypeError(f'pretrained must be a path, URL or tag string, got '
+                            f'{type(pretrained)!r}')
+        if model_cfg is None:
+            if not isinstance(model_name, str) or ':' in model_name:
+                raise ValueError('model_name must be a built-in open_clip architecture name '
+                                 f'(no hub schema), got {model_name!r}')
+            cfg = open_clip.get_model_config(model_name)
+            if cfg is None:
+                raise ValueError(f'unknown open_clip architecture {model_name!r}; see '
+                                 'open_clip.list_models()')
+            cfg = deepcopy(cfg)
+        elif isinstance(model_cfg, dict):
+            cfg = deepcopy(dict(model_cfg))
+            model_name = None
+        else:
+            raise TypeError(f'model_cfg must be a dict, got {type(model_cfg)!r}')
+        _check_arch_cfg(cfg)
+        self.model_name = model_name
+        self._embed_dim = int(cfg['embed_dim'])
+        self.trunk_cfg = _check_trunk_cfg(trunk_cfg)
+        self.clip_model = self._build_clip(cfg, self.trunk_cfg)
+        self._check_trunk()
+        self.finetune = finetune
+        self.pretrained = pretrained
+        self._tokenizer = None
+        self._apply_finetune_policy()
+
+    @staticmethod
+    def _build_clip(cfg: dict, trunk_cfg: Optional[dict]) -> open_clip.model.CLIP:
+        """Build open_clip's CLIP with random weights; timm never loads pretrained weights."""
+        cfg.pop('custom_text', None)
+        quick_gelu = bool(cfg.pop('quick_gelu', False))  # only affects the text tower
+        vision = dict(cfg.pop('vision_cfg'), timm_model_pretrained=False)
+        name = vision['timm_model_name']
+        if trunk_cfg is None:
+            if not timm.is_model(name) or name == _CUSTOM_TRUNK_NAME:
+                raise ValueError(f'vision_cfg.timm_model_name={name!r} is not a timm model; give '
+                                 'trunk_cfg=dict(depths=..., dims=...) for a custom ConvNeXt')
+            return open_clip.model.CLIP(**cfg, vision_cfg=vision, quick_gelu=quick_gelu)
+        template = name if timm.is_model(name) and name != _CUSTOM_TRUNK_NAME \
+            else _DEFAULT_TEMPLATE
+        vision['timm_model_name'] = _CUSTOM_TRUNK_NAME
+        token = _TRUNK_SPEC.set((template, trunk_cfg))
+        try:
+            return open_clip.model.CLIP(**cfg, vision_cfg=vision, quick_gelu=quick_gelu)
+        finally:
+            _TRUNK_SPEC.reset(token)
+
+    def _check_trunk(self) -> None:
+        """The trunk must be a timm ConvNeXt with 4 stages of strides 4, 8, 16, 32."""
+        trunk = getattr(self.clip_model.visual, 'trunk', None)
+        if not isinstance(trunk, ConvNeXt):
+            raise ValueError(f'unsupported image tower trunk {type(trunk).__name__}: only timm '
+                             'ConvNeXt trunks are supported')
+        strides = tuple(info['reduction'] for info in trunk.feature_info)
+        if strides != _STAGE_STRIDES:
+            raise ValueError(f'the ConvNeXt trunk must have 4 stages of strides {_STAGE_STRIDES}, '
+                             f'got {strides}')
+
+    def _apply_finetune_policy(self) -> None:
+        """Set ``requires_grad`` of every CLIP parameter from ``self.finetune``."""
+        for name, param in self.clip_model.named_parameters():
+            if name in _UNUSED_PARAMETERS or self.finetune == 'frozen':
+                trainable = False
+            elif self.finetune == 'full':
+                trainable = True
+            else:
+                trainable = name.startswith('visual.')
+            param.requires_grad_(trainable)
+
+    def init_weights(self) -> None:
+        """Run mmengine's init, then load ``pretrained`` and re-apply the fine-tune policy."""
+        super().init_weights()
+        if self.pretrained is not None:
+            self.load_pretrained(self.pretrained)
+        self._apply_finetune_policy()
+
+    def load_pretrained(self, path_or_url: str, *, strict: bool = True) -> None:
+        """Load open_clip CLIP weights from a file, URL or pretrained tag into ``clip_model``.
+
+        Args:
+            path_or_url (str): Weights in any format :mod:`...checkpoints.clip_official` reads,
+                or an open_clip pretrained tag of ``model_name``.
+            strict (bool): Refuse missing/unexpected keys (shape mismatches always fail).
+                ``strict=False`` allows loading e.g. only the image tower.
+
+        Raises:
+            FileNotFoundError: If the file does not exist.
+            ValueError: If the format is unknown or the weights do not fit the architecture;
+                the message names the file and the keys.
+        """
+        path_or_url = self._resolve_pretrained_tag(path_or_url)
+        fmt, raw = read_weights_file(path_or_url)
+        self.load_clip_state_dict(raw, strict=strict, source=str(path_or_url))
+        print_log(f'CLIPConvNeXtBackbone: loaded {fmt} CLIP weights from {path_or_url}',
+                  logger='current')
+
+    def _resolve_pretrained_tag(self, pretrained: str) -> str:
+        """Map an open_clip tag of ``model_name`` to its download URL (Hugging Face hub file)."""
+        if self.model_name is None or os.path.exists(pretrained) or '/' in pretrained \
+                or '.' in pretrained:
+            return pretrained
+        tags = open_clip.list_pretrained_tags_by_model(self.model_name)
+        cfg = open_clip.get_pretrained_cfg(self.model_name, pretrained) if pretrained in tags \
+            else {}
+        if cfg.get('url'):
+            return cfg['url']
+        if cfg.get('hf_hub'):
+            return _HF_WEIGHTS_URL.format(repo=cfg['hf_hub'].strip('/'))
+        raise ValueError(f'{pretrained!r} is neither a file nor a URL nor a pretrained tag of '
+                         f'{self.model_name} (tags: {tags})')
+
+    def load_clip_state_dict(self, state_dict: dict, *, strict: bool = True,
+                             source: str = '<state dict>') -> None:
+        """Load an open_clip-named state dict (``visual.trunk.*``, ``visual.head.*``, text tower).
+
+        Args:
+            state_dict (dict): open_clip parameter names without prefix (fp16 is cast to fp32).
+            strict (bool): Refuse missing/unexpected keys. Defaults to True.
+            source (str): Name used in error messages.
+
+        Raises:
+            ValueError: Naming ``source`` and the offending keys.
+        """
+        state = normalize_clip_state_dict(state_dict)
+        state = match_state_dict(state, self.clip_model.state_dict(), grid=None, strict=strict,
+                                 source=source)
+        result = self.clip_model.load_state_dict(state, strict=strict)
+        if result.missing_keys:
+            print_log(f'CLIPConvNeXtBackbone: {len(result.missing_keys)} CLIP parameters not in '
+                      f'{source} keep their initialisation, e.g. {result.missing_keys[:3]}',
+                      logger='current')
+        self._apply_finetune_policy()
+
+    @property
+    def embed_dim(self) -> int:
+        """Joint image-text embedding dim (640 for SED-B, 768 for SED-L)."""
+        return self._embed_dim
+
+    @property
+    def stage_dims(self) -> Tuple[int, int, int, int]:
+        """Channels of the stage outputs res2..res5 ((128, 256, 512, 1024) for SED-B)."""
+        return tuple(info['num_chs'] for info in self.clip_model.visual.trunk.feature_info)
+
+    @property
+    def stride(self) -> int:
+        """Output stride of ``dense`` and res5."""
+        return _STAGE_STRIDES[-1]
+
+    @property
+    def context_length(self) -> int:
+        """Text token sequence length L."""
+        return self.clip_model.context_length
+
+    def _check_image(self, x: torch.Tensor) -> None:
+        if not torch.is_tensor(x) or not x.is_floating_point():
+            raise TypeError(f'expected a floating-point image tensor, got {type(x)!r} '
+                            f'{getattr(x, "dtype", "")}')
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f'expected images of shape (B, 3, H, W), got {tuple(x.shape)}')
+        height, width = x.shape[-2:]
+        if height % self.stride or width % self.stride:
+            raise ValueError(f'image size {height}x{width} is not a multiple of the stride '
+                             f'{self.stride}')
+
+    def dense_head(self, res5: torch.Tensor) -> torch.Tensor:
+        """SED's ``clip_vis_dense``: every res5 location alone through the CLIP heads.
+
+        Each location is a 1x1 image for the trunk head (global pool of one pixel, channel
+        LayerNorm ``head.norm``, flatten; ``head.fc`` is Identity) and open_clip's projection head.
+
+        Args:
+            res5 (Tensor): (B, C5, h, w) last stage output.
+
+        Returns:
+            Tensor: (B, embed_dim, h, w).
+        """
+        visual = self.clip_model.visual
+        x = visual.trunk.norm_pre(res5)  # Identity unless head_norm_first
+        batch, channels, height, width = x.shape
+        x = x.permute(0, 2, 3, 1).reshape(batch * height * width, channels, 1, 1)
+        # (B, C, h, w) -> (B*h*w, C, 1, 1)
+        x = visual.trunk.head(x).flatten(1)  # (B*h*w, C, 1, 1) -> (B*h*w, C)
+        x = visual.head(x)  # (B*h*w, C) -> (B*h*w, D)
+        # (B*h*w, D) -> (B, D, h, w)
+        return x.reshape(batch, height, width, -1).permute(0, 3, 1, 2).contiguous()
+
+    def forward_stages(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """All dense outputs, as SED's ``TimmModel.forward(x, dense=True)`` (without ``stem``).
+
+        Args:
+            x (Tensor): (B, 3, H, W) CLIP-normalised images, H and W multiples of 32.
+
+        Returns:
+            dict[str, Tensor]: ``res2`` (B, C2, H/4, W/4), ``res3`` (B, C3, H/8, W/8), ``res4``
+            (B, C4, H/16, W/16), ``res5`` (B, C5, H/32, W/32), the raw stage outputs, and
+            ``dense`` (B, embed_dim, H/32, W/32).
+        """
+        self._check_image(x)
+        trunk = self.clip_model.visual.trunk
+        out = {}
+        x = trunk.stem(x)  # (B, C2, H/4, W/4)
+        for index, stage in enumerate(trunk.stages):
+            x = stage(x)
+            out[f'res{index + 2}'] = x
+        out['dense'] = self.dense_head(x)
+        return out
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """Dense CLIP encoding.
+
+        Args:
+            x (Tensor): (B, 3, H, W) CLIP-normalised images, H and W multiples of 32.
+
+        Returns:
+            tuple[Tensor]: ``(dense, res2, res3, res4)``: ``dense`` (B, embed_dim, H/32, W/32)
+            is SED's ``clip_vis_dense``; ``res2`` (B, C2, H/4, W/4), ``res3`` (B, C3, H/8, W/8)
+            and ``res4`` (B, C4, H/16, W/16) are the stage outputs (not detached).
+        """
+        out = self.forward_stages(x)
+        return out['dense'], out['res2'], out['res3'], out['res4']
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Text embedding at the EOT token, as open_clip's ``encode_text`` (not normalised).
+
+        Args:
+            tokens (LongTensor): (N, L) token ids from :meth:`tokenize`, L = context length.
+
+        Returns:
+            Tensor: (N, embed_dim).
+        """
+        if not torch.is_tensor(tokens) or tokens.is_floating_point() or tokens.dim() != 2:
+            raise TypeError(f'expected an integer token tensor (N, L), got {type(tokens)!r} '
+                            f'{getattr(tokens, "shape", "")}')
+        if tokens.shape[1] != self.context_length:
+            raise ValueError(f'token length {tokens.shape[1]} != context length '
+                             f'{self.context_length}')
+        return self.clip_model.encode_text(tokens)
+
+    def tokenize(self, texts: Union[str, List[str]]) -> torch.Tensor:
+        """Tokenize with the architecture's open_clip tokenizer.
+
+        Args:
+            texts (str | list[str]): N strings.
+
+        Returns:
+            LongTensor: (N, L) token ids, L = :attr:`context_length`.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
+            raise TypeError('texts must be a string or a list of strings')
+        if self._tokenizer is None:
+            if self.model_name is not None:
+                self._tokenizer = open_clip.get_tokenizer(self.model_name)
+            else:
+                self._tokenizer = open_clip.tokenizer.SimpleTokenizer(
+                    context_length=self.context_length)
+        return self._tokenizer(list(texts))

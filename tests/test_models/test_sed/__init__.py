@@ -1,0 +1,1 @@
+"""Tests of SED (xb534/SED): the cost neck, the gradual fusion decoder and CER."""
