@@ -5,22 +5,17 @@ model_vpt.py``, MIT License): separate q/k/v attention weights so that only Wq a
 fine-tuned, and the dense forward whose last block keeps only the value path. The CLIP model
 itself is open_clip's (https://github.com/mlfoundations/open_clip).
 """
-import os
-from copy import deepcopy
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple
 
 import open_clip
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.logging import print_log
-from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
-from ...checkpoints.clip_official import (match_state_dict, merge_qkv,
-                                          normalize_clip_state_dict, read_weights_file,
-                                          resize_pos_embed)
+from ...checkpoints.clip_official import match_state_dict, merge_qkv, resize_pos_embed
+from .open_clip_base import OpenCLIPBackboneBase
 
 FINETUNE_POLICIES = ('attention', 'frozen', 'full')
 # Trainable under the 'attention' policy (CAT-Seg's CLIP_FINETUNE: "attention").
@@ -87,17 +82,9 @@ class SplitQKVMultiheadAttention(nn.MultiheadAttention):
 
 def _check_arch_cfg(cfg: dict) -> None:
     """Refuse open_clip architectures that are not a plain CLIP ViT (clear ValueError)."""
-    for key in ('embed_dim', 'vision_cfg', 'text_cfg'):
-        if key not in cfg:
-            raise ValueError(f'CLIP arch config needs {key!r}; got keys {sorted(cfg)}')
-    for key in ('custom_text', 'multimodal_cfg'):
-        if cfg.get(key):
-            raise ValueError(f'unsupported CLIP arch: {key!r} (CustomTextCLIP/CoCa); only plain '
-                             'CLIP ViT models are supported')
+    OpenCLIPBackboneBase._check_plain_clip(cfg, 'ViT image towers')
     for tower, table in (('vision_cfg', _PLAIN_VIT_VISION), ('text_cfg', _PLAIN_VIT_TEXT)):
         tcfg = cfg[tower]
-        if not isinstance(tcfg, dict):
-            raise TypeError(f'{tower} must be a dict, got {type(tcfg)!r}')
         if tower == 'vision_cfg' and isinstance(tcfg.get('layers', 12), (list, tuple)):
             raise ValueError('unsupported CLIP arch: ResNet vision tower (vision_cfg.layers is '
                              'a list); only ViT towers are supported')
@@ -110,7 +97,7 @@ def _check_arch_cfg(cfg: dict) -> None:
 
 
 @MODELS.register_module()
-class CLIPBackbone(BaseModule):
+class CLIPBackbone(OpenCLIPBackboneBase):
     """open_clip CLIP ViT with CAT-Seg's dense image encoding and q/v fine-tuning.
 
     The model is built with random weights (no download, no file access); official weights are
@@ -148,25 +135,8 @@ class CLIPBackbone(BaseModule):
                  text_with_cp: bool = False,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
-        if finetune not in FINETUNE_POLICIES:
-            raise ValueError(f'finetune must be one of {FINETUNE_POLICIES}, got {finetune!r}')
-        if pretrained is not None and init_cfg is not None:
-            raise ValueError('give either pretrained or init_cfg, not both')
-        if pretrained is not None and not isinstance(pretrained, str):
-            raise TypeError(f'pretrained must be a path or URL string, got {type(pretrained)!r}')
-        if model_cfg is None:
-            if not isinstance(model_name, str) or ':' in model_name:
-                raise ValueError('model_name must be a built-in open_clip architecture name '
-                                 f'(no hub schema), got {model_name!r}')
-            cfg = open_clip.get_model_config(model_name)
-            if cfg is None:
-                raise ValueError(f'unknown open_clip architecture {model_name!r}; see '
-                                 'open_clip.list_models()')
-        elif isinstance(model_cfg, dict):
-            cfg = deepcopy(dict(model_cfg))
-            model_name = None
-        else:
-            raise TypeError(f'model_cfg must be a dict, got {type(model_cfg)!r}')
+        self._check_arguments(finetune, FINETUNE_POLICIES, pretrained, init_cfg)
+        cfg, model_name = self._architecture(model_name, model_cfg)
         _check_arch_cfg(cfg)
         self.model_name = model_name
         self.quick_gelu = bool(quick_gelu or cfg.pop('quick_gelu', False))
@@ -232,44 +202,6 @@ class CLIPBackbone(BaseModule):
                 trainable = name.startswith(_TOWER_BLOCKS) and name.endswith(_ATTENTION_TRAINABLE)
             param.requires_grad_(trainable)
 
-    def init_weights(self) -> None:
-        """Run mmengine's init, then load ``pretrained`` and re-apply the fine-tune policy."""
-        super().init_weights()
-        if self.pretrained is not None:
-            self.load_pretrained(self.pretrained)
-        self._apply_finetune_policy()
-
-    def load_pretrained(self, path_or_url: str, *, strict: bool = True) -> None:
-        """Load CLIP weights from a file or URL into ``self.clip_model``.
-
-        Args:
-            path_or_url (str): Weights in any format :mod:`.clip_weights` reads.
-            strict (bool): Refuse missing/unexpected keys (shape mismatches always fail).
-                ``strict=False`` allows loading e.g. only the vision tower.
-
-        Raises:
-            FileNotFoundError: If the file does not exist.
-            ValueError: If the format is unknown or the weights do not fit the architecture;
-                the message names the file and the keys.
-        """
-        path_or_url = self._resolve_pretrained_tag(path_or_url)
-        fmt, raw = read_weights_file(path_or_url)
-        self.load_clip_state_dict(normalize_clip_state_dict(raw), strict=strict,
-                                  source=str(path_or_url))
-        print_log(f'CLIPBackbone: loaded {fmt} CLIP weights from {path_or_url}', logger='current')
-
-    def _resolve_pretrained_tag(self, pretrained: str) -> str:
-        """Map an open_clip tag of ``model_name`` (e.g. ``'openai'``) to its download URL."""
-        if self.model_name is None or os.path.exists(pretrained) or '/' in pretrained \
-                or '.' in pretrained:
-            return pretrained
-        url = open_clip.get_pretrained_url(self.model_name, pretrained)
-        if not url:
-            tags = open_clip.list_pretrained_tags_by_model(self.model_name)
-            raise ValueError(f'{pretrained!r} is neither a file nor a URL nor a pretrained tag of '
-                             f'{self.model_name} with a download URL (tags: {tags})')
-        return url
-
     def load_clip_state_dict(self, state_dict: dict, *, strict: bool = True,
                              source: str = '<state dict>') -> None:
         """Load an open_clip-named state dict (packed or split q/k/v) into ``self.clip_model``.
@@ -309,23 +241,6 @@ class CLIPBackbone(BaseModule):
         """Patch grid (h, w) the positional embedding was made for."""
         return tuple(self.clip_model.visual.grid_size)
 
-    @property
-    def context_length(self) -> int:
-        """Text token sequence length L."""
-        return self.clip_model.context_length
-
-    def _check_image(self, x: torch.Tensor) -> Tuple[int, int]:
-        if not torch.is_tensor(x) or not x.is_floating_point():
-            raise TypeError(f'expected a floating-point image tensor, got {type(x)!r} '
-                            f'{getattr(x, "dtype", "")}')
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f'expected images of shape (B, 3, H, W), got {tuple(x.shape)}')
-        height, width = x.shape[-2:]
-        if height % self.patch_size or width % self.patch_size:
-            raise ValueError(f'image size {height}x{width} is not a multiple of the patch size '
-                             f'{self.patch_size}')
-        return height // self.patch_size, width // self.patch_size
-
     def _dense_pos_embed(self, grid: Tuple[int, int]) -> torch.Tensor:
         """Positional embedding (1 + h*w, C), patch part bicubic-resized when the grid differs."""
         return resize_pos_embed(self.clip_model.visual.positional_embedding, grid,
@@ -360,7 +275,7 @@ class CLIPBackbone(BaseModule):
             after ``ln_post`` and ``proj``; ``hooked[i]`` (B, width, h, w), the residual stream
             leaving block ``out_indices[i]``. h = H / patch, w = W / patch; CLS dropped.
         """
-        grid = self._check_image(x)
+        grid = self._check_image_tensor(x, self.patch_size, 'patch size')
         visual = self.clip_model.visual
         batch = x.shape[0]
         tokens = visual.conv1(x.to(visual.conv1.weight.dtype))  # (B, C, h, w)
@@ -392,47 +307,9 @@ class CLIPBackbone(BaseModule):
         Returns:
             Tensor: (B, embed_dim).
         """
-        grid = self._check_image(x)
+        grid = self._check_image_tensor(x, self.patch_size, 'patch size')
         if grid != self.pretrain_grid:
             raise ValueError(f'encode_image needs the pretraining resolution '
                              f'{tuple(g * self.patch_size for g in self.pretrain_grid)}, got '
                              f'{tuple(x.shape[-2:])}; use forward() for dense features')
         return self.clip_model.encode_image(x)
-
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Text embedding at the EOT token, as open_clip's ``encode_text`` (not normalised).
-
-        Args:
-            tokens (LongTensor): (N, L) token ids from :meth:`tokenize`, L = context length.
-
-        Returns:
-            Tensor: (N, embed_dim).
-        """
-        if not torch.is_tensor(tokens) or tokens.is_floating_point() or tokens.dim() != 2:
-            raise TypeError(f'expected an integer token tensor (N, L), got {type(tokens)!r} '
-                            f'{getattr(tokens, "shape", "")}')
-        if tokens.shape[1] != self.context_length:
-            raise ValueError(f'token length {tokens.shape[1]} != context length '
-                             f'{self.context_length}')
-        return self.clip_model.encode_text(tokens)
-
-    def tokenize(self, texts: Union[str, List[str]]) -> torch.Tensor:
-        """Tokenize with the architecture's open_clip tokenizer.
-
-        Args:
-            texts (str | list[str]): N strings.
-
-        Returns:
-            LongTensor: (N, L) token ids, L = :attr:`context_length`.
-        """
-        if isinstance(texts, str):
-            texts = [texts]
-        if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
-            raise TypeError('texts must be a string or a list of strings')
-        if self._tokenizer is None:
-            if self.model_name is not None:
-                self._tokenizer = open_clip.get_tokenizer(self.model_name)
-            else:
-                self._tokenizer = open_clip.tokenizer.SimpleTokenizer(
-                    context_length=self.context_length)
-        return self._tokenizer(list(texts))

@@ -13,21 +13,19 @@ The CLIP model is open_clip's own ``CLIP``/``TimmModel``
 custom trunk sizes and the fine-tuning policy.
 """
 import contextvars
-import os
 from copy import deepcopy
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, Optional, Tuple
 
 import open_clip
 import timm
 import torch
 from mmengine.logging import print_log
-from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 from timm.models import register_model
 from timm.models.convnext import ConvNeXt
 
-from ...checkpoints.clip_official import (match_state_dict, normalize_clip_state_dict,
-                                          read_weights_file)
+from ...checkpoints.clip_official import match_state_dict, normalize_clip_state_dict
+from .open_clip_base import OpenCLIPBackboneBase
 
 __all__ = ['CLIPConvNeXtBackbone']
 
@@ -41,7 +39,6 @@ _RESERVED_TRUNK_KEYS = ('pretrained', 'pretrained_cfg', 'pretrained_cfg_overlay'
 _CUSTOM_TRUNK_NAME = 'mmseg_escnet_clip_convnext_custom'
 _DEFAULT_TEMPLATE = 'convnext_base'
 _STAGE_STRIDES = (4, 8, 16, 32)
-_HF_WEIGHTS_URL = 'https://huggingface.co/{repo}/resolve/main/open_clip_pytorch_model.bin'
 
 # (timm model whose arguments are the defaults, ConvNeXt keyword overrides); set only while
 # CLIPConvNeXtBackbone builds its CLIP, so the timm entry below sees it.
@@ -67,16 +64,8 @@ def mmseg_escnet_clip_convnext_custom(pretrained: bool = False, **kwargs) -> Con
 
 def _check_arch_cfg(cfg: dict) -> None:
     """Refuse open_clip configs that are not a CLIP with a timm ConvNeXt-style image tower."""
-    for key in ('embed_dim', 'vision_cfg', 'text_cfg'):
-        if key not in cfg:
-            raise ValueError(f'CLIP arch config needs {key!r}; got keys {sorted(cfg)}')
-    for key in ('custom_text', 'multimodal_cfg'):
-        if cfg.get(key):
-            raise ValueError(f'unsupported CLIP arch: {key!r} (CustomTextCLIP/CoCa); only plain '
-                             'CLIP models are supported')
+    OpenCLIPBackboneBase._check_plain_clip(cfg, 'timm ConvNeXt image towers')
     vision = cfg['vision_cfg']
-    if not isinstance(vision, dict) or not isinstance(cfg['text_cfg'], dict):
-        raise TypeError('vision_cfg and text_cfg must be dicts')
     if not vision.get('timm_model_name'):
         raise ValueError('unsupported CLIP arch: vision_cfg.timm_model_name is not set; only timm '
                          'ConvNeXt image towers are supported (use CLIPBackbone for ViTs)')
@@ -112,7 +101,7 @@ def _check_trunk_cfg(trunk_cfg: Optional[dict]) -> Optional[dict]:
 
 
 @MODELS.register_module()
-class CLIPConvNeXtBackbone(BaseModule):
+class CLIPConvNeXtBackbone(OpenCLIPBackboneBase):
     """open_clip CLIP with a timm ConvNeXt image tower and SED's dense image encoding.
 
     Built with random weights (no download, no file access; timm never fetches weights); official
@@ -151,27 +140,8 @@ class CLIPConvNeXtBackbone(BaseModule):
                  pretrained: Optional[str] = None,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
-        if finetune not in FINETUNE_POLICIES:
-            raise ValueError(f'finetune must be one of {FINETUNE_POLICIES}, got {finetune!r}')
-        if pretrained is not None and init_cfg is not None:
-            raise ValueError('give either pretrained or init_cfg, not both')
-        if pretrained is not None and not isinstance(pretrained, str):
-            raise TypeError(f'pretrained must be a path, URL or tag string, got '
-                            f'{type(pretrained)!r}')
-        if model_cfg is None:
-            if not isinstance(model_name, str) or ':' in model_name:
-                raise ValueError('model_name must be a built-in open_clip architecture name '
-                                 f'(no hub schema), got {model_name!r}')
-            cfg = open_clip.get_model_config(model_name)
-            if cfg is None:
-                raise ValueError(f'unknown open_clip architecture {model_name!r}; see '
-                                 'open_clip.list_models()')
-            cfg = deepcopy(cfg)
-        elif isinstance(model_cfg, dict):
-            cfg = deepcopy(dict(model_cfg))
-            model_name = None
-        else:
-            raise TypeError(f'model_cfg must be a dict, got {type(model_cfg)!r}')
+        self._check_arguments(finetune, FINETUNE_POLICIES, pretrained, init_cfg)
+        cfg, model_name = self._architecture(model_name, model_cfg)
         _check_arch_cfg(cfg)
         self.model_name = model_name
         self._embed_dim = int(cfg['embed_dim'])
@@ -226,48 +196,6 @@ class CLIPConvNeXtBackbone(BaseModule):
                 trainable = name.startswith('visual.')
             param.requires_grad_(trainable)
 
-    def init_weights(self) -> None:
-        """Run mmengine's init, then load ``pretrained`` and re-apply the fine-tune policy."""
-        super().init_weights()
-        if self.pretrained is not None:
-            self.load_pretrained(self.pretrained)
-        self._apply_finetune_policy()
-
-    def load_pretrained(self, path_or_url: str, *, strict: bool = True) -> None:
-        """Load open_clip CLIP weights from a file, URL or pretrained tag into ``clip_model``.
-
-        Args:
-            path_or_url (str): Weights in any format :mod:`...checkpoints.clip_official` reads,
-                or an open_clip pretrained tag of ``model_name``.
-            strict (bool): Refuse missing/unexpected keys (shape mismatches always fail).
-                ``strict=False`` allows loading e.g. only the image tower.
-
-        Raises:
-            FileNotFoundError: If the file does not exist.
-            ValueError: If the format is unknown or the weights do not fit the architecture;
-                the message names the file and the keys.
-        """
-        path_or_url = self._resolve_pretrained_tag(path_or_url)
-        fmt, raw = read_weights_file(path_or_url)
-        self.load_clip_state_dict(raw, strict=strict, source=str(path_or_url))
-        print_log(f'CLIPConvNeXtBackbone: loaded {fmt} CLIP weights from {path_or_url}',
-                  logger='current')
-
-    def _resolve_pretrained_tag(self, pretrained: str) -> str:
-        """Map an open_clip tag of ``model_name`` to its download URL (Hugging Face hub file)."""
-        if self.model_name is None or os.path.exists(pretrained) or '/' in pretrained \
-                or '.' in pretrained:
-            return pretrained
-        tags = open_clip.list_pretrained_tags_by_model(self.model_name)
-        cfg = open_clip.get_pretrained_cfg(self.model_name, pretrained) if pretrained in tags \
-            else {}
-        if cfg.get('url'):
-            return cfg['url']
-        if cfg.get('hf_hub'):
-            return _HF_WEIGHTS_URL.format(repo=cfg['hf_hub'].strip('/'))
-        raise ValueError(f'{pretrained!r} is neither a file nor a URL nor a pretrained tag of '
-                         f'{self.model_name} (tags: {tags})')
-
     def load_clip_state_dict(self, state_dict: dict, *, strict: bool = True,
                              source: str = '<state dict>') -> None:
         """Load an open_clip-named state dict (``visual.trunk.*``, ``visual.head.*``, text tower).
@@ -305,22 +233,6 @@ class CLIPConvNeXtBackbone(BaseModule):
         """Output stride of ``dense`` and res5."""
         return _STAGE_STRIDES[-1]
 
-    @property
-    def context_length(self) -> int:
-        """Text token sequence length L."""
-        return self.clip_model.context_length
-
-    def _check_image(self, x: torch.Tensor) -> None:
-        if not torch.is_tensor(x) or not x.is_floating_point():
-            raise TypeError(f'expected a floating-point image tensor, got {type(x)!r} '
-                            f'{getattr(x, "dtype", "")}')
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f'expected images of shape (B, 3, H, W), got {tuple(x.shape)}')
-        height, width = x.shape[-2:]
-        if height % self.stride or width % self.stride:
-            raise ValueError(f'image size {height}x{width} is not a multiple of the stride '
-                             f'{self.stride}')
-
     def dense_head(self, res5: torch.Tensor) -> torch.Tensor:
         """SED's ``clip_vis_dense``: every res5 location alone through the CLIP heads.
 
@@ -354,7 +266,7 @@ class CLIPConvNeXtBackbone(BaseModule):
             (B, C4, H/16, W/16), ``res5`` (B, C5, H/32, W/32), the raw stage outputs, and
             ``dense`` (B, embed_dim, H/32, W/32).
         """
-        self._check_image(x)
+        self._check_image_tensor(x, self.stride, 'stride')
         trunk = self.clip_model.visual.trunk
         out = {}
         x = trunk.stem(x)  # (B, C2, H/4, W/4)
@@ -377,41 +289,3 @@ class CLIPConvNeXtBackbone(BaseModule):
         """
         out = self.forward_stages(x)
         return out['dense'], out['res2'], out['res3'], out['res4']
-
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Text embedding at the EOT token, as open_clip's ``encode_text`` (not normalised).
-
-        Args:
-            tokens (LongTensor): (N, L) token ids from :meth:`tokenize`, L = context length.
-
-        Returns:
-            Tensor: (N, embed_dim).
-        """
-        if not torch.is_tensor(tokens) or tokens.is_floating_point() or tokens.dim() != 2:
-            raise TypeError(f'expected an integer token tensor (N, L), got {type(tokens)!r} '
-                            f'{getattr(tokens, "shape", "")}')
-        if tokens.shape[1] != self.context_length:
-            raise ValueError(f'token length {tokens.shape[1]} != context length '
-                             f'{self.context_length}')
-        return self.clip_model.encode_text(tokens)
-
-    def tokenize(self, texts: Union[str, List[str]]) -> torch.Tensor:
-        """Tokenize with the architecture's open_clip tokenizer.
-
-        Args:
-            texts (str | list[str]): N strings.
-
-        Returns:
-            LongTensor: (N, L) token ids, L = :attr:`context_length`.
-        """
-        if isinstance(texts, str):
-            texts = [texts]
-        if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
-            raise TypeError('texts must be a string or a list of strings')
-        if self._tokenizer is None:
-            if self.model_name is not None:
-                self._tokenizer = open_clip.get_tokenizer(self.model_name)
-            else:
-                self._tokenizer = open_clip.tokenizer.SimpleTokenizer(
-                    context_length=self.context_length)
-        return self._tokenizer(list(texts))

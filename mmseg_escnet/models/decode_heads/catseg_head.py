@@ -12,20 +12,19 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.registry import MODELS
 from mmseg.utils import SampleList
 
 from ..layers.class_chunks import check_class_chunk_size, map_class_chunks
 from ..layers.upsampling import Up
 from ..structures import PRUNED_LOGIT, DecodeInputs
+from .per_class_bce_head import PerClassBCEHead
 
 __all__ = ['CATSegHead']
 
 
 @MODELS.register_module()
-class CATSegHead(BaseDecodeHead):
+class CATSegHead(PerClassBCEHead):
     """Per-class U-Net decoder of an aggregated cost volume, guided by CLIP skip features.
 
     Args:
@@ -66,15 +65,9 @@ class CATSegHead(BaseDecodeHead):
                 == num_stages) or num_stages == 0:
             raise ValueError('upsample_dims, upsample_scales, decoder_guidance_proj_dims and '
                              'decoder_dims must have the same non-zero length')
-        if 'loss_decode' in kwargs:
-            raise TypeError('CATSegHead computes its own BCE loss; loss_decode is not supported')
-        kwargs.setdefault('dropout_ratio', 0.0)
-        # loss_decode=[] builds no (unused) mmseg loss module.
         super().__init__(in_channels=hidden_dim, channels=decoder_dims[-1],
                          num_classes=num_classes, ignore_index=ignore_index,
-                         align_corners=align_corners, init_cfg=init_cfg, loss_decode=[],
-                         **kwargs)
-        del self.conv_seg  # the decoder ends in its own 1-channel ``head`` conv
+                         align_corners=align_corners, init_cfg=init_cfg, **kwargs)
         self.hidden_dim = hidden_dim
         self.num_stages = num_stages
         self.upsample_mode = upsample_mode
@@ -192,12 +185,5 @@ class CATSegHead(BaseDecodeHead):
         Returns:
             dict: ``loss_bce`` scalar.
         """
-        seg_label = self._stack_batch_gt(batch_data_samples)[:, 0].long()  # (B, H, W)
-        num_classes = seg_logits.shape[1]
-        valid = seg_label != self.ignore_index
-
-        seg_logits = F.interpolate(seg_logits, size=seg_label.shape[-2:], mode='bilinear',
-                                   align_corners=self.align_corners)
-        target = F.one_hot(seg_label.where(valid, 0), num_classes)  # (B, H, W, T)
-        target = (target * valid[..., None]).permute(0, 3, 1, 2).to(seg_logits.dtype)
-        return dict(loss_bce=F.binary_cross_entropy_with_logits(seg_logits, target))
+        target = self.one_hot_targets(batch_data_samples, seg_logits.shape[1], seg_logits.dtype)
+        return dict(loss_bce=self.bce(seg_logits, target))

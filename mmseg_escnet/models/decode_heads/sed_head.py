@@ -26,8 +26,6 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.registry import MODELS
 from mmseg.utils import SampleList
 from torch import Tensor
@@ -37,6 +35,7 @@ from ..layers.cost_volume import check_class_filter, select_pooling
 from ..layers.linear_class_attention import PoolSize
 from ..layers.sed_blocks import SEDUp, apply_per_class
 from ..structures import PRUNED_LOGIT, DecodeInputs
+from .per_class_bce_head import PerClassBCEHead
 
 __all__ = ['SEDHead']
 
@@ -45,7 +44,7 @@ SEDOutput = Union[Tensor, Tuple[Tensor, List[Tensor]]]
 
 
 @MODELS.register_module()
-class SEDHead(BaseDecodeHead):
+class SEDHead(PerClassBCEHead):
     """SED's decoder: S gradual-fusion stages with auxiliary heads and category early rejection.
 
     Args:
@@ -122,15 +121,9 @@ class SEDHead(BaseDecodeHead):
                     isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in pair)):
                 raise ValueError(f'{name} must be None, a positive int or a pair of them, got '
                                  f'{size!r}')
-        if 'loss_decode' in kwargs:
-            raise TypeError('SEDHead computes its own BCE loss; loss_decode is not supported')
-        kwargs.setdefault('dropout_ratio', 0.0)
-        # loss_decode=[] builds no (unused) mmseg loss module.
         super().__init__(in_channels=hidden_dim, channels=decoder_dims[-1],
                          num_classes=num_classes, ignore_index=ignore_index,
-                         align_corners=align_corners, init_cfg=init_cfg, loss_decode=[],
-                         **kwargs)
-        del self.conv_seg  # the decoder ends in its own 1-channel ``head`` conv
+                         align_corners=align_corners, init_cfg=init_cfg, **kwargs)
         self.hidden_dim = hidden_dim
         self.prompt_channel = prompt_channel
         self.num_stages = num_stages
@@ -373,17 +366,8 @@ class SEDHead(BaseDecodeHead):
             dict: ``loss_bce`` and ``loss_aux0`` ... ``loss_aux{S-1}`` scalars.
         """
         logits, aux = (seg_logits, []) if isinstance(seg_logits, Tensor) else seg_logits
-        seg_label = self._stack_batch_gt(batch_data_samples)[:, 0].long()  # (B, H, W)
-        valid = seg_label != self.ignore_index
-        target = F.one_hot(seg_label.where(valid, 0), logits.shape[1])  # (B, H, W, T)
-        target = (target * valid[..., None]).permute(0, 3, 1, 2).to(logits.dtype)  # (B, T, H, W)
-        losses = dict(loss_bce=self._bce(logits, target))
+        target = self.one_hot_targets(batch_data_samples, logits.shape[1], logits.dtype)
+        losses = dict(loss_bce=self.bce(logits, target))
         for i, aux_logits in enumerate(aux):
-            losses[f'loss_aux{i}'] = self._bce(aux_logits, target)
+            losses[f'loss_aux{i}'] = self.bce(aux_logits, target)
         return losses
-
-    def _bce(self, logits: Tensor, target: Tensor) -> Tensor:
-        """Mean BCE of (B, T, h, w) logits resized to the (B, T, H, W) target."""
-        logits = F.interpolate(logits, size=target.shape[-2:], mode='bilinear',
-                               align_corners=self.align_corners)
-        return F.binary_cross_entropy_with_logits(logits, target)
