@@ -1,4 +1,5 @@
 """Tests for Vocabulary, the built-in class lists and the prompt templates."""
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -72,6 +73,10 @@ def test_templates():
     imagenet = get_templates('imagenet')
     assert len(imagenet) == 80
     assert imagenet[0] == 'a bad photo of a {}.'
+    # the 80 strings in CAT-Seg's and SED's order (IMAGENET_TEMPLATES, checked against the
+    # official list): their order is the channel order of SED's conv1, so it is pinned here
+    assert hashlib.sha256('\n'.join(imagenet).encode()).hexdigest() == (
+        '4f976686fb651bb5803d4689dcd849f75efe0ef19a3c801355bc9a6f03c8a5af')
     open_clip_meta = pytest.importorskip('open_clip.zero_shot_metadata')
     assert [t.format('cat') for t in imagenet] == [
         f('cat') for f in open_clip_meta.OPENAI_IMAGENET_TEMPLATES]

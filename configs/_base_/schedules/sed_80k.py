@@ -15,3 +15,4 @@ optim_wrapper = dict(
             **{f'decode_head.decoder{i}.cnext.norm': dict(decay_mult=1.0) for i in (1, 2, 3)},
         },
         norm_decay_mult=0.0))
+train_cfg = dict(val_interval=10000)  # EVAL_PERIOD 10000

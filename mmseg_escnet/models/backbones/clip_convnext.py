@@ -119,6 +119,9 @@ class CLIPConvNeXtBackbone(OpenCLIPBackboneBase):
             ``vision_cfg.timm_model_name``; when timm does not know that name (a custom trunk),
             timm's ``convnext_base`` entry is the base. Drop path stays
             ``vision_cfg.timm_drop_path``.
+        vision_overrides (dict, optional): keys of the open_clip ``vision_cfg`` to change in a
+            named architecture, e.g. ``dict(timm_drop=0.1)`` (SED's ConvNeXt-L head dropout,
+            which open_clip's config sets to 0).
         finetune (str): ``'visual'`` (SED's ``CLIP_FINETUNE: full``: every image-tower parameter
             ``visual.*`` trains, the text tower is frozen), ``'frozen'`` or ``'full'`` (both
             towers train). ``logit_scale`` is never trained (unused). Defaults to ``'visual'``.
@@ -136,12 +139,17 @@ class CLIPConvNeXtBackbone(OpenCLIPBackboneBase):
                  *,
                  model_cfg: Optional[dict] = None,
                  trunk_cfg: Optional[dict] = None,
+                 vision_overrides: Optional[dict] = None,
                  finetune: str = 'visual',
                  pretrained: Optional[str] = None,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         self._check_arguments(finetune, FINETUNE_POLICIES, pretrained, init_cfg)
         cfg, model_name = self._architecture(model_name, model_cfg)
+        if vision_overrides is not None:
+            if not isinstance(vision_overrides, dict):
+                raise TypeError(f'vision_overrides must be a dict, got {type(vision_overrides)!r}')
+            cfg['vision_cfg'] = {**cfg['vision_cfg'], **vision_overrides}
         _check_arch_cfg(cfg)
         self.model_name = model_name
         self._embed_dim = int(cfg['embed_dim'])

@@ -120,6 +120,12 @@ class OpenCLIPBackboneBase(BaseModule):
                          f'{self.model_name} with a download URL (tags: {tags})')
 
     @property
+    def text_trainable(self) -> bool:
+        """Whether any parameter of the text tower trains (else its embeddings can be cached)."""
+        return any(p.requires_grad for name, p in self.clip_model.named_parameters()
+                   if not name.startswith('visual.'))
+
+    @property
     def context_length(self) -> int:
         """Text token sequence length L."""
         return self.clip_model.context_length

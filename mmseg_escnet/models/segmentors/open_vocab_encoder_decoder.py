@@ -1,13 +1,16 @@
-"""The open-vocabulary encoder-decoder shared by CAT-Seg and ESC-Net.
+"""The open-vocabulary encoder-decoder shared by CAT-Seg, ESC-Net and SED.
 
 Data flow (B images, T classes, P prompt templates, C CLIP embedding dim, grid h x w)::
 
     images (B, 3, H, W), CLIP-normalised by the data preprocessor
-      -> bilinear resize to the CLIP resolution (384 for ViT-B/16, 336 for ViT-L/14)
-      -> backbone:  dense (B, C, h, w), CLIP block outputs [(B, D, h, w), ...]
+      -> bilinear resize to the CLIP resolution (384 for ViT-B/16, 336 for ViT-L/14, 768 for
+         SED's ConvNeXt)
+      -> backbone:  dense (B, C, h, w), skip features (ViT: block outputs [(B, D, h, w), ...];
+                    ConvNeXt: stages res2..res4 at 8h, 4h, 2h)
       -> text:      class embeddings (T, P, C) of the active vocabulary, L2-normalised
       -> neck:      AggregatedCost(cost=(B, hidden, T', h, w), class_index=...)
-      -> head:      DecodeInputs (the neck's output, CLIP block outputs, T) -> logits (B, T, 4h, 4w)
+      -> head:      DecodeInputs (the neck's output, skip features, T) -> logits (B, T, H', W')
+                    (CAT-Seg/ESC-Net: 4h x 4w, SED: 8h x 8w)
 
 Inference modes (``test_cfg.mode``): mmseg's ``'whole'`` and ``'slide'``, and
 ``'sliding_global'``, CAT-Seg's evaluation protocol (squash to 640 x 640, 384 px crops with overlap
@@ -152,11 +155,13 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
     def text_embeddings(self) -> Tensor:
         """Class embeddings of the active vocabulary, (T, P, C), L2-normalised.
 
-        Recomputed with gradients in training (CLIP's text attention may be fine-tuned), cached in
-        eval mode until the vocabulary changes or the model goes back to training.
+        Recomputed with gradients in training when CLIP's text tower trains (CAT-Seg fine-tunes its
+        attention); cached in eval mode, and in training when the text tower is frozen (SED), until
+        the vocabulary or the weights change or the model goes back to training.
         """
+        frozen = not getattr(self.backbone, 'text_trainable', True)
         return self.class_embedder(self.backbone.encode_text, self.backbone.tokenize,
-                                   chunk_size=self.text_chunk_size)
+                                   chunk_size=self.text_chunk_size, frozen=frozen)
 
     def test_class_filter(self) -> Optional[dict]:
         """The checked ``test_cfg.class_filter`` (None: no filter), after checking ``test_cfg``.
@@ -192,7 +197,7 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
 
         Returns:
             DecodeInputs: the neck's :class:`AggregatedCost` (``cost`` (B, hidden, T', h, w),
-            ``class_index``) plus the CLIP block outputs (B, D, h, w) and T.
+            ``class_index``) plus the backbone's skip features and T.
         """
         if inputs.shape[-2:] != self.clip_resolution:
             inputs = F.interpolate(inputs, size=self.clip_resolution, mode='bilinear',
@@ -211,7 +216,7 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
         return super().loss(inputs, data_samples)
 
     def _forward(self, inputs: Tensor, data_samples: Optional[List] = None) -> Tensor:
-        """Network forward without post-processing: logits (B, T, 4h, 4w)."""
+        """Network forward without post-processing: logits (B, T, H', W') (the head's size)."""
         return self.decode_head.forward(self.extract_feat(inputs))
 
     # -- inference -------------------------------------------------------------------------------

@@ -10,8 +10,9 @@ embeddings that CAT-Seg-style models correlate with dense image features:
    L2-normalised again.
 
 In training mode the embeddings are recomputed on every call with gradients
-(CAT-Seg fine-tunes CLIP's text attention). In eval mode they are computed once
-under ``torch.no_grad`` and cached. Unlike CAT-Seg, whose eval cache is never
+(CAT-Seg fine-tunes CLIP's text attention), unless the caller says the text
+encoder is frozen (SED). In eval mode, or frozen, they are computed once under
+``torch.no_grad`` and cached. Unlike CAT-Seg, whose eval cache is never
 reset, the cache is dropped when the module returns to training mode, when the
 vocabulary changes and when the encoder's device, dtype or identity changes.
 """
@@ -218,7 +219,8 @@ class ClassEmbedder(nn.Module):
                 encode_text: Callable[[Tensor], Tensor],
                 tokenize: Callable[[List[str]], Tensor],
                 chunk_size: int = 256,
-                device: Optional[Union[str, torch.device]] = None) -> Tensor:
+                device: Optional[Union[str, torch.device]] = None,
+                frozen: bool = False) -> Tensor:
         """Class embeddings of the current vocabulary.
 
         Args:
@@ -233,6 +235,8 @@ class ClassEmbedder(nn.Module):
                 parameter or buffer of the module behind ``encode_text`` (the
                 module itself or a bound method's owner), else the tokens stay
                 where ``tokenize`` put them.
+            frozen (bool): the text encoder does not train (SED): the embeddings
+                are cached in training mode too, as in eval mode.
 
         Returns:
             Tensor: ``(T, P, C)`` class embeddings, L2-normalised over ``C``.
@@ -255,7 +259,7 @@ class ClassEmbedder(nn.Module):
             self._tokenize(tokenize)
         tokens = self._tokens_on(device)
 
-        if self.training:
+        if self.training and not frozen:
             return self._encode(encode_text, tokens, chunk_size)
 
         key = (self._vocabulary.fingerprint, tokens.device,

@@ -231,3 +231,26 @@ def test_bad_inputs_and_filters():
         head(DecodeInputs.from_cost(cost, clip[1:], 6))
     with pytest.raises(ValueError, match='stage 1'):
         head(DecodeInputs.from_cost(cost, clip[::-1], 6))
+
+
+def test_a_frozen_text_tower_is_encoded_once_in_training():
+    """SED's text tower is frozen: its class embeddings are computed once, as official, not on
+    every training step (80 templates per class)."""
+    import os.path as osp
+
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    root = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+    cfg = Config.fromfile(osp.join(root, 'configs', 'sed_tiny_synthetic.py'))
+    cfg.model.backbone.finetune = 'visual'  # SED's policy
+    init_default_scope('mmseg')
+    model = MODELS.build(cfg.model).train()
+    assert not model.backbone.text_trainable
+    calls = []
+    model.backbone.clip_model.encode_text = lambda tokens, *a, **k: calls.append(1) or \
+        type(model.backbone.clip_model).encode_text(model.backbone.clip_model, tokens, *a, **k)
+    first = model.text_embeddings()
+    second = model.text_embeddings()
+    assert len(calls) == 1 and second is first and not first.requires_grad
