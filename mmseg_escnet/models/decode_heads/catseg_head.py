@@ -17,7 +17,7 @@ from mmseg.utils import SampleList
 
 from ..layers.class_chunks import check_class_chunk_size, map_class_chunks
 from ..layers.upsampling import Up
-from ..structures import PRUNED_LOGIT, DecodeInputs
+from ..structures import DecodeInputs
 from .per_class_bce_head import PerClassBCEHead
 
 __all__ = ['CATSegHead']
@@ -122,7 +122,6 @@ class CATSegHead(PerClassBCEHead):
         """
         assert cost.dim() == 5 and cost.shape[1] == self.hidden_dim, cost.shape
         assert len(decoder_guidance) == self.num_stages, len(decoder_guidance)
-        b, c, t, h, w = cost.shape
         # Project the per-image skip features once, shared by all class chunks.
         projected = [proj(g) for proj, g in zip(self.decoder_guidance_projection,
                                                 decoder_guidance)]
@@ -130,12 +129,8 @@ class CATSegHead(PerClassBCEHead):
         logits = map_class_chunks(lambda chunk: self._decode_classes(chunk, projected), cost,
                                   self.class_chunk_size, dim=2, out_dim=1, with_cp=self.with_cp)
 
-        if class_index is None:
-            return logits
-        assert num_classes is not None and class_index.shape == (b, t), class_index.shape
-        out = logits.new_full((b, num_classes, *logits.shape[-2:]), PRUNED_LOGIT)
-        index = class_index[:, :, None, None].expand_as(logits)
-        return out.scatter(1, index, logits)
+        assert class_index is None or num_classes is not None, 'class_index needs num_classes'
+        return self.scatter_classes(logits, class_index, num_classes)
 
     def _decode_classes(self, cost: torch.Tensor,
                         projected_guidance: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.utils import SampleList
 
+from ..structures import PRUNED_LOGIT
+
 __all__ = ['PerClassBCEHead']
 
 
@@ -54,3 +56,14 @@ class PerClassBCEHead(BaseDecodeHead):
         logits = F.interpolate(logits, size=target.shape[-2:], mode='bilinear',
                                align_corners=self.align_corners)
         return F.binary_cross_entropy_with_logits(logits, target)
+
+    @staticmethod
+    def scatter_classes(logits: torch.Tensor, class_index: Optional[torch.Tensor],
+                        num_classes: int) -> torch.Tensor:
+        """(B, T', H, W) logits of the neck's classes -> (B, T, H, W), ``PRUNED_LOGIT`` for the
+        classes the neck dropped (``class_index`` (B, T'); None: all T were kept)."""
+        if class_index is None:
+            return logits
+        assert class_index.shape == logits.shape[:2], (class_index.shape, logits.shape)
+        out = logits.new_full((logits.shape[0], num_classes, *logits.shape[-2:]), PRUNED_LOGIT)
+        return out.scatter(1, class_index[:, :, None, None].expand_as(logits), logits)

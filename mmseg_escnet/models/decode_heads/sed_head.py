@@ -31,7 +31,7 @@ from mmseg.utils import SampleList
 from torch import Tensor
 
 from ..layers.class_chunks import check_class_chunk_size
-from ..layers.cost_volume import check_class_filter, select_pooling
+from ..layers.cost_volume import check_class_filter, pixel_top_k_union, select_pooling
 from ..layers.linear_class_attention import PoolSize
 from ..layers.sed_blocks import SEDUp, apply_per_class
 from ..structures import PRUNED_LOGIT, DecodeInputs
@@ -217,7 +217,7 @@ class SEDHead(PerClassBCEHead):
             index = torch.arange(x.shape[1], device=x.device)
             stages = []
             for i in range(self.num_stages):
-                keep = self._top_k_union(self._aux_logits(i, x), k)  # (t',)
+                keep = pixel_top_k_union(self._aux_logits(i, x), k)  # (t',)
                 x, x_corr, index = x[:, keep], x_corr[:, keep], index[keep]
                 stages.append(index)
                 x, x_corr = self._stage(i, x, x_corr, guidance[i][b:b + 1], pooling)
@@ -261,22 +261,6 @@ class SEDHead(PerClassBCEHead):
         """The final ``head`` on (B, T, C, H, W): (B, T, H, W)."""
         return apply_per_class(self.head, [x], self.class_chunk_size)[:, :, 0]
 
-    @staticmethod
-    def _top_k_union(aux: Tensor, k: int) -> Tensor:
-        """Classes among the top-``k`` of at least one pixel.
-
-        Args:
-            aux (Tensor): (1, T, h, w) auxiliary logits of one image.
-            k (int): classes per pixel.
-
-        Returns:
-            Tensor: (T',) ascending class indices, T' >= min(k, T).
-        """
-        best = aux.topk(min(k, aux.shape[1]), dim=1).indices  # (1, k, h, w)
-        kept = torch.zeros(aux.shape[1], dtype=torch.bool, device=aux.device)
-        kept[best.flatten()] = True
-        return kept.nonzero()[:, 0]
-
     # -- the mmseg interface ---------------------------------------------------------------------
     def forward(self, inputs: DecodeInputs) -> SEDOutput:
         """Decode the neck output.
@@ -296,12 +280,13 @@ class SEDHead(PerClassBCEHead):
         guidance = self.project_guidance(inputs.clip_features)
         cer_k = None if self.training else self._cer_k(inputs.class_filter)
         if cer_k is not None:
-            logits, _ = self.decode_cer(inputs.cost, inputs.corr, guidance, k=cer_k)
-            return self._all_classes(logits, inputs)
-        logits, aux = self.decode(inputs.cost, inputs.corr, guidance, with_aux=self.training)
-        if not self.training:
-            return self._all_classes(logits, inputs)
-        return self._all_classes(logits, inputs), [self._all_classes(a, inputs) for a in aux]
+            logits, aux = self.decode_cer(inputs.cost, inputs.corr, guidance, k=cer_k)[0], []
+        else:
+            logits, aux = self.decode(inputs.cost, inputs.corr, guidance,
+                                      with_aux=self.training)
+        logits, *aux = [self.scatter_classes(x, inputs.class_index, inputs.num_classes)
+                        for x in (logits, *aux)]
+        return (logits, aux) if self.training else logits
 
     @staticmethod
     def _cer_k(class_filter: Optional[dict]) -> Optional[int]:
@@ -337,17 +322,6 @@ class SEDHead(PerClassBCEHead):
             if f.shape[0] != b or tuple(f.shape[-2:]) != size:
                 raise ValueError(f'encoder skip of stage {i + 1} must be (B={b}, C, *{size}), '
                                  f'got {tuple(f.shape)}')
-
-    @staticmethod
-    def _all_classes(logits: Tensor, inputs: DecodeInputs) -> Tensor:
-        """(B, T', H, W) logits of the neck's classes -> (B, T, H, W), ``PRUNED_LOGIT`` for the
-        classes the neck dropped."""
-        if inputs.class_index is None:
-            return logits
-        b, t = inputs.class_index.shape
-        assert logits.shape[:2] == (b, t), (logits.shape, inputs.class_index.shape)
-        out = logits.new_full((b, inputs.num_classes, *logits.shape[-2:]), PRUNED_LOGIT)
-        return out.scatter(1, inputs.class_index[:, :, None, None].expand_as(logits), logits)
 
     def loss_by_feat(self, seg_logits: SEDOutput,
                      batch_data_samples: SampleList) -> Dict[str, Tensor]:

@@ -22,8 +22,9 @@ from torch import Tensor
 
 from .linear_class_attention import PoolSize
 
-__all__ = ['correlation', 'CLASS_FILTERS', 'HEAD_CLASS_FILTERS', 'check_class_filter', 'filter_classes', 'keep_classes',
-           'select_classes', 'embed_cost', 'text_guidance', 'select_pooling']
+__all__ = ['correlation', 'CLASS_FILTERS', 'HEAD_CLASS_FILTERS', 'check_class_filter',
+           'filter_classes', 'pixel_top_k_union', 'keep_classes', 'select_classes', 'embed_cost',
+           'text_guidance', 'select_pooling']
 
 
 def correlation(img_feats: Tensor, text_feats: Tensor) -> Tensor:
@@ -93,10 +94,24 @@ def filter_classes(corr: Tensor, class_filter: Optional[dict]) -> Optional[Tenso
     if class_filter['type'] == 'topk':
         score = corr.transpose(1, 2).flatten(2).max(dim=-1).values  # (B, T)
         return score.topk(k, dim=-1).indices.sort(dim=-1).values  # (B, k)
-    best = corr.mean(dim=1).topk(k, dim=1).indices  # (B, T, h, w) -> (B, k, h, w)
-    kept = torch.zeros(corr.shape[2], dtype=torch.bool, device=corr.device)
+    kept = pixel_top_k_union(corr.mean(dim=1), k)  # (B, P, T, h, w) -> (B, T, h, w) -> (T',)
+    return kept.expand(corr.shape[0], -1)  # (B, T')
+
+
+def pixel_top_k_union(scores: Tensor, k: int) -> Tensor:
+    """SED's category early rejection rule: the classes among the top ``k`` of some pixel.
+
+    Args:
+        scores (Tensor): (B, T, h, w) class scores; the union is over all pixels and images.
+        k (int): classes per pixel (all T when k >= T).
+
+    Returns:
+        Tensor: (T',) ascending class indices, T' >= min(k, T).
+    """
+    best = scores.topk(min(k, scores.shape[1]), dim=1).indices  # (B, k, h, w)
+    kept = torch.zeros(scores.shape[1], dtype=torch.bool, device=scores.device)
     kept[best.flatten()] = True
-    return kept.nonzero()[:, 0].expand(corr.shape[0], -1)  # (B, T')
+    return kept.nonzero()[:, 0]
 
 
 def keep_classes(corr: Tensor, text_feats: Tensor, class_index: Optional[Tensor]
