@@ -1,4 +1,5 @@
-"""Refactors keep the models' numbers: tiny CAT-Seg and ESC-Net outputs, pinned bit for bit.
+"""Refactors keep the models' numbers: tiny CAT-Seg and ESC-Net outputs, pinned (bit for bit on
+the machine that wrote them, within float rounding elsewhere).
 
 ``tests/data/pinned/pinned_outputs.pt`` was written by ``make_pinned_outputs.py`` beside it; the
 weights are derived from the parameter names, so :data:`RENAMED` maps a parameter that a refactor
@@ -16,6 +17,10 @@ PINNED = osp.join(ROOT, 'tests', 'data', 'pinned')
 #: (new prefix, prefix when the outputs were pinned), per model; empty since the outputs were
 #: pinned again (the per-class work shared across classes moved them by at most 1.1e-7)
 RENAMED = {'catseg': (), 'escnet': ()}
+#: Largest float difference accepted (logits are of order 0.1).
+FLOAT_TOLERANCE = 1e-6
+#: Largest share of labels that may differ (another CPU flipped 10 of 33,600 near-ties).
+LABEL_TOLERANCE = 1e-3
 
 
 def _maker():
@@ -41,5 +46,12 @@ def test_outputs_are_unchanged(model_name):
     got = maker.outputs(model)
     assert got.keys() == expected.keys()
     for key, value in expected.items():
-        assert torch.equal(got[key], value), (model_name, key,
-                                              float((got[key].float() - value.float()).abs().max()))
+        if value.is_floating_point():
+            # bit for bit on the CPU that pinned them; other CPUs pick other kernels (AVX2 /
+            # AVX-512), which moved the logits by at most 1e-7: a refactor that changes the
+            # computation moves them far more
+            diff = float((got[key].float() - value.float()).abs().max())
+            assert diff <= FLOAT_TOLERANCE, (model_name, key, diff)
+        else:  # labels: near-ties of the random tiny model may flip with that rounding
+            flipped = float((got[key] != value).float().mean())
+            assert flipped <= LABEL_TOLERANCE, (model_name, key, flipped)
