@@ -32,8 +32,9 @@ import os
 import os.path as osp
 import re
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from .descriptions import DescriptionPrompts
 from .templates import get_templates
 
 VOCABULARY_DIR = Path(__file__).resolve().parent / 'vocabularies'
@@ -245,7 +246,10 @@ class Vocabulary:
             (every synonym; their embeddings are averaged) or an int ``k``
             (the first ``k``).
         templates: a template-set name (``'catseg'``, ``'imagenet'``,
-            ``'vild'``) or a list of format strings with one ``'{}'`` each.
+            ``'vild'``), a list of format strings with one ``'{}'`` each, or
+            ``dict(type='descriptions', file=..., reduce='mean')``: attribute
+            descriptions instead of templates (LMSeg; see
+            :class:`~mmseg_escnet.text.descriptions.DescriptionPrompts`).
 
     Raises:
         ValueError: empty vocabulary, empty name or synonym, duplicate class,
@@ -256,9 +260,14 @@ class Vocabulary:
                  classes: ClassesSpec,
                  *,
                  synonyms: SynonymPolicy = 'first',
-                 templates: Union[str, Sequence[str]] = 'catseg') -> None:
+                 templates: Union[str, Sequence[str], Mapping] = 'catseg') -> None:
         self._policy = _check_policy(synonyms)
-        self._templates: Tuple[str, ...] = tuple(get_templates(templates))
+        self._descriptions: Optional[DescriptionPrompts] = None
+        if isinstance(templates, Mapping):
+            self._descriptions = DescriptionPrompts.from_spec(templates)
+            self._templates: Tuple[str, ...] = ()
+        else:
+            self._templates = tuple(get_templates(templates))
         raw, self._source = load_class_entries(classes)
         if not raw:
             raise ValueError(f'vocabulary {self._source} is empty: it holds no class names')
@@ -305,9 +314,24 @@ class Vocabulary:
         return [list(s) for s in self._all_synonyms]
 
     @property
-    def templates(self) -> List[str]:
-        """The prompt templates (P entries)."""
+    def templates(self) -> Union[List[str], Dict]:
+        """The prompt templates (P entries), or the ``'descriptions'`` dict; either can be
+        given back as ``templates`` to another vocabulary."""
+        if self._descriptions is not None:
+            return self._descriptions.spec
         return list(self._templates)
+
+    @property
+    def descriptions(self) -> Optional[DescriptionPrompts]:
+        """The description prompts when the templates are ``'descriptions'``, else None."""
+        return self._descriptions
+
+    @property
+    def num_prompts(self) -> int:
+        """Prompt channels P per class: templates, or description channels."""
+        if self._descriptions is not None:
+            return self._descriptions.num_prompts
+        return len(self._templates)
 
     def __len__(self) -> int:
         """Number of classes T."""
@@ -319,8 +343,11 @@ class Vocabulary:
         Returns:
             List[List[List[str]]]: indexed ``[class][template][synonym]``, i.e.
             T x P x S_t strings, ``S_t`` being the number of synonyms used for
-            class ``t``.
+            class ``t``. With descriptions: ``[class][channel][string]``, the
+            strings of a channel being averaged into one embedding.
         """
+        if self._descriptions is not None:
+            return self._descriptions.prompts(self._all_synonyms, self._synonyms)
         return [[[tpl.format(syn) for syn in syns] for tpl in self._templates]
                 for syns in self._synonyms]
 
@@ -332,21 +359,39 @@ class Vocabulary:
         templates, so two vocabularies with equal fingerprints produce the same
         prompts. It does not depend on the source or on unused synonyms.
         """
-        payload = json.dumps({'synonyms': self.synonyms, 'templates': self.templates},
-                             ensure_ascii=False, separators=(',', ':'))
+        templates = (self._descriptions.fingerprint_payload()
+                     if self._descriptions is not None else self.templates)
+        payload = json.dumps({'synonyms': self.synonyms, 'templates': templates},
+                             ensure_ascii=False, separators=(',', ':'), sort_keys=True)
         return hashlib.sha256(payload.encode('utf-8')).hexdigest()[:16]
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Vocabulary):
             return NotImplemented
-        return self._synonyms == other._synonyms and self._templates == other._templates
+        return self._synonyms == other._synonyms and self._prompt_key() == other._prompt_key()
 
     def __hash__(self) -> int:
-        return hash((self._synonyms, self._templates))
+        return hash((self._synonyms, self._prompt_key()))
+
+    def _templates_repr(self) -> str:
+        if self._descriptions is not None:
+            return f'templates={self._descriptions!r}'
+        return f'num_templates={len(self._templates)}'
+
+    def _prompt_key(self) -> Tuple:
+        if self._descriptions is None:
+            return self._templates
+        return tuple(sorted(self._descriptions.spec.items()))
 
     def __repr__(self) -> str:
         head = ', '.join(repr(n) for n in self.names[:3])
         more = ', ...' if len(self) > 3 else ''
         return (f'{type(self).__name__}(source={self._source!r}, num_classes={len(self)}, '
-                f'synonyms={self._policy!r}, num_templates={len(self._templates)}, '
-                f'names=[{head}{more}], fingerprint={self.fingerprint!r})')
+                f'synonyms={self._policy!r}, {self._templates_repr()}, '
+                f'names=[{head}{more}], fingerprint={self._fingerprint_repr()})')
+
+    def _fingerprint_repr(self) -> str:
+        try:
+            return repr(self.fingerprint)
+        except (OSError, ValueError):  # a descriptions file yet to be written, or a bad one
+            return 'None'

@@ -114,8 +114,8 @@ class ClassEmbedder(nn.Module):
 
     @property
     def num_templates(self) -> int:
-        """Number of prompt templates P."""
-        return len(self._vocabulary.templates)
+        """Number of prompt templates (or description channels) P."""
+        return self._vocabulary.num_prompts
 
     def set_vocabulary(self, vocabulary: VocabularySpec) -> None:
         """Swap the vocabulary; drops the cached tokens and embeddings.
