@@ -1,4 +1,5 @@
-"""Official Segment Anything (SAM) checkpoints -> the weights of ESC-Net's prompt encoder and SAM blocks.
+"""Official Segment Anything (SAM) checkpoints -> the weights of ESC-Net's prompt encoder and SAM
+blocks, and of LMSeg's SAM image encoder.
 
 The published files (``sam_vit_{b,l,h}_*.pth``) are plain state dicts of
 :class:`segment_anything.modeling.Sam`.  ESC-Net needs only the prompt encoder
@@ -10,7 +11,7 @@ checkpoints have identical shapes for these.  ESC block ``k`` is initialised fro
 """
 import pickle
 import re
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -21,7 +22,8 @@ from .download import local_checkpoint_path
 from .safe_loading import load_local_checkpoint
 
 __all__ = ['SAM_CHECKPOINT_URLS', 'PROMPT_ENCODER_PREFIX', 'LAYER_PREFIX',
-           'OUTPUT_TOKEN_KEYS', 'load_sam_checkpoint', 'escnet_sam_weights']
+           'OUTPUT_TOKEN_KEYS', 'IMAGE_ENCODER_PREFIX', 'load_sam_checkpoint',
+           'load_sam_image_encoder', 'escnet_sam_weights']
 
 #: Official download addresses (facebookresearch/segment-anything README).
 SAM_CHECKPOINT_URLS = {
@@ -31,6 +33,7 @@ SAM_CHECKPOINT_URLS = {
 }
 PROMPT_ENCODER_PREFIX = 'prompt_encoder.'
 DECODER_PREFIX = 'mask_decoder.'
+IMAGE_ENCODER_PREFIX = 'image_encoder.'
 LAYER_PREFIX = 'mask_decoder.transformer.layers.'
 OUTPUT_TOKEN_KEYS = ('mask_decoder.iou_token.weight', 'mask_decoder.mask_tokens.weight')
 _LAYER_RE = re.compile(r'^mask_decoder\.transformer\.layers\.(\d+)\.')
@@ -65,6 +68,22 @@ def _layer_indices(state: Mapping[str, torch.Tensor]) -> List[int]:
     return sorted({int(m.group(1)) for k in state for m in [_LAYER_RE.match(k)] if m})
 
 
+def _read_sam_state(path_or_url: str,
+                    cache_dir: Optional[str]) -> Tuple[str, Mapping[str, torch.Tensor]]:
+    """The local path and the (memory-mapped) state dict of a SAM checkpoint, unwrapped."""
+    path = local_checkpoint_path(path_or_url, what='SAM checkpoint', cache_dir=cache_dir)
+    obj = _torch_load(path)
+    if isinstance(obj, Mapping):
+        for wrapper in ('model', 'state_dict'):
+            if isinstance(obj.get(wrapper), Mapping):
+                obj = obj[wrapper]
+                break
+    if not isinstance(obj, Mapping):
+        raise ValueError(f'{path}: expected a SAM state dict (mapping of tensors), got '
+                         f'{type(obj).__name__}')
+    return path, obj
+
+
 def load_sam_checkpoint(path_or_url: str, *,
                         cache_dir: Optional[str] = None) -> Dict[str, torch.Tensor]:
     """Read the prompt-encoder and mask-decoder weights of an official SAM checkpoint.
@@ -85,16 +104,7 @@ def load_sam_checkpoint(path_or_url: str, *,
         ValueError: for an unreadable or non-SAM file, or missing required keys (the message
             names the file and the keys).
     """
-    path = local_checkpoint_path(path_or_url, what='SAM checkpoint', cache_dir=cache_dir)
-    obj = _torch_load(path)
-    if isinstance(obj, Mapping):
-        for wrapper in ('model', 'state_dict'):
-            if isinstance(obj.get(wrapper), Mapping):
-                obj = obj[wrapper]
-                break
-    if not isinstance(obj, Mapping):
-        raise ValueError(f'{path}: expected a SAM state dict (mapping of tensors), got '
-                         f'{type(obj).__name__}')
+    path, obj = _read_sam_state(path_or_url, cache_dir)
     state = {k: v for k, v in obj.items()
              if isinstance(k, str) and k.startswith((PROMPT_ENCODER_PREFIX, DECODER_PREFIX))}
     if not state:
@@ -163,3 +173,34 @@ def escnet_sam_weights(sam_state: Mapping[str, torch.Tensor], *, num_blocks: int
         if output_tokens:
             mapped[f'sam_blocks.{k}.output_tokens.weight'] = tokens
     return mapped
+
+
+def load_sam_image_encoder(path_or_url: str, *,
+                           cache_dir: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """Read the image-encoder weights of an official SAM checkpoint (LMSeg's SAM features).
+
+    Args:
+        path_or_url (str): local file or URL of an official checkpoint (see
+            :func:`load_sam_checkpoint`).
+        cache_dir (str, optional): download cache for URLs.
+
+    Returns:
+        dict: the ``image_encoder.*`` entries without the prefix, i.e. the names of
+        :class:`segment_anything.modeling.ImageEncoderViT`.
+
+    Raises:
+        FileNotFoundError: if a local file does not exist.
+        ValueError: for an unreadable or non-SAM file, or one without ``image_encoder.*``
+            weights (e.g. a file that holds only the decoder).
+    """
+    path, obj = _read_sam_state(path_or_url, cache_dir)
+    state = {k[len(IMAGE_ENCODER_PREFIX):]: v for k, v in obj.items()
+             if isinstance(k, str) and k.startswith(IMAGE_ENCODER_PREFIX)}
+    if not state:
+        raise ValueError(f'{path}: no SAM image encoder in this checkpoint (no '
+                         f'{IMAGE_ENCODER_PREFIX}* keys); first keys: '
+                         f'{_short([str(k) for k in obj.keys()], 5)}')
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(f'{path}: entries that are not tensors: {_short(bad)}')
+    return {k: v.detach().clone() for k, v in state.items()}

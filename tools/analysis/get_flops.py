@@ -28,6 +28,7 @@ steps cannot run on shapes alone). ``class_filter=dict(type='pixel_topk', ...)``
 import argparse
 import os.path as osp
 import sys
+import tempfile
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
@@ -42,6 +43,7 @@ import mmseg_escnet  # noqa: F401  (registers our modules)
 from mmseg_escnet.models.layers.official_cost import official_cost
 from mmseg_escnet.models.necks.ppg import PseudoPromptGenerator, PseudoPrompts
 from mmseg_escnet.text import Vocabulary
+from mmseg_escnet.text.descriptions import ATTRIBUTES, DescriptionSet, save_descriptions
 from mmseg_escnet.utils import ensure_writable_dir, run_cli, write_json
 
 
@@ -69,8 +71,12 @@ def _prepare(cfg: Config, num_classes: Optional[int]) -> Config:
     if num_classes is None:
         num_classes = len(Vocabulary(**spec))
     # names only: the segmentor prompts them with the templates of the config's vocabulary
-    model.test_vocabulary = dict(classes=[f'class {i}' for i in range(num_classes)],
+    names = [f'class {i}' for i in range(num_classes)]
+    model.test_vocabulary = dict(classes=names,
                                  **{k: v for k, v in spec.items() if k != 'classes'})
+    templates = model.test_vocabulary.get('templates', model.vocabulary.get('templates'))
+    if isinstance(templates, dict):  # descriptions: as many prompts per class as a real file
+        model.test_vocabulary.templates = dict(templates, file=_placeholder_descriptions(names))
     rule = ((model.get('test_cfg') or {}).get('class_filter') or {}).get('type')
     if rule in ('pixel_topk', 'sed_cer'):
         raise ValueError(f'class_filter type {rule!r} keeps a data-dependent number of classes: '
@@ -78,6 +84,14 @@ def _prepare(cfg: Config, num_classes: Optional[int]) -> Config:
                          'the upper bound, or measure it with tools/analysis/'
                          'class_filter_agreement.py')
     return cfg
+
+
+def _placeholder_descriptions(names: Sequence[str]) -> str:
+    """A descriptions file for ``names`` (every prompt costs CLIP's full context anyway)."""
+    table = {name: {a: f'A {name} has a typical {a}.' for a in ATTRIBUTES} for name in names}
+    path = osp.join(tempfile.mkdtemp(prefix='get_flops_'), 'descriptions.json')
+    save_descriptions(path, DescriptionSet(table, meta=dict(note='placeholder for counting')))
+    return path
 
 
 def _predict_counts(model, images: torch.Tensor, meta: dict) -> Tuple[FlopCounterMode, int]:
@@ -93,15 +107,17 @@ def _predict_counts(model, images: torch.Tensor, meta: dict) -> Tuple[FlopCounte
 
 
 def _modules(counter: FlopCounterMode, model) -> Dict[str, float]:
-    """GMACs of the backbone, the neck (and its children) and the rest (the decode head)."""
+    """GMACs of the backbone, the neck (and its children), the segmentor's other parts (LMSeg's
+    SAM encoder and fusion) and the rest (the decode head)."""
     counts = counter.get_flop_counts()
-    backbone, neck = type(model.backbone).__name__, type(model.neck).__name__
+    neck = type(model.neck).__name__
 
     def gmacs(name):
         return sum(counts.get(name, {}).values()) / 2e9
 
-    modules = dict(backbone=gmacs(backbone), neck=gmacs(neck))
-    modules['decode_head'] = counter.get_total_flops() / 2e9 - modules['backbone'] - modules['neck']
+    modules = {name: gmacs(type(child).__name__) for name, child in model.named_children()
+               if name not in ('decode_head', 'data_preprocessor', 'train_text', 'test_text')}
+    modules['decode_head'] = counter.get_total_flops() / 2e9 - sum(modules.values())
     for name in counts:  # the neck's children, and the members of its module lists
         parts = name.split('.')
         if parts[0] == neck and (len(parts) == 2 or len(parts) == 3 and parts[2].isdigit()):

@@ -1,12 +1,14 @@
-"""Reusable building blocks of the cost-aggregation models (CAT-Seg, ESC-Net)."""
+"""Reusable building blocks of the cost-aggregation models (CAT-Seg, ESC-Net, SED, LMSeg)."""
 from .class_chunks import check_class_chunk_size, map_class_chunks
 from .guided_swin import (GuidedSwinBlock, GuidedSwinBlockPair, GuidedWindowAttention,
                           shifted_window_mask, window_partition, window_reverse)
 from .linear_class_attention import ClassTransformerLayer, GuidedLinearAttention, LinearAttention
+from .sam_clip_fusion import SAMCLIPFusion
 from .upsampling import DoubleConv, Up
 
 __all__ = [
     'window_partition', 'window_reverse', 'shifted_window_mask', 'GuidedWindowAttention',
     'GuidedSwinBlock', 'GuidedSwinBlockPair', 'LinearAttention', 'GuidedLinearAttention',
-    'ClassTransformerLayer', 'DoubleConv', 'Up', 'map_class_chunks', 'check_class_chunk_size'
+    'ClassTransformerLayer', 'DoubleConv', 'Up', 'SAMCLIPFusion', 'map_class_chunks',
+    'check_class_chunk_size'
 ]

@@ -1,4 +1,4 @@
-"""The open-vocabulary encoder-decoder shared by CAT-Seg, ESC-Net and SED.
+"""The open-vocabulary encoder-decoder shared by CAT-Seg, ESC-Net, SED and LMSeg.
 
 Data flow (B images, T classes, P prompt templates, C CLIP embedding dim, grid h x w)::
 
@@ -189,6 +189,22 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
         return class_filter
 
     # -- features --------------------------------------------------------------------------------
+    def image_features(self, inputs: Tensor) -> Tuple[Tensor, List[Tensor]]:
+        """CLIP's dense features and skip features of the images, at the CLIP resolution.
+
+        Args:
+            inputs (Tensor): (B, 3, H, W) CLIP-normalised images.
+
+        Returns:
+            tuple: dense (B, C, h, w) features in the text space, and the backbone's skip
+            features (ViT: [(B, D, h, w), ...]).
+        """
+        if inputs.shape[-2:] != self.clip_resolution:
+            inputs = F.interpolate(inputs, size=self.clip_resolution, mode='bilinear',
+                                   align_corners=False)
+        dense, *clip_features = self.backbone(inputs)
+        return dense, clip_features
+
     def extract_feat(self, inputs: Tensor) -> DecodeInputs:
         """Run CLIP, the text encoder and the neck.
 
@@ -199,10 +215,7 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
             DecodeInputs: the neck's :class:`AggregatedCost` (``cost`` (B, hidden, T', h, w),
             ``class_index``) plus the backbone's skip features and T.
         """
-        if inputs.shape[-2:] != self.clip_resolution:
-            inputs = F.interpolate(inputs, size=self.clip_resolution, mode='bilinear',
-                                   align_corners=False)
-        dense, *clip_features = self.backbone(inputs)             # (B, C, h, w), [(B, D, h, w)]
+        dense, clip_features = self.image_features(inputs)       # (B, C, h, w), [(B, D, h, w)]
         text = self.text_embeddings()                             # (T, P, C)
         text = text.unsqueeze(0).expand(inputs.shape[0], *text.shape)  # (T, P, C) -> (B, T, P, C)
         class_filter = None if self.training else self.test_class_filter()
