@@ -37,7 +37,8 @@ def _save_tiny_sam(path: str) -> None:
     """A randomly initialised official SAM with a WIDTH-wide decoder, saved as published."""
     torch.manual_seed(1)
     sam = Sam(image_encoder=ImageEncoderViT(img_size=64, patch_size=16, embed_dim=16, depth=1,
-                                            num_heads=1, out_chans=WIDTH),
+                                            num_heads=1, out_chans=WIDTH, use_rel_pos=True,
+                                            window_size=2, global_attn_indexes=(0, )),
               prompt_encoder=PromptEncoder(embed_dim=WIDTH, image_embedding_size=(4, 4),
                                            input_image_size=(64, 64), mask_in_chans=16),
               mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer_dim=WIDTH,
@@ -48,11 +49,21 @@ def _save_tiny_sam(path: str) -> None:
 
 def tiny_model_cfg(model: Config, sam_checkpoint: str) -> Config:
     """``model`` with every width shrunk and every other setting (fine-tuning policy, ESC
-    blocks, prompts, SAM initialisation, pooling, padding, ...) kept."""
+    blocks, prompts, SAM initialisation, LMSeg's fusion, pooling, padding, ...) kept."""
     model.data_preprocessor.size = (TINY, TINY)
     model.clip_resolution = TINY
-    model.vocabulary = dict(classes=CLASSES, templates=model.vocabulary.get('templates', 'catseg'))
+    templates = model.vocabulary.get('templates', 'catseg')
+    if isinstance(templates, dict):  # LMSeg's descriptions: the shipped ones of CLASSES
+        templates = dict(templates, file='synthetic_shapes')
+    model.vocabulary = dict(classes=CLASSES, templates=templates)
     model.test_vocabulary = None
+    if model.type == 'LMSegEncoderDecoder':  # a tiny SAM encoder: 64 px, 4 x 4 tokens
+        model.sam_encoder.update(arch=dict(embed_dim=16, depth=1, num_heads=1,
+                                           global_attn_indexes=(0, )),
+                                 img_size=64, patch_size=16, window_size=2, out_chans=WIDTH)
+        if model.sam_encoder.get('checkpoint') is not None:
+            model.sam_encoder.checkpoint = sam_checkpoint
+        model.fusion.update(sam_dim=WIDTH, clip_dim=WIDTH, hidden_dim=8)
     if model.backbone.type == 'CLIPConvNeXtBackbone':
         return tiny_sed_cfg(model)
     model.backbone.update(
@@ -169,3 +180,19 @@ def test_sam_learning_rates(name, sam_lr, tiny_sam):
     assert _lr(optim_wrapper, block.fuse.weight) == pytest.approx(2e-4)
     assert _lr(optim_wrapper, neck.vlf_blocks[0].guidance_projection[0].weight) == pytest.approx(
         2e-4)
+
+
+def test_lmseg_learning_rates(tiny_sam):
+    """LMSeg: CLIP at x0.01 (CAT-Seg's recipe), the adapter and the fusion weight at the base
+    rate; the SAM encoder is frozen (x0.01 is set for when it is unfrozen)."""
+    cfg, model = _build(osp.join(ROOT, 'configs', 'lmseg_vitb16.py'), tiny_sam)
+    optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    assert _lr(optim_wrapper, model.fusion.adapter.weight) == pytest.approx(2e-4)
+    assert _lr(optim_wrapper, model.fusion.weight_logit) == pytest.approx(2e-4)
+    clip = next(p for p in model.backbone.parameters() if p.requires_grad)
+    assert _lr(optim_wrapper, clip) == pytest.approx(2e-6)
+    encoder = model.sam_encoder.image_encoder
+    assert not any(p.requires_grad for p in encoder.parameters())
+    with pytest.raises(KeyError):  # frozen: not in the optimizer
+        _lr(optim_wrapper, encoder.patch_embed.proj.weight)
+    assert cfg.optim_wrapper.paramwise_cfg.custom_keys['sam_encoder'] == dict(lr_mult=0.01)

@@ -21,12 +21,14 @@ BENCHMARK_CONFIGS = [p for p in ALL_CONFIGS
                      if osp.splitext(p)[0].rsplit('_', 1)[-1] in BENCHMARKS]
 CONFIGS = [p for p in ALL_CONFIGS if p not in BENCHMARK_CONFIGS]
 PAPER_MODELS = ('catseg_vitb16', 'catseg_vitl14', 'escnet_vitb16', 'escnet_vitl14',
-                'sed_convnext_base', 'sed_convnext_large')
+                'sed_convnext_base', 'sed_convnext_large', 'lmseg_vitb16', 'lmseg_vitl14')
 #: The test settings of each family's benchmark configs (its paper's protocol).
 PROTOCOLS = {
     'catseg': dict(mode='sliding_global', kernel=384, overlap=0.333, out_size=(640, 640)),
     'escnet': dict(mode='sliding_global', kernel=384, overlap=0.333, out_size=(640, 640)),
     'sed': dict(mode='whole', resize_probabilities=True, class_filter=dict(type='sed_cer', k=8)),
+    'lmseg': dict(mode='sliding_global', kernel=384, overlap=0.333, out_size=(640, 640),
+                  class_filter=dict(type='topk', k=32)),
 }
 
 # The official model (cvlab-kaist/CAT-Seg, docs/catseg.md): CLIP + aggregator/decoder + upsample1/2; trainable = CLIP Wq/Wv + the rest,
@@ -102,8 +104,15 @@ def test_benchmark_config_is_consistent(path):
     dataset_cls = DATASETS.get(cfg.test_dataloader.dataset.type)
     meta = dataset_cls.METAINFO
     # the text vocabulary, the dataset's classes and the metric agree
-    assert cfg.model.test_vocabulary == meta['vocabulary']
-    vocabulary = Vocabulary(cfg.model.test_vocabulary)
+    test_vocabulary = cfg.model.test_vocabulary
+    if isinstance(test_vocabulary, dict):  # LMSeg: the benchmark's own descriptions file
+        templates = test_vocabulary.templates
+        assert templates.file == f"data/descriptions/{meta['vocabulary']}.json"
+        assert {k: v for k, v in templates.items() if k != 'file'} == {
+            k: v for k, v in cfg.model.vocabulary.templates.items() if k != 'file'}
+        test_vocabulary = test_vocabulary.classes
+    assert test_vocabulary == meta['vocabulary']
+    vocabulary = Vocabulary(test_vocabulary)
     evaluator = cfg.test_evaluator
     assert evaluator.ignore_index == meta['ignore_index']
     if 'background_index' in meta:

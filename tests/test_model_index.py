@@ -42,11 +42,15 @@ def test_model_entry_matches_its_config(name):
     results = model['Results']
     datasets = [r['Dataset'] for r in results]
     # the six benchmarks in order; a benchmark the paper did not report is left out (SED: PAS-20b)
-    assert datasets == [b for b in BENCHMARKS if b in datasets] and len(datasets) >= 5, datasets
+    assert datasets == [b for b in BENCHMARKS if b in datasets], datasets
+    sources = [r['Source'] for r in results]
+    # only unverified numbers may be incomplete (LMSeg: no official code or full table is public)
+    assert len(datasets) >= 5 or all(s.startswith('provisional: ') for s in sources), name
     for result in results:
         assert result['Task'] == 'Semantic Segmentation'
         assert set(result['Metrics']) == {'mIoU'} and 0 < result['Metrics']['mIoU'] < 100
-        assert result['Source'].startswith(('paper: ', 'ours: ')), result['Source']
+        assert result['Source'].startswith(('paper: ', 'ours: ', 'provisional: ')), \
+            result['Source']
     if model.get('Weights') is not None:
         assert model['Weights'].startswith('https://')
 

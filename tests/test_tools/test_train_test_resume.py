@@ -73,8 +73,11 @@ def test_train_test_resume(tmp_path, config):
     assert state['meta']['iter'] == 6
 
 
-@pytest.mark.parametrize('config', [*TINY_CONFIGS, osp.join(ROOT, 'configs', 'sed_tiny_synthetic.py')],
-                         ids=osp.basename)
+DDP_CONFIGS = [*TINY_CONFIGS, *(osp.join(ROOT, 'configs', f'{name}_tiny_synthetic.py')
+                               for name in ('sed', 'lmseg'))]
+
+
+@pytest.mark.parametrize('config', DDP_CONFIGS, ids=osp.basename)
 def test_dist_train_and_test_two_processes_gloo(tmp_path, config):
     """2 CPU processes over gloo through the launch scripts: DDP needs a gradient for every
     trainable parameter from the second iteration on, and every process must exit 0."""

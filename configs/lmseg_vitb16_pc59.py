@@ -1,0 +1,7 @@
+# LMSeg ViT-B/16 trained on COCO-Stuff-171, zero-shot on PASCAL-Context-59: CAT-Seg's protocol with top-32
+# category filtering. Needs data/descriptions/pc59.json (docs/lmseg.md).
+#   python tools/test.py configs/lmseg_vitb16_pc59.py CHECKPOINT
+_base_ = ['./lmseg_vitb16.py', './_base_/benchmarks/pc59.py', './_base_/benchmarks/lmseg_protocol.py']
+model = dict(test_vocabulary=_base_.lmseg_test_vocabularies.pc59, test_cfg=_base_.lmseg_test_cfg)
+test_dataloader = _base_.benchmark.dataloader
+test_evaluator = _base_.benchmark.evaluator
