@@ -1,4 +1,5 @@
 """Shared test fixtures."""
+import importlib.util
 import os.path as osp
 
 import pytest
@@ -8,6 +9,20 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 # Reference vectors computed with the official CAT-Seg code ship with the tests
 # (tests/data/conformance/README.md says what each file holds and how it was made).
 CONFORMANCE_DIR = osp.join(REPO, 'tests', 'data', 'conformance')
+
+
+@pytest.fixture(scope='session')
+def load_script():
+    """``load_script('tools/x/y.py')`` imports a repository script as a module (its ``main``)."""
+
+    def load(relpath: str):
+        spec = importlib.util.spec_from_file_location(
+            osp.splitext(osp.basename(relpath))[0], osp.join(REPO, relpath))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture(scope='session')

@@ -7,7 +7,6 @@ tensors with TorchScript and counts it with MMEngine's :class:`~mmengine.analysi
 generator instead of the tool's shape-only stand-in). Both count multiply-accumulates; the
 reference is restricted to the operators the tool counts (matrix products and convolutions).
 """
-import importlib.util
 import json
 import math
 import os.path as osp
@@ -28,12 +27,9 @@ CONFIGS = ['catseg_tiny_synthetic.py', 'escnet_tiny_synthetic.py']
 PRODUCTS = ('conv', 'linear', 'matmul', 'bmm', 'einsum', 'addmm', 'scaled_dot_product_attention')
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location(
-        'get_flops', osp.join(ROOT, 'tools', 'analysis', 'get_flops.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope='module')
+def tool(load_script):
+    return load_script('tools/analysis/get_flops.py')
 
 
 def _config(name: str) -> Config:
@@ -81,8 +77,7 @@ def _reference(tool, name: str) -> dict:
 
 
 @pytest.mark.parametrize('name', CONFIGS)
-def test_counts_equal_an_independent_counter(name):
-    tool = _tool()
+def test_counts_equal_an_independent_counter(name, tool):
     cfg = _config(name)
     cfg.model.test_cfg = dict(mode='whole')
     counted = tool.count(cfg)
@@ -95,11 +90,10 @@ def test_counts_equal_an_independent_counter(name):
         p.numel() for p in MODELS.build(tool._prepare(_config(name), None).model).parameters())
 
 
-def test_official_cost_vocabulary_size_views_and_json(tmp_path):
+def test_official_cost_vocabulary_size_views_and_json(tmp_path, tool):
     """The official computation costs more; per-class work grows with the vocabulary; CAT-Seg's
     sliding + global protocol counts its 5 views, mmseg's slide its crops; ``--json`` writes
     the documented keys."""
-    tool = _tool()
     out = str(tmp_path / 'flops.json')
     result = tool.main([osp.join(ROOT, 'configs', 'catseg_tiny_synthetic.py'),
                         '--num-classes', '40', '--json', out])
@@ -124,8 +118,7 @@ def test_official_cost_vocabulary_size_views_and_json(tmp_path):
     assert slide['modules']['backbone'] == pytest.approx(4 * small['modules']['backbone'])
 
 
-def test_topk_filter_counts_only_the_kept_classes_and_pixel_topk_is_refused():
-    tool = _tool()
+def test_topk_filter_counts_only_the_kept_classes_and_pixel_topk_is_refused(tool):
     cfg = _config('escnet_tiny_synthetic.py')
     cfg.model.test_cfg = dict(mode='whole', class_filter=dict(type='topk', k=4))
     filtered = tool.count(cfg, 40)

@@ -65,7 +65,7 @@ class PseudoPrompts(NamedTuple):
 
 
 def pixel_kmeans(coords: Tensor, valid: Tensor, seed_index: Tensor, *, num_clusters: int,
-                 num_iters: int) -> Tuple[Tensor, Tensor]:
+                 num_iters: int, stop_at_fixed_point: bool = True) -> Tuple[Tensor, Tensor]:
     """Batched deterministic k-means of the valid pixels of N maps.
 
     Initialisation is farthest-point: the first centre is the pixel ``seed_index``, each next
@@ -73,8 +73,9 @@ def pixel_kmeans(coords: Tensor, valid: Tensor, seed_index: Tensor, *, num_clust
     lowest flat index. Then ``num_iters`` Lloyd iterations: every valid pixel goes to the
     nearest centre (ties to the lowest centre index) and centres move to the mean of their
     pixels; an empty cluster keeps its centre. The loop stops early at a fixed point (same
-    result as running all iterations). With fewer valid pixels than clusters some
-    centres coincide (the later duplicates then stay empty).
+    result as running all iterations); ``stop_at_fixed_point=False`` runs them all, with no
+    data-dependent control flow (what an exported graph can hold). With fewer valid pixels
+    than clusters some centres coincide (the later duplicates then stay empty).
 
     Args:
         coords (Tensor): (L, 2) float pixel coordinates, shared by all maps.
@@ -82,6 +83,8 @@ def pixel_kmeans(coords: Tensor, valid: Tensor, seed_index: Tensor, *, num_clust
         seed_index (Tensor): (N,) long flat index of the first centre of each map.
         num_clusters (int): K >= 1.
         num_iters (int): Lloyd iterations >= 0.
+        stop_at_fixed_point (bool): stop when the centres no longer move (the result does not
+            change); False runs every iteration (ONNX export).
 
     Returns:
         Tuple[Tensor, Tensor]: centres (N, K, 2) in the dtype of ``coords``, and the
@@ -110,8 +113,8 @@ def pixel_kmeans(coords: Tensor, valid: Tensor, seed_index: Tensor, *, num_clust
             1, assign[..., None].expand(-1, -1, 3), weighted)  # (N, K, 3)
         counts = sums[..., 2:]  # (N, K, 1); integer sums are exact, so this is deterministic
         updated = torch.where(counts > 0, sums[..., :2] / counts.clamp_min(1), centres)
-        if torch.equal(updated, centres):  # a fixed point: further iterations change nothing
-            break
+        if stop_at_fixed_point and torch.equal(updated, centres):
+            break  # a fixed point: further iterations change nothing
         centres = updated
     assign = _nearest_centre(coords, centres)
     assign = torch.where(valid, assign, assign.new_full((num_maps, 1), -1))
@@ -262,8 +265,10 @@ class PseudoPromptGenerator(nn.Module):
         rows = torch.arange(h, device=dev, dtype=ctype).repeat_interleave(w)  # (L,)
         cols = torch.arange(w, device=dev, dtype=ctype).repeat(h)  # (L,)
         coords = torch.stack([rows, cols], dim=1)  # (L, 2) (row, col)
+        # traced for export: every iteration (a trace would freeze the early stop of its input)
         _, regions = pixel_kmeans(coords, foreground, peak, num_clusters=k,
-                                  num_iters=self.kmeans_iters)  # (N, L)
+                                  num_iters=self.kmeans_iters,
+                                  stop_at_fixed_point=not torch.jit.is_tracing())  # (N, L)
         member = regions[:, :, None] == torch.arange(k, device=dev)  # (N, L, K)
         nonempty = member.any(dim=1)  # (N, K)
 

@@ -205,18 +205,21 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
         dense, *clip_features = self.backbone(inputs)
         return dense, clip_features
 
-    def extract_feat(self, inputs: Tensor) -> DecodeInputs:
+    def extract_feat(self, inputs: Tensor, text: Optional[Tensor] = None) -> DecodeInputs:
         """Run CLIP, the text encoder and the neck.
 
         Args:
             inputs (Tensor): (B, 3, H, W) CLIP-normalised images.
+            text (Tensor, optional): (T, P, C) precomputed class embeddings (an exported model's
+                constant); default: those of the active vocabulary.
 
         Returns:
             DecodeInputs: the neck's :class:`AggregatedCost` (``cost`` (B, hidden, T', h, w),
             ``class_index``) plus the backbone's skip features and T.
         """
         dense, clip_features = self.image_features(inputs)       # (B, C, h, w), [(B, D, h, w)]
-        text = self.text_embeddings()                             # (T, P, C)
+        if text is None:
+            text = self.text_embeddings()                         # (T, P, C)
         text = text.unsqueeze(0).expand(inputs.shape[0], *text.shape)  # (T, P, C) -> (B, T, P, C)
         class_filter = None if self.training else self.test_class_filter()
         cost = self.neck(dense, text, dense, class_filter=class_filter)
