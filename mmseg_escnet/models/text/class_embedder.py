@@ -13,9 +13,11 @@ In training mode the embeddings are recomputed on every call with gradients
 (CAT-Seg fine-tunes CLIP's text attention), unless the caller says the text
 encoder is frozen (SED). In eval mode, or frozen, they are computed once under
 ``torch.no_grad`` and cached. Unlike CAT-Seg, whose eval cache is never
-reset, the cache is dropped when the module returns to training mode, when the
-vocabulary changes and when the encoder's device, dtype or identity changes.
+reset, the cache is dropped when the module returns to training mode and when the
+encoder's weights, device, dtype or identity change. The embeddings of the last
+``cache_size`` vocabularies are kept, so switching back to one costs no encoding.
 """
+from collections import OrderedDict
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -90,10 +92,18 @@ class ClassEmbedder(nn.Module):
             vocabulary name, a ``.txt``/``.json`` path or a list of class names.
         defaults (dict, optional): ``synonyms``/``templates`` for every vocabulary given
             without them (see :func:`build_vocabulary`).
+        cache_size (int): Eval-mode embeddings of this many recent vocabularies are kept, so
+            switching back to one (a web demo, an inferencer) does not encode it again.
     """
 
-    def __init__(self, vocabulary: VocabularySpec, defaults: Optional[dict] = None) -> None:
+    def __init__(self, vocabulary: VocabularySpec, defaults: Optional[dict] = None,
+                 cache_size: int = 4) -> None:
         super().__init__()
+        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 1:
+            raise ValueError(f'cache_size must be a positive int, got {cache_size!r}')
+        self.cache_size = cache_size
+        # (cache key) -> (T, P, C) embeddings of recent vocabularies, most recent last
+        self._recent: 'OrderedDict[Tuple, Tensor]' = OrderedDict()
         self.defaults = dict(defaults or {})
         self._vocabulary = build_vocabulary(vocabulary, self.defaults)
         self._tokens: Optional[Tensor] = None  # (N, L) as returned by the tokenizer
@@ -124,7 +134,11 @@ class ClassEmbedder(nn.Module):
             vocabulary: anything accepted by the constructor.
         """
         self._vocabulary = build_vocabulary(vocabulary, self.defaults)
-        self.clear_cache(tokens=True)
+        self._cache = None  # the recent vocabularies' embeddings stay valid
+        self._cache_key = None
+        self._tokens = None
+        self._device_tokens = None
+        self._group_index = None
 
     def clear_cache(self, tokens: bool = False) -> None:
         """Drop the cached eval embeddings (and, if ``tokens``, the tokens).
@@ -138,6 +152,7 @@ class ClassEmbedder(nn.Module):
         """
         self._cache = None
         self._cache_key = None
+        self._recent.clear()
         if tokens:
             self._tokens = None
             self._device_tokens = None
@@ -265,10 +280,14 @@ class ClassEmbedder(nn.Module):
         key = (self._vocabulary.fingerprint, tokens.device,
                first.dtype if first is not None else None, _encoder_identity(encode_text))
         if self._cache is None or self._cache_key != key:
-            self._cache = None  # free the stale cache before recomputing
-            with torch.no_grad():
-                self._cache = self._encode(encode_text, tokens, chunk_size)
+            self._cache = self._recent.pop(key, None)  # a recent vocabulary: no encoding
+            if self._cache is None:
+                with torch.no_grad():
+                    self._cache = self._encode(encode_text, tokens, chunk_size)
             self._cache_key = key
+            self._recent[key] = self._cache
+            while len(self._recent) > self.cache_size:
+                self._recent.popitem(last=False)
         return self._cache
 
     def extra_repr(self) -> str:

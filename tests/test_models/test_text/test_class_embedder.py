@@ -145,6 +145,30 @@ def test_set_vocabulary_invalidates():
     torch.testing.assert_close(embedder(encoder.encode_text, tokenize), out1)
 
 
+def test_recent_vocabularies_are_not_encoded_again():
+    embedder, encoder, tokenize = make()
+    embedder.cache_size = 2
+    embedder.eval()
+    first = embedder(encoder.encode_text, tokenize)
+    embedder.set_vocabulary(['car', 'bus'])
+    embedder(encoder.encode_text, tokenize)
+    calls = len(encoder.batch_sizes)
+    embedder.set_vocabulary(dict(classes=CLASSES, synonyms='all', templates=TEMPLATES))
+    assert embedder(encoder.encode_text, tokenize) is first  # back to the first: no encoding
+    assert len(encoder.batch_sizes) == calls
+    embedder.set_vocabulary(['tree'])
+    embedder(encoder.encode_text, tokenize)
+    embedder.set_vocabulary(['car', 'bus'])  # pushed out by 'tree' (cache_size 2): encoded
+    embedder(encoder.encode_text, tokenize)
+    assert len(encoder.batch_sizes) == calls + 2
+    embedder.clear_cache()  # new weights: nothing recent survives
+    embedder.set_vocabulary(['tree'])
+    embedder(encoder.encode_text, tokenize)
+    assert len(encoder.batch_sizes) == calls + 3
+    with pytest.raises(ValueError, match='cache_size'):
+        ClassEmbedder(['a'], cache_size=0)
+
+
 def test_training_recomputes_with_gradients():
     embedder, encoder, tokenize = make()
     embedder.train()
