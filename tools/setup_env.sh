@@ -91,6 +91,7 @@ install_requirements "$ROOT/requirements/openmmlab.txt"
 install_requirements "$ROOT/requirements/datasets.txt"
 install_requirements "$ROOT/requirements/tests.txt"
 install_requirements "$ROOT/requirements/deployment.txt"
+install_requirements "$ROOT/requirements/demo.txt"
 if (cd / && "$PY" -c "import mmseg_escnet, os, sys; sys.exit(os.path.dirname(os.path.dirname(mmseg_escnet.__file__)) != sys.argv[1])" "$ROOT") 2>/dev/null; then
   log "mmseg_escnet already installed (editable) from $ROOT"
 else
