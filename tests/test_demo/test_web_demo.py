@@ -1,9 +1,15 @@
-"""The web demo in a real browser: Debian's chromium driven by selenium through the system
-chromedriver (no browser download), on a tiny CAT-Seg trained for a few iterations."""
+"""demo/web_demo.py: the page in Debian's chromium (selenium), its checks and cache in-process.
+
+A tiny CAT-Seg is trained for a few iterations through tools/train.py while the browser starts;
+the page runs in a thread of this process. The browser is the system's (``/usr/bin/chromium``
+driven by ``/usr/bin/chromedriver``), never downloaded: without it the browser test fails and says
+how to install it.
+"""
+import importlib.util
 import os
 import os.path as osp
-import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -14,169 +20,273 @@ import cv2
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow
+
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG = osp.join(ROOT, 'configs', 'catseg_tiny_synthetic.py')
 CHROMIUM, CHROMEDRIVER = '/usr/bin/chromium', '/usr/bin/chromedriver'
+INSTALL = ('install Debian\'s chromium and its driver: apt-get install chromium chromium-driver '
+           '(selenium: pip install -r requirements/demo.txt -c requirements/constraints.txt)')
+CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+                  '--disable-background-networking', '--disable-component-update',
+                  '--disable-sync', '--no-proxy-server', '--window-size=1280,1000']
 CLASSES = 'sky, grass, sand, snow, brick'
-pytestmark = pytest.mark.slow
+ITERS = 6
 
 
-def _browser():
-    """A headless chromium; fails (never skips) when it is not installed."""
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not osp.exists(p)]
+def _load_demo():
+    spec = importlib.util.spec_from_file_location('web_demo', osp.join(ROOT, 'demo', 'web_demo.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _train_command(data_root: str, work_dir: str) -> list:
+    """tools/train.py on the tiny config, shortened as tests/test_tools does."""
+    options = [f'train_cfg.max_iters={ITERS}', f'train_cfg.val_interval={ITERS}',
+               f'default_hooks.checkpoint.interval={ITERS}', f'param_scheduler.0.end={ITERS}',
+               f'param_scheduler.0.T_max={ITERS}', 'train_dataloader.batch_size=2']
+    for loader in ('train', 'val', 'test'):
+        options += [f'{loader}_dataloader.dataset.data_root={data_root}',
+                    f'{loader}_dataloader.dataset.splits.train=8',
+                    f'{loader}_dataloader.dataset.splits.val=2']
+    return [sys.executable, 'tools/train.py', CONFIG, '--work-dir', work_dir, '--cfg-options',
+            *options]
+
+
+def _start_browser(profile: str):
+    """Debian's chromium through the system chromedriver (no selenium-manager, no download)."""
+    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not osp.isfile(path)]
     if missing:
-        pytest.fail(f'the browser test needs {missing}: install them with '
-                    '`apt-get install -y chromium chromium-driver` (.ci/run does)')
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+        pytest.fail(f'{" and ".join(missing)} not found: {INSTALL}')
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError as err:
+        pytest.fail(f'selenium is missing ({err}): {INSTALL}')
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ('--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-                '--disable-background-networking', '--disable-component-update',
-                '--disable-sync', '--window-size=1400,1000',
-                f'--user-data-dir={tempfile.mkdtemp(prefix="chromium_")}'):
-        options.add_argument(arg)
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    for flag in CHROMIUM_FLAGS + [f'--user-data-dir={profile}']:
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(url: str, server: subprocess.Popen, timeout: float = 180) -> None:
-    start = time.time()
-    while time.time() - start < timeout:
-        if server.poll() is not None:
-            raise AssertionError(f'the demo exited: {server.stdout.read()[-3000:]}')
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    raise AssertionError(f'the demo did not answer on {url} within {timeout} s')
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-    """(checkpoint, data root) of a tiny CAT-Seg trained for 8 iterations."""
-    tmp = tmp_path_factory.mktemp('web')
-    data, work = str(tmp / 'data'), str(tmp / 'work')
-    options = ['train_cfg.max_iters=8', 'train_cfg.val_interval=8',
-               'default_hooks.checkpoint.interval=8', 'param_scheduler.0.end=8',
-               'param_scheduler.0.T_max=8', 'train_dataloader.batch_size=2']
-    for split in ('train', 'val', 'test'):
-        options += [f'{split}_dataloader.dataset.data_root={data}',
-                    f'{split}_dataloader.dataset.splits.train=8',
-                    f'{split}_dataloader.dataset.splits.val=2']
+def web_demo():
+    return _load_demo()
+
+
+@pytest.fixture(scope='module')
+def folder(tmp_path_factory):
+    return tmp_path_factory.mktemp('web_demo')
+
+
+@pytest.fixture(scope='module')
+def training(folder):
+    """tools/train.py on the tiny config in a subprocess (it runs while the browser starts)."""
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
-    proc = subprocess.run([sys.executable, 'tools/train.py', CONFIG, '--work-dir', work,
-                           '--cfg-options', *options], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return osp.join(work, 'iter_8.pth'), data
+    process = subprocess.Popen(_train_command(str(folder / 'data'), str(folder / 'work')),
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    yield process
+    if process.poll() is None:
+        process.kill()
+        process.communicate()
 
 
-def test_page_segments_an_upload_like_the_inferencer(trained, tmp_path):
+@pytest.fixture(scope='module')
+def trained(training, folder):
+    """``checkpoint`` and ``data_root`` (the synthetic set) of the trained tiny CAT-Seg."""
+    log, _ = training.communicate(timeout=300)
+    checkpoint = str(folder / 'work' / f'iter_{ITERS}.pth')
+    assert training.returncode == 0 and osp.isfile(checkpoint), log[-3000:]
+    return dict(checkpoint=checkpoint, data_root=str(folder / 'data'))
+
+
+@pytest.fixture(scope='module')
+def browser(training, folder):
+    driver = _start_browser(tempfile.mkdtemp(dir=folder, prefix='chromium_'))
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope='module')
+def served(browser, trained, folder, web_demo):
+    """The page on a free port of 127.0.0.1, served by a thread of this process."""
+    from mmseg_escnet.apis import OpenVocabInferencer
+    out_dir = str(folder / 'label_maps')
+    inferencer = OpenVocabInferencer(CONFIG, weights=trained['checkpoint'], device='cpu')
+    app = web_demo.build_app(web_demo.WebSegmenter(inferencer, out_dir))
+    port = _free_port()
+    web_demo.launch(app, '127.0.0.1', port, allowed_paths=[out_dir], block=False)
+    yield dict(trained, url=f'http://127.0.0.1:{port}/', driver=browser, folder=folder)
+    app.close()
+
+
+def _reference(checkpoint: str, text: str, mode: str, image: str) -> dict:
+    """OpenVocabInferencer's prediction on the same input, vocabulary and test mode."""
+    from mmseg_escnet.apis import OpenVocabInferencer
+    from mmseg_escnet.text import parse_vocabulary_text
+    inferencer = OpenVocabInferencer(CONFIG, weights=checkpoint, device='cpu',
+                                     vocabulary=parse_vocabulary_text(text))
+    inferencer.model.test_cfg = dict(mode=mode)
+    return inferencer(image)['predictions']
+
+
+def _wait(driver, predicate, what: str, timeout: float = 60.0):
+    from selenium.webdriver.support.ui import WebDriverWait
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: predicate(d))
+    except Exception as err:
+        pytest.fail(f'timed out waiting for {what}: {type(err).__name__}')
+
+
+def _text(driver, selector: str) -> str:
+    from selenium.webdriver.common.by import By
+    return ' '.join(e.text for e in driver.find_elements(By.CSS_SELECTOR, selector))
+
+
+def _segment(driver, mode: str) -> str:
+    """Pick ``mode``, press Segment and wait for the status of that mode; returns it."""
+    from selenium.webdriver.common.by import By
+    driver.find_element(By.XPATH, f'//*[@id="mode"]//label[.//input[@value="{mode}"]]').click()
+    driver.find_element(By.CSS_SELECTOR, '#run-button').click()
+    return _wait(driver, lambda d: f'({mode})' in _text(d, '#status .result')
+                 and _text(d, '#status .result'),
+                 f'the result in mode {mode}')
+
+
+def _check_result(driver, served: dict, image: str, mode: str) -> None:
+    """The table lists the classes present and the label map equals the inferencer's."""
+    from selenium.webdriver.common.by import By
+    expected = _reference(served['checkpoint'], CLASSES, mode, image)
+    names = [e.text for e in driver.find_elements(By.CSS_SELECTOR, '#classes-table td.class-name')]
+    assert names == [s['name'] for s in expected['scores']]
+    shares = [e.text for e in driver.find_elements(By.CSS_SELECTOR, '#classes-table td.fraction')]
+    assert shares == [f'{s["fraction"]:.2%}' for s in expected['scores']]
+    link = _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, '#label-map a[download]'),
+                 'the label map link')[0]
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    data = opener.open(link.get_attribute('href'), timeout=30).read()
+    label_map = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(label_map, expected['sem_seg'])
+
+
+def test_page_segments_in_chromium_like_the_inferencer(served):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import WebDriverWait
-    from mmseg_escnet.apis import OpenVocabInferencer, read_image
-    checkpoint, data = trained
-    image_path = osp.join(data, 'img_dir', 'val', '00000.png')
-    out_dir = str(tmp_path / 'labels')
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, 'demo/web_demo.py', CONFIG, '--checkpoint', checkpoint, '--port',
-         str(port), '--out-dir', out_dir, '--device', 'cpu'],
-        cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT, GRADIO_ANALYTICS_ENABLED='False'),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    driver = None
-    try:
-        url = f'http://127.0.0.1:{port}/'
-        _wait_for(url, server)
-        driver = _browser()
-        wait = WebDriverWait(driver, 120)
-        driver.get(url)
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#input-image input[type=file]'))
-        driver.find_element(By.CSS_SELECTOR, '#input-image input[type=file]').send_keys(
-            image_path)
-        box = driver.find_element(By.CSS_SELECTOR, '#vocab textarea, #vocab input')
-        box.send_keys(CLASSES)
-        time.sleep(1)  # the upload reaches the server
-        driver.find_element(By.ID, 'run-button').click()
-        wait.until(lambda d: 'classes found' in d.find_element(By.ID, 'status').text)
-        table = driver.find_element(By.ID, 'classes-table').text
-        driver.save_screenshot(str(tmp_path / 'web_demo.png'))
+    driver, start = served['driver'], time.monotonic()
+    driver.get(served['url'])
+    upload = _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR,
+                                                     '#input-image input[type=file]'),
+                   'the page')[0]
+    image = osp.join(served['data_root'], 'img_dir', 'val', '00001.png')  # synthetic set
+    upload.send_keys(image)
+    _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, '#input-image img'), 'the upload')
+    vocab = driver.find_element(By.CSS_SELECTOR, '#vocab textarea, #vocab input')
+    vocab.send_keys(CLASSES)
 
-        inferencer = OpenVocabInferencer(CONFIG, weights=checkpoint, device='cpu',
-                                         vocabulary=[c.strip() for c in CLASSES.split(',')])
-        expected = inferencer(read_image(image_path))['predictions']
-        present = [s['name'] for s in expected['scores']]
-        assert present and all(name in table for name in present), (present, table)
-        absent = set(expected['classes']) - set(present)
-        assert not any(f'\n{name}\n' in f'\n{table}\n' for name in absent), table
-        (label_file, ) = os.listdir(out_dir)
-        labels = cv2.imread(osp.join(out_dir, label_file), cv2.IMREAD_UNCHANGED)
-        np.testing.assert_array_equal(labels, expected['sem_seg'])
+    status = _segment(driver, 'whole')
+    assert 'classes found in 96 x 96 pixels' in status
+    assert _text(driver, '#error-box') == ''
+    _check_result(driver, served, image, 'whole')
+    driver.save_screenshot(str(served['folder'] / 'web_demo.png'))
+    assert osp.getsize(served['folder'] / 'web_demo.png') > 10_000
 
-        # an empty vocabulary: a message in the page, no result
-        box.send_keys(Keys.CONTROL, 'a')
-        box.send_keys(Keys.DELETE)
-        time.sleep(0.5)
-        driver.find_element(By.ID, 'run-button').click()
-        wait.until(lambda d: 'Error' in d.find_element(By.ID, 'status').text)
-        assert 'empty' in driver.find_element(By.ID, 'status').text
-        assert len(os.listdir(out_dir)) == 1
-        driver.save_screenshot(str(tmp_path / 'web_demo_error.png'))
-        assert osp.getsize(tmp_path / 'web_demo.png') > 0
-    finally:
-        if driver is not None:
-            driver.quit()
-        server.terminate()
-        server.wait(timeout=30)
-        shutil.rmtree(out_dir, ignore_errors=True)
+    _segment(driver, 'sliding_global')
+    _check_result(driver, served, image, 'sliding_global')
+
+    vocab.send_keys(Keys.CONTROL, 'a')
+    vocab.send_keys(Keys.BACKSPACE)
+    driver.find_element(By.CSS_SELECTOR, '#run-button').click()
+    error = _wait(driver, lambda d: _text(d, '#error-box .error'), 'the error message')
+    assert 'vocabulary is empty' in error and 'Traceback' not in driver.page_source
+    assert driver.find_elements(By.CSS_SELECTOR, '#classes-table td.class-name') == []
+    driver.save_screenshot(str(served['folder'] / 'web_demo_error.png'))
+    assert time.monotonic() - start < 60
 
 
-@pytest.fixture(scope='module')
-def web_demo(load_script):
-    return load_script('demo/web_demo.py')
+# -- the page's logic, without a browser --------------------------------------------------------
+@pytest.fixture()
+def segmenter(trained, web_demo, tmp_path):
+    from mmseg_escnet.apis import OpenVocabInferencer
+    inferencer = OpenVocabInferencer(CONFIG, weights=trained['checkpoint'], device='cpu')
+    return web_demo.WebSegmenter(inferencer, str(tmp_path / 'out'), max_pixels=10_000,
+                                 max_classes=20, cache_size=2)
 
 
-class _StubInferencer:
-    """What the input checks read: the synonym policy and the templates."""
-    synonyms = 'all'
+def test_bad_input_is_a_readable_error(segmenter, web_demo, trained, tmp_path):
+    image = osp.join(trained['data_root'], 'img_dir', 'val', '00000.png')
+    huge = tmp_path / 'huge.bmp'  # a header claiming 40000 x 30000 pixels
+    info = struct.pack('<IiiHHIIiiII', 40, 40000, 30000, 1, 24, 0, 0, 2835, 2835, 0, 0)
+    huge.write_bytes(b'BM' + struct.pack('<IHHI', 54, 0, 0, 54) + info)
+    (tmp_path / 'bad.png').write_bytes(b'not a png')
+    big = tmp_path / 'big.png'
+    cv2.imwrite(str(big), np.zeros((101, 100, 3), np.uint8))  # 10100 pixels > max_pixels
+    cases = [((image, '', 'whole'), 'vocabulary is empty'),
+             ((image, ' , ', 'whole'), 'vocabulary is empty'),
+             ((image, 'cat, dog, Cat', 'whole'), 'duplicate class'),
+             ((image, ','.join(f'c{i}' for i in range(21)), 'whole'), '21 classes, more than'),
+             ((image, 'ade150', 'whole'), '150 classes, more than the 20'),
+             ((image, 'ade15', 'whole'), "did you mean 'ade150'"),
+             ((image, '/etc/hosts.txt', 'whole'), 'reads no vocabulary files'),
+             ((image, CLASSES, 'slide'), 'unknown mode'),
+             ((None, CLASSES, 'whole'), 'no image'),
+             ((str(huge), CLASSES, 'whole'), '1,200,000,000 pixels, more than the 10,000'),
+             ((str(big), CLASSES, 'whole'), '100 x 101 pixels, more than'),
+             ((str(tmp_path / 'bad.png'), CLASSES, 'whole'), 'cannot decode')]
+    for args, message in cases:
+        with pytest.raises(web_demo.InputError, match=message):
+            segmenter(*args)
+    assert segmenter.vocabulary('dog|puppy, cat').synonyms == [['dog', 'puppy'], ['cat']]
+    assert segmenter.vocabulary('hosts').names == ['hosts']
 
-    class vocabulary:  # noqa: N801
-        templates = ['a photo of a {}.']
 
-    class model:  # noqa: N801
-        test_cfg = dict(mode='whole')
-        clip_resolution = (96, 96)
-
-
-@pytest.mark.parametrize('image, text, problem', [
-    (None, 'cat', 'no image'),
-    (np.zeros((0, 0, 3), np.uint8), 'cat', 'could not be read'),
-    (np.zeros((8000, 6000, 3), np.uint8), 'cat', 'more than the 40,000,000'),
-    (np.zeros((8, 8, 3), np.uint8), '', 'empty'),
-    (np.zeros((8, 8, 3), np.uint8), 'cat, dog, cat', 'duplicate'),
-    (np.zeros((8, 8, 3), np.uint8), 'ade15', 'ade150'),
-    (np.zeros((8, 8, 3), np.uint8), ', '.join(f'c{i}' for i in range(1001)), '1001 classes'),
-])
-def test_bad_input_gives_a_message_for_the_page(web_demo, tmp_path, image, text, problem):
-    segmenter = web_demo.Segmenter(_StubInferencer(), str(tmp_path))
-    with pytest.raises(web_demo.InputError, match=problem):
-        segmenter(image, text, web_demo.CUSTOM, 'whole')
+def test_recent_vocabularies_are_not_encoded_again(segmenter, trained, monkeypatch):
+    from mmseg_escnet.models.text import ClassEmbedder
+    encoded = []
+    encode = ClassEmbedder._encode
+    monkeypatch.setattr(ClassEmbedder, '_encode',
+                        lambda self, *args: encoded.append(self.vocabulary.names) or
+                        encode(self, *args))
+    image = osp.join(trained['data_root'], 'img_dir', 'val', '00000.png')
+    five, two, other = CLASSES, 'sky, grass', 'snow, brick'
+    for text in (five, two, five, two, other, two, five):
+        last = segmenter(image, text, 'whole')
+    # cache_size 2: the repeats are not encoded, 'snow, brick' pushes the five classes out
+    assert encoded == [five.split(', '), two.split(', '), other.split(', '), five.split(', ')]
+    assert last.classes == five.split(', ')
+    expected = _reference(trained['checkpoint'], five, 'whole', image)
+    np.testing.assert_array_equal(cv2.imread(last.label_map_path, cv2.IMREAD_UNCHANGED),
+                                  expected['sem_seg'])
+    assert [s['name'] for s in last.scores] == [s['name'] for s in expected['scores']]
 
 
-def test_builtin_vocabulary_and_modes(web_demo, tmp_path):
-    segmenter = web_demo.Segmenter(_StubInferencer(), str(tmp_path))
-    assert len(segmenter.vocabulary('', 'ade150')) == 150
-    assert len(segmenter.vocabulary('cat, dog', 'ade150')) == 2  # the text box wins
-    assert segmenter.test_cfg('sliding_global') == dict(
-        mode='sliding_global', class_filter=None, kernel=96, overlap=0.333, out_size=(640, 640))
-    assert web_demo.parse_args(['x.py']).host == '127.0.0.1'
-    assert not web_demo.parse_args(['x.py']).share
+def test_cli_defaults_and_one_line_errors(web_demo, trained, monkeypatch, capsys, tmp_path):
+    args = web_demo.parse_args([CONFIG])
+    assert (args.host, args.port, args.share) == ('127.0.0.1', 7860, False)
+    with socket.socket() as busy:
+        busy.bind(('127.0.0.1', 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert web_demo.cli([CONFIG, '--port', str(port)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('web_demo.py: error: cannot listen on 127.0.0.1:') and '\n' not in err
+    assert web_demo.cli([CONFIG, '--max-classes', '0']) == 1
+    assert '--max-classes must be >= 1' in capsys.readouterr().err
+    assert web_demo.cli([str(tmp_path / 'missing.py'), '--port', str(_free_port())]) == 1
+    assert 'missing.py' in capsys.readouterr().err
+    launched = {}
+    monkeypatch.setattr(web_demo, 'launch', lambda app, *args, **kwargs: launched.update(
+        app=app, args=args, kwargs=kwargs))
+    out_dir, port = str(tmp_path / 'out'), _free_port()
+    assert web_demo.main([CONFIG, '--checkpoint', trained['checkpoint'], '--device', 'cpu',
+                          '--port', str(port), '--out-dir', out_dir]) == 0
+    assert launched['args'] == ('127.0.0.1', port, False)  # host, port, share
+    assert launched['kwargs'] == dict(allowed_paths=[out_dir])
