@@ -261,6 +261,7 @@ class DescriptionPrompts:
                                     check_template(class_name_template))
         self.fallback_template = check_template(fallback_template)
         self._set: Optional[DescriptionSet] = None
+        self._digest: Optional[str] = None
 
     @classmethod
     def from_spec(cls, spec: Mapping) -> 'DescriptionPrompts':
@@ -330,8 +331,11 @@ class DescriptionPrompts:
         return prompts
 
     def fingerprint_payload(self) -> dict:
-        """What changes the embeddings: the settings and the descriptions' digest."""
-        return dict(self.spec, file=None, digest=self.description_set.digest())
+        """What changes the embeddings: the settings and the descriptions' digest (computed once:
+        the class embedder asks on every forward)."""
+        if self._digest is None:
+            self._digest = self.description_set.digest()
+        return dict(self.spec, file=None, digest=self._digest)
 
     def __repr__(self) -> str:
         return f'{type(self).__name__}(file={self.file!r}, reduce={self.reduce!r})'

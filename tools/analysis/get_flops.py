@@ -26,7 +26,9 @@ steps cannot run on shapes alone). ``class_filter=dict(type='pixel_topk', ...)``
 ``'sed_cer'`` keep a data-dependent number of classes and cannot be counted this way either.
 """
 import argparse
+import atexit
 import os.path as osp
+import shutil
 import sys
 import tempfile
 from typing import Dict, Optional, Sequence, Tuple
@@ -89,7 +91,9 @@ def _prepare(cfg: Config, num_classes: Optional[int]) -> Config:
 def _placeholder_descriptions(names: Sequence[str]) -> str:
     """A descriptions file for ``names`` (every prompt costs CLIP's full context anyway)."""
     table = {name: {a: f'A {name} has a typical {a}.' for a in ATTRIBUTES} for name in names}
-    path = osp.join(tempfile.mkdtemp(prefix='get_flops_'), 'descriptions.json')
+    folder = tempfile.mkdtemp(prefix='get_flops_')
+    atexit.register(shutil.rmtree, folder, True)  # read lazily by the model: removed at exit
+    path = osp.join(folder, 'descriptions.json')
     save_descriptions(path, DescriptionSet(table, meta=dict(note='placeholder for counting')))
     return path
 
