@@ -16,6 +16,7 @@ model = dict(
         use_sam=True,
         sam_init='random',
         ppg=dict(num_regions=5, threshold=0.5, use_points=True, use_boxes=False, use_masks=True),
+        prompt_source='refined',
         num_heads=2,
         appearance_guidance_dim=32,
         text_guidance_dim=32,

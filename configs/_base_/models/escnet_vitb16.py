@@ -35,6 +35,7 @@ model = dict(
         prompt_channel=1,
         pad_len=256,
         embed_kernel_size=1,          # paper: 1x1 (CAT-Seg: 7x7)
+        prompt_source='refined',      # block k > 1 prompts from the refined correlation (Fig. 2)
         class_chunk_size=None),       # e.g. 64 to bound memory with large vocabularies
     # §3.6: CAT-Seg's U-Net decoder with bilinear upsampling, on the 256-wide cost volume
     decode_head=dict(type='CATSegHead', clip_width=768, hidden_dim=256, upsample_mode='bilinear',

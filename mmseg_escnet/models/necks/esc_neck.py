@@ -10,18 +10,21 @@ Data flow (B images, T classes (T' <= pad_len after pruning), P templates, C CLI
       -> cosine correlation C_v&l (B, P, T, h, w), top-pad_len class pruning (CAT-Seg)
       -> 1x1 conv embed per class -> cost (B, hidden, T', h, w)
       F_v = visual_proj(img_feats) (B, S, h, w)
-      score (B*T', h, w)   = C_v&l averaged over P                 # the PPG input of every block
-      prompts              = PPG(score)                            # detached points / boxes / masks
-      sparse, dense        = SAM prompt encoder(prompts)           # (B*T', Ns, S), (B*T', S, h, w)
       for k in 0..N-1:
+          score (B*T', h, w)   = C_v&l averaged over P              if k == 0 or prompt_source='initial'
+                               = class_score(cost)                  otherwise (the refined correlation)
+          prompts              = PPG(score)                         # detached points / boxes / masks
+          sparse, dense        = SAM prompt encoder(prompts)        # (B*T', Ns, S), (B*T', S, h, w)
           F_v                  = SAM block k(F_v, prompts, text)    # Eq. 2, class-agnostic (B, S, h, w)
           cost                 = VLF k(cost, F_v, text guidance)    # (B, hidden, T', h, w)
       -> AggregatedCost(cost, class_index) for the decode head
 
-Every block's PPG reads the Eq. 1 correlation, a class score by construction (docs/escnet.md), so
-the prompts and their embeddings are the same in every block and are computed once.
+``class_score`` reads the refined cost back through the least-squares inverse of the 1x1
+correlation embedding (``cost = W c + b``, so ``c_hat = mean_p pinv(W) (cost - b)``): before
+block 1 it is the Eq. 1 score exactly, and its sign and scale are those of the embedding that
+made the cost from the correlation, whatever the seed (docs/escnet.md, "Prompts from every block").
 """
-from typing import Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -36,11 +39,27 @@ from ..layers.class_chunks import check_class_chunk_size
 from ..layers.cost_volume import (correlation, embed_cost, select_classes, select_pooling,
                                   text_guidance)
 from ..structures import AggregatedCost
-from .ppg import PseudoPromptGenerator
+from .ppg import PseudoPromptGenerator, PseudoPrompts
 from .sam_block import SAMBlock, build_prompt_encoder, encode_prompts, unused_prompt_parameters
 from .vlf import VisionLanguageFusion
 
 SAM_INITS = ('pretrained', 'random')
+PROMPT_SOURCES = ('refined', 'initial')
+
+
+class BlockPrompts(NamedTuple):
+    """What the PPG of one ESC block saw and made (for analysis and pictures).
+
+    Attributes:
+        score (Tensor): (B, T', h, w) the class score map the PPG read.
+        prompts (PseudoPrompts): its prompts, maps indexed ``b*T' + t``.
+        refined (Tensor, optional): (B, T', h, w) the block's output read as class scores
+            (:meth:`ESCNeck.class_score` of the cost after its VLF: the paper's Fig. 6 maps);
+            None when the correlation embedding is not 1x1.
+    """
+    score: torch.Tensor
+    prompts: PseudoPrompts
+    refined: Optional[torch.Tensor] = None
 
 
 @MODELS.register_module()
@@ -76,6 +95,12 @@ class ESCNeck(BaseModule):
         pad_len (int): Class tokens of the class attention; more classes are pruned to the top
             ``pad_len`` before the ESC blocks (CAT-Seg's rule).
         embed_kernel_size (int): Kernel of the correlation embedding (paper: 1x1; CAT-Seg: 7x7).
+        prompt_source (str): What the PPG of block k > 1 reads. ``'refined'`` (Fig. 2: "each
+            ESC-Block generates a pseudo prompt"): the correlation as refined by blocks 1..k-1,
+            read back through the inverse of the 1x1 correlation embedding
+            (:meth:`class_score`); needs ``embed_kernel_size=1``. ``'initial'``: the Eq. 1
+            correlation in every block (the prompts are then computed once). Block 1 reads
+            Eq. 1 either way.
         class_chunk_size (int, optional): Classes per chunk in the per-class stages (SAM block, VLF
             spatial part); the result equals the unchunked one. None: all at once.
         with_cp (bool): Checkpoint every class chunk of those stages in training (activations are
@@ -93,6 +118,7 @@ class ESCNeck(BaseModule):
                  test_pooling_size: Optional[Sequence[int]] = None,
                  feature_resolution: Sequence[int] = (24, 24), window_size: int = 12,
                  prompt_channel: int = 1, pad_len: int = 256, embed_kernel_size: int = 1,
+                 prompt_source: str = 'refined',
                  class_chunk_size: Optional[int] = None, with_cp: bool = False,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
@@ -103,7 +129,14 @@ class ESCNeck(BaseModule):
         if use_sam and sam_init == 'pretrained' and sam_checkpoint is None:
             raise ValueError("sam_init='pretrained' needs sam_checkpoint (an official SAM .pth); "
                              "use sam_init='random' to train SAM blocks from scratch")
+        if prompt_source not in PROMPT_SOURCES:
+            raise ValueError(f'prompt_source must be one of {PROMPT_SOURCES}, got {prompt_source!r}')
+        if use_sam and prompt_source == 'refined' and embed_kernel_size != 1:
+            raise ValueError("prompt_source='refined' reads the cost back through the 1x1 "
+                             f'correlation embedding; embed_kernel_size={embed_kernel_size} has no '
+                             "pointwise inverse: use embed_kernel_size=1 or prompt_source='initial'")
         check_class_chunk_size(class_chunk_size)
+        self.prompt_source = prompt_source
         self.feature_resolution = tuple(feature_resolution)
         self.pad_len = pad_len or 0
         self.pooling_size = pooling_size
@@ -171,6 +204,35 @@ class ESCNeck(BaseModule):
             print_log(f'ESCNeck: SAM blocks initialised from {self.sam_checkpoint} '
                       f'({self.sam_layer_map} layer map)', logger='current')
 
+    @torch.no_grad()
+    def class_score(self, cost: torch.Tensor) -> torch.Tensor:
+        """Read a (refined) cost volume back as one correlation score per class and pixel.
+
+        The 1x1 correlation embedding maps the P template correlations c to
+        ``cost = W c + b`` (W: (hidden, P)). Its least-squares inverse averaged over the
+        templates, ``c_hat = mean_p pinv(W)_p . (cost - b)`` (for P = 1:
+        ``w . (cost - b) / |w|^2``), gives back the Eq. 1 score exactly before block 1; after
+        block k it reads the VLFs' residual updates along the same direction, so its sign and
+        scale come from the embedding, not from a seed.
+
+        Args:
+            cost (torch.Tensor): (B, hidden, T', h, w).
+
+        Returns:
+            torch.Tensor: (B, T', h, w) detached scores.
+        """
+        weight = self.corr_embed.weight.detach().flatten(1)  # (hidden, P, 1, 1) -> (hidden, P)
+        if weight.shape[1] == 1:  # w / |w|^2, in elementary ops (an exported graph holds them)
+            readout = weight[:, 0] / weight.square().sum()  # (hidden,)
+        else:  # (P, hidden) least-squares inverse, averaged over the templates
+            readout = torch.linalg.pinv(weight.double()).mean(dim=0)
+        readout = readout.to(cost.dtype)
+        bias = self.corr_embed.bias
+        if bias is not None:
+            cost = cost - bias.detach().view(1, -1, 1, 1, 1)
+        # (B, hidden, T', h, w) . (hidden,) -> (B, T', h, w)
+        return torch.einsum('bcthw,c->bthw', cost.detach(), readout)
+
     def forward(self, img_feats: torch.Tensor, text_feats: torch.Tensor,
                 appearance_guidance: Optional[torch.Tensor] = None,
                 class_filter: Optional[dict] = None) -> AggregatedCost:
@@ -189,6 +251,25 @@ class ESCNeck(BaseModule):
             AggregatedCost: ``cost`` (B, hidden, T', h, w) and ``class_index`` (None or (B, T')
             kept classes).
         """
+        return self.forward_with_prompts(img_feats, text_feats, appearance_guidance,
+                                         class_filter, record=False)[0]
+
+    def forward_with_prompts(
+            self, img_feats: torch.Tensor, text_feats: torch.Tensor,
+            appearance_guidance: Optional[torch.Tensor] = None,
+            class_filter: Optional[dict] = None,
+            record: bool = True) -> Tuple[AggregatedCost, List[BlockPrompts]]:
+        """:meth:`forward`, also returning what every block's PPG read and made.
+
+        Args:
+            img_feats, text_feats, appearance_guidance, class_filter: as in :meth:`forward`.
+            record (bool): keep the per-block :class:`BlockPrompts` (False: an empty list).
+
+        Returns:
+            tuple: the :class:`AggregatedCost`, and one :class:`BlockPrompts` per ESC block
+            (blocks of the ``'initial'`` source share the first one's tensors; empty without
+            SAM blocks).
+        """
         assert tuple(img_feats.shape[-2:]) == self.feature_resolution, img_feats.shape
         if appearance_guidance is None:
             appearance_guidance = img_feats
@@ -203,18 +284,39 @@ class ESCNeck(BaseModule):
         visual = self.visual_proj(appearance_guidance)                # (B, S, h, w)
         pooling_size = select_pooling(self.training, self.pooling_size, self.test_pooling_size)
 
-        if self.use_sam:
-            # (B, P, T, h, w) -> (B, T, h, w) -> (B*T, h, w): the Eq. 1 class scores
-            prompts = self.ppg(corr.mean(dim=1).reshape(b * t, h, w))
-            sparse, dense = encode_prompts(                       # (B*T, Ns, S), (B*T, S, h, w)
-                self.prompt_encoder, points=prompts.points, point_labels=prompts.point_labels,
-                boxes=prompts.boxes, masks=prompts.masks)
-            image_pe = self.prompt_encoder.get_dense_pe()          # (1, S, h, w)
+        records: List[BlockPrompts] = []
+        prompted = None
         for k, vlf in enumerate(self.vlf_blocks):
             if self.use_sam:
+                if k == 0:
+                    score = corr.mean(dim=1)                          # (B, P, T, h, w) -> (B, T, h, w)
+                elif self.prompt_source == 'refined':
+                    score = self.class_score(cost)                    # (B, T, h, w)
+                if k == 0 or self.prompt_source == 'refined':
+                    prompted = self._prompt(score)
+                _, sparse, dense, image_pe = prompted
                 visual = self.sam_blocks[k](visual, image_pe, sparse, dense, text,
                                             class_chunk_size=self.class_chunk_size,
                                             with_cp=self.with_cp)
             cost = vlf(cost, visual, guidance, pooling_size=pooling_size,
                        class_chunk_size=self.class_chunk_size, with_cp=self.with_cp)
-        return AggregatedCost(cost=cost, class_index=class_index)
+            if record and self.use_sam:
+                refined = self.class_score(cost) if self.corr_embed.kernel_size == (1, 1) else None
+                records.append(BlockPrompts(score=score.detach(), prompts=prompted[0],
+                                            refined=refined))
+        return AggregatedCost(cost=cost, class_index=class_index), records
+
+    def _prompt(self, score: torch.Tensor) -> Tuple[PseudoPrompts, torch.Tensor, torch.Tensor,
+                                                     torch.Tensor]:
+        """PPG and SAM's prompt encoder on (B, T, h, w) class scores.
+
+        Returns:
+            tuple: the prompts, sparse (B*T, Ns, S) and dense (B*T, S, h, w) embeddings and the
+            dense PE (1, S, h, w).
+        """
+        b, t, h, w = score.shape
+        prompts = self.ppg(score.reshape(b * t, h, w))             # (B, T, h, w) -> (B*T, h, w)
+        sparse, dense = encode_prompts(                            # (B*T, Ns, S), (B*T, S, h, w)
+            self.prompt_encoder, points=prompts.points, point_labels=prompts.point_labels,
+            boxes=prompts.boxes, masks=prompts.masks)
+        return prompts, sparse, dense, self.prompt_encoder.get_dense_pe()

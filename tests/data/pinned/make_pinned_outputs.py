@@ -1,6 +1,7 @@
 """Write ``pinned_outputs.pt``: the tiny CAT-Seg and ESC-Net outputs that refactors must keep.
 
-Run from the repository root (``python tests/data/pinned/make_pinned_outputs.py``). The weights
+Run from the repository root (``python tests/data/pinned/make_pinned_outputs.py [NAME ...]``; names
+given: only those are pinned again, the others kept). The weights
 are not stored: :func:`deterministic_weights` derives every parameter from its name and shape, so
 a later version of the code is compared on the same weights whatever order it creates its
 parameters in (a renamed parameter is looked up under its old name).
@@ -17,7 +18,12 @@ from mmseg.registry import MODELS
 import mmseg_escnet  # noqa: F401
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-CONFIGS = dict(catseg='configs/catseg_tiny_synthetic.py', escnet='configs/escnet_tiny_synthetic.py')
+CONFIGS = dict(catseg='configs/catseg_tiny_synthetic.py', escnet='configs/escnet_tiny_synthetic.py',
+               escnet_refined='configs/escnet_tiny_synthetic.py')
+#: Neck settings per pinned model: 'escnet' keeps the prompts computed once from Eq. 1 (the outputs
+#: pinned before prompts came from every block), 'escnet_refined' the per-block prompts.
+NECK_OVERRIDES = dict(escnet=dict(prompt_source='initial'),
+                      escnet_refined=dict(prompt_source='refined'))
 VOCABULARY = ['sky', 'grass', 'sand', 'snow', 'brick', 'water', 'road']
 RANDOM_BUFFERS = ('positional_encoding_gaussian_matrix', )  # SAM's random Fourier features
 
@@ -49,6 +55,7 @@ def build(name: str, old_name: Callable[[str], str] = lambda name: name) -> torc
     init_default_scope('mmseg')
     cfg = Config.fromfile(osp.join(ROOT, CONFIGS[name]))
     cfg.model.vocabulary = VOCABULARY
+    cfg.model.neck.update(NECK_OVERRIDES.get(name, {}))
     model = MODELS.build(cfg.model)
     deterministic_weights(model, old_name)
     return model
@@ -74,10 +81,14 @@ def outputs(model: torch.nn.Module) -> dict:
     return result
 
 
-def main() -> None:
-    pinned = {name: outputs(build(name)) for name in CONFIGS}
-    torch.save(pinned, osp.join(osp.dirname(osp.abspath(__file__)), 'pinned_outputs.pt'))
+def main(names=None) -> None:
+    """Pin the outputs of ``names`` (default: every model), keeping the others' pinned values."""
+    path = osp.join(osp.dirname(osp.abspath(__file__)), 'pinned_outputs.pt')
+    pinned = torch.load(path) if names and osp.exists(path) else {}
+    pinned.update({name: outputs(build(name)) for name in (names or CONFIGS)})
+    torch.save(pinned, path)
 
 
 if __name__ == '__main__':
-    main()
+    import sys
+    main(sys.argv[1:] or None)

@@ -5,7 +5,8 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
-from mmseg.registry import MODELS
+from mmengine.dataset import pseudo_collate
+from mmseg.registry import DATASETS, MODELS
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from segment_anything.modeling.image_encoder import ImageEncoderViT
 
@@ -109,37 +110,152 @@ def test_prompt_parameters_without_a_use_are_frozen(setting):
             assert param.grad is None, name
 
 
-@pytest.mark.parametrize('seed', range(5))
-def test_points_of_every_block_fall_in_the_class_region(seed):
-    """The PPG input is a class score by construction: with an image whose features match
-    class 0 only inside a known box, the points that every block receives lie in that box, for
-    any initialisation of the neck."""
-    c = 64  # CLIP-like: the cosine of unrelated features is small (std 1 / sqrt(c))
+def _object_scene(seed: int, c: int = 64, t: int = 3, noise: float = 0.3):
+    """CLIP-like features in which class 0's direction is present inside a known box only
+    (elsewhere the cosine with every class is of order 1 / sqrt(c)).
+
+    Returns:
+        tuple: img (1, c, h, w), text (1, t, 1, c) and the (h, w) bool object mask.
+    """
     gen = torch.Generator().manual_seed(100 + seed)
-    text = torch.nn.functional.normalize(torch.randn(1, 3, 1, c, generator=gen), dim=-1)
-    img = 0.3 * torch.randn(1, c, *GRID, generator=gen)
+    text = torch.nn.functional.normalize(torch.randn(1, t, 1, c, generator=gen), dim=-1)
+    img = noise * torch.randn(1, c, *GRID, generator=gen)
     region = torch.zeros(GRID, dtype=torch.bool)
     region[4:11, 13:21] = True
     img[0, :, region] += text[0, 0, 0, :, None]  # class 0's direction inside the box
+    return img, text, region
+
+
+def _assert_prompts_on_object(blocks, region, t, what):
+    for k, record in enumerate(blocks):
+        points = record.prompts.points.view(1, t, 5, 2)[0, 0].long()  # class 0: (K, 2) (x, y)
+        assert region[points[:, 1], points[:, 0]].all(), (what, k, points.tolist())
+        foreground = record.prompts.regions.view(1, t, *GRID)[0, 0] >= 0
+        iou = (foreground & region).sum() / (foreground | region).sum()
+        assert iou >= 0.5, (what, k, float(iou))
+
+
+@pytest.mark.parametrize('prompt_source', ['refined', 'initial'])
+@pytest.mark.parametrize('seed', range(5))
+def test_points_of_every_block_fall_in_the_class_region(seed, prompt_source):
+    """Every block's PPG input is a class score by construction: with an image whose features
+    match class 0 only inside a known box, the points of every block lie in that box, for any
+    initialisation of the neck."""
+    img, text, region = _object_scene(seed)
     torch.manual_seed(seed)
-    neck = ESCNeck(text_dim=c, num_blocks=4, hidden_dim=16, sam_dim=16, sam_num_heads=2,
+    neck = ESCNeck(text_dim=64, num_blocks=4, hidden_dim=16, sam_dim=16, sam_num_heads=2,
                    sam_mlp_dim=32, sam_init='random', num_heads=2, appearance_guidance_dim=16,
-                   text_guidance_dim=16, pad_len=0, feature_resolution=GRID).train()
-    prompts, block_sparse = [], []
-    neck.ppg.register_forward_hook(lambda m, args, out: prompts.append(out))
+                   text_guidance_dim=16, pad_len=0, feature_resolution=GRID,
+                   prompt_source=prompt_source).train()
+    calls, block_sparse = [], []
+    neck.ppg.register_forward_hook(lambda m, args, out: calls.append(out))
     for block in neck.sam_blocks:
         block.register_forward_pre_hook(lambda m, args: block_sparse.append(args[2]))
-    neck(img, text)
-    assert len(prompts) == 1 and len(block_sparse) == 4
-    sparse, _ = encode_prompts(neck.prompt_encoder, points=prompts[0].points,
-                               point_labels=prompts[0].point_labels, masks=prompts[0].masks)
-    for got in block_sparse:  # every block is prompted with these points
+    out, blocks = neck.forward_with_prompts(img, text)
+    assert len(blocks) == len(block_sparse) == 4
+    assert len(calls) == (4 if prompt_source == 'refined' else 1)  # 'initial': computed once
+    torch.testing.assert_close(out.cost, neck(img, text).cost)
+    for record, got in zip(blocks, block_sparse):  # each block is prompted with its own record
+        sparse, _ = encode_prompts(neck.prompt_encoder, points=record.prompts.points,
+                                   point_labels=record.prompts.point_labels,
+                                   masks=record.prompts.masks)
         torch.testing.assert_close(got, sparse)
-    points = prompts[0].points.view(1, 3, 5, 2)[0, 0].long()  # class 0: (K, 2) as (x, y)
-    assert region[points[:, 1], points[:, 0]].all(), points.tolist()
-    foreground = prompts[0].regions.view(1, 3, *GRID)[0, 0] >= 0
-    iou = (foreground & region).sum() / (foreground | region).sum()
-    assert iou >= 0.5, float(iou)
+    if prompt_source == 'refined':  # the blocks read the refinement: their scores differ
+        assert not torch.equal(blocks[1].score, blocks[0].score)
+    else:
+        assert all(record.prompts is blocks[0].prompts for record in blocks)
+    _assert_prompts_on_object(blocks, region, 3, 'init')
+
+
+def test_class_score_before_the_first_block_is_the_eq1_score():
+    """Read back through the inverse of the 1x1 embedding, the embedded correlation is the
+    Eq. 1 score (the template mean), for one template and for several."""
+    from mmseg_escnet.models.layers.cost_volume import correlation, embed_cost
+    for p in (1, 3):
+        neck = _tiny_neck(prompt_channel=p)
+        img, _ = _inputs(b=2, c=16)
+        text = torch.nn.functional.normalize(torch.randn(2, 5, p, 16), dim=-1)
+        corr = correlation(img, text)  # (B, P, T, h, w)
+        score = neck.class_score(embed_cost(neck.corr_embed, corr))
+        torch.testing.assert_close(score, corr.mean(dim=1), atol=1e-6, rtol=1e-5)
+        _, blocks = neck.forward_with_prompts(img, text)
+        torch.testing.assert_close(blocks[0].score, corr.mean(dim=1))
+
+
+def test_refined_needs_a_pointwise_embedding_and_a_known_source():
+    with pytest.raises(ValueError, match='embed_kernel_size=7 has no pointwise inverse'):
+        _tiny_neck(embed_kernel_size=7)
+    _tiny_neck(embed_kernel_size=7, prompt_source='initial')
+    _tiny_neck(embed_kernel_size=7, use_sam=False)
+    with pytest.raises(ValueError, match="prompt_source must be one of"):
+        _tiny_neck(prompt_source='eq1')
+
+
+def test_chunks_checkpoints_and_class_filters_give_the_plain_prompts():
+    """Chunked and checkpointed class stages, and a test-time class filter (the kept classes
+    run as if they were the whole vocabulary), prompt every block exactly as the plain path."""
+    img, text = _inputs(t=7)
+    ref_neck = _tiny_neck(num_blocks=3)
+
+    def prompts_of(neck, *args, **kwargs):
+        _, blocks = neck.forward_with_prompts(*args, **kwargs)
+        return [(r.prompts.points, r.prompts.masks, r.prompts.regions) for r in blocks]
+
+    with torch.no_grad():
+        plain = prompts_of(ref_neck.eval(), img, text)
+        ref_neck.class_chunk_size = 3
+        chunked = prompts_of(ref_neck, img, text)
+    for a, b in zip(plain, chunked):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    ref_neck.class_chunk_size = None
+    ref_neck.train()
+    plain_train = prompts_of(ref_neck, img, text)
+    ref_neck.class_chunk_size, ref_neck.with_cp = 2, True
+    for a, b in zip(plain_train, prompts_of(ref_neck, img, text)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    ref_neck.class_chunk_size, ref_neck.with_cp = None, False
+    ref_neck.eval()
+    with torch.no_grad():
+        out, filtered = ref_neck.forward_with_prompts(img, text,
+                                                      class_filter=dict(type='topk', k=3))
+        kept = out.class_index[0]
+        subset = prompts_of(ref_neck, img, text[:, kept])
+    assert len(kept) == 3
+    for record, (points, masks, regions) in zip(filtered, subset):
+        torch.testing.assert_close(record.prompts.points, points, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(record.prompts.masks, masks, atol=1e-5, rtol=1e-5)
+        assert torch.equal(record.prompts.regions, regions)
+
+
+@pytest.mark.parametrize('seed', range(3))
+def test_prompts_stay_on_the_object_after_training_steps_of_the_tiny_model(seed, tmp_path):
+    """The tiny ESC-Net trained for a few steps on its synthetic data still prompts every block
+    on the object: training moves the refinement, not the sign of the readout."""
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'escnet_tiny_synthetic.py'))
+    cfg.train_dataloader.dataset.update(data_root=str(tmp_path / 'data'),
+                                        splits=dict(train=8, val=1))
+    init_default_scope('mmseg')
+    torch.manual_seed(seed)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    model.train()
+    dataset = DATASETS.build(cfg.train_dataloader.dataset)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for step in range(4):
+        batch = pseudo_collate([dataset[(2 * step + i) % len(dataset)] for i in range(2)])
+        data = model.data_preprocessor(batch, training=True)
+        losses = model.loss(data['inputs'], data['data_samples'])
+        loss, _ = model.parse_losses(losses)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    neck = model.neck.eval()
+    c = neck.text_guidance_projection[0].in_features
+    img, text, region = _object_scene(seed, c=c, t=4, noise=0.15)  # c = 32: less noise
+    with torch.no_grad():
+        _, blocks = neck.forward_with_prompts(img, text)
+    assert len(blocks) == len(neck.sam_blocks) == 2
+    _assert_prompts_on_object(blocks, region, 4, 'trained')
 
 
 def test_large_vocabulary_is_pruned_before_sam():
