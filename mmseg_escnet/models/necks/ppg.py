@@ -19,14 +19,24 @@ peak to 1), so after the max-normalised softmax ``probability = exp((s - 1) / te
 foreground is ``s >= 1 - temperature * ln(1 / threshold)``: a fixed fraction of the way from the
 map's minimum to its peak, whatever the contrast, size or number of the objects. The defaults
 (``threshold=0.5``, ``temperature=0.72``, i.e. ``s >= 0.5``, half of the peak's height, after a
-3 x 3 binomial blur) were calibrated on synthetic maps with known objects (``tools/analysis/ppg_calibration.py``,
+3 x 3 binomial blur) were chosen on a tune set of synthetic maps with known objects and are
+reported on held-out, stress and noise-only maps (``tools/analysis/ppg_calibration.py``,
 docs/escnet.md).
 
+Being relative to the map's own range, that foreground is never empty or small: on a map of pure
+noise (a class absent from the image) it is the upper half of the noise, about half of the grid.
+The optional ``noise_floor=k`` (off by default, the paper has no such step) also requires every
+foreground pixel to stand ``k`` noise units above the map's minimum, the noise unit estimated from
+the differences between adjacent cells; a map with no object standing out of its noise then keeps
+only its argmax pixel or a few (see :class:`PseudoPromptGenerator`).
+
 Coordinates are in grid-cell units of the h x w score grid: the cell at (row i, col j) is the
-point (x, y) = (j, i); SAM's prompt encoder adds the half-cell offset itself. Boxes use SAM's
-inclusive convention (``segment_anything.utils.amg.batched_mask_to_box``): the corners are the
-first and the last cell of the region, so after SAM's half-cell offset they are cell centres.  The ambiguities
-of the paper and the readings chosen here are in ``docs/escnet.md``.
+point (x, y) = (j, i); SAM's prompt encoder adds the half-cell offset itself, so a point lands
+on its cell's centre. A box must land on the region's outer edges, where SAM puts the box of the
+same region at its native resolution (``batched_mask_to_box`` on the mask at 1024 px gives the
+first and last pixel, plus SAM's 0.5: within 1/32 of a cell of the edges): a region spanning
+cols j0..j1 is the box x0 = j0 - 0.5, x1 = j1 + 0.5, which SAM's offset moves to j0 and j1 + 1.
+The ambiguities of the paper and the readings chosen here are in ``docs/escnet.md``.
 """
 import math
 from typing import NamedTuple, Optional, Tuple
@@ -36,9 +46,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ['PseudoPrompts', 'PseudoPromptGenerator', 'binomial_blur', 'pixel_kmeans']
+__all__ = ['PseudoPrompts', 'PseudoPromptGenerator', 'binomial_blur', 'neighbour_noise_std',
+           'pixel_kmeans']
 
 _NORMALIZE_MODES = ('minmax', 'zscore', 'none')
+_MAD_TO_STD = 1.4826  # std / MAD of a normal distribution
 
 
 class PseudoPrompts(NamedTuple):
@@ -49,7 +61,8 @@ class PseudoPrompts(NamedTuple):
             col j) -> (j, i). ``None`` when points are disabled.
         point_labels (Tensor, optional): (N, K) long, all 1 (foreground).
         boxes (Tensor, optional): (N, K, 4) float (x0, y0, x1, y1) in grid units: the min
-            and max (inclusive) col/row of each region. ``None`` when boxes are disabled.
+            col/row of each region minus 0.5 and its max col/row plus 0.5 (after SAM's
+            half-cell offset: the region's outer edges). ``None`` when boxes are disabled.
         masks (Tensor, optional): (N, 1, mask_scale*h, mask_scale*w) mask logits.
             ``None`` when masks are disabled.
         probability (Tensor): (N, h, w) max-normalised probability map in [0, 1].
@@ -137,6 +150,35 @@ def binomial_blur(maps: Tensor, size: int) -> Tensor:
     return x[:, 0]
 
 
+def _lower_median(values: Tensor) -> Tensor:
+    """Lower median (N, 1) of each row of (N, M) values (``torch.median``'s convention), by a
+    sort: exportable to ONNX, where ``median`` is not."""
+    middle = (values.shape[1] - 1) // 2
+    return values.sort(dim=1).values[:, middle:middle + 1]
+
+
+def neighbour_noise_std(maps: Tensor) -> Tensor:
+    """Robust noise std (N, 1) of (N, h, w) maps from the differences of adjacent cells.
+
+    The horizontal and the vertical differences are each centred on their median (a ramp
+    drops out); the noise std is ``1.4826 * median(|centred differences|) / sqrt(2)``. For
+    spatially white noise this is its standard deviation; noise correlated between neighbours
+    gives less (for neighbour correlation rho, ``sqrt(1 - rho)`` times the std). Object edges
+    and slopes are few of the differences, so the estimate does not depend on how much of the
+    map the objects cover. 0 for a 1 x 1 map.
+    """
+    num_maps, h, w = maps.shape
+    diffs = []
+    if w > 1:
+        diffs.append((maps[:, :, 1:] - maps[:, :, :-1]).reshape(num_maps, -1))
+    if h > 1:
+        diffs.append((maps[:, 1:] - maps[:, :-1]).reshape(num_maps, -1))
+    if not diffs:
+        return maps.new_zeros(num_maps, 1)
+    centred = torch.cat([d - _lower_median(d) for d in diffs], dim=1)  # (N, M)
+    return _lower_median(centred.abs()) * (_MAD_TO_STD / math.sqrt(2))
+
+
 def _nearest_centre(coords: Tensor, centres: Tensor) -> Tensor:
     """Index (N, L) of the nearest of the (N, K, 2) centres for the (L, 2) coords."""
     d_row = coords[None, :, None, 0] - centres[:, None, :, 0]  # (N, L, K)
@@ -169,12 +211,23 @@ class PseudoPromptGenerator(nn.Module):
         mask_logit_eps (float): probabilities are clamped to [eps, 1 - eps] before log-odds.
         std_eps (float): lower bound of the per-map standard deviation ('zscore') or range
             ('minmax'), so a flat map stays flat instead of amplifying rounding noise.
+        noise_floor (float, optional): k >= 0, or None (default) for no floor: the paper's
+            softmax-then-threshold alone, exactly. When set, a foreground pixel must also stand
+            at least k noise units above its map's minimum, both read on the smoothed scores
+            (before the normalisation): ``s >= min(s) + k * sigma``, where sigma is
+            :func:`neighbour_noise_std` of the smoothed map (it is scale-free like the rest).
+            A map whose objects do not stand out of its noise (e.g. a class absent from the
+            image) then keeps only its highest pixels, at least the argmax; a map with an
+            object loses only faint pixels of it. sigma underestimates spatially smooth noise
+            (on the calibration maps it is about 0.43 of the std of the blurred noise), so k is
+            in units of this estimate, not of the noise's std (tuned value: docs/escnet.md).
     """
 
     def __init__(self, *, num_regions: int = 5, threshold: float = 0.5, temperature: float = 0.72,
                  smooth: int = 3, normalize: str = 'minmax', kmeans_iters: int = 10, use_points: bool = True,
                  use_boxes: bool = False, use_masks: bool = True, mask_scale: int = 4,
-                 mask_logit_eps: float = 1e-3, std_eps: float = 1e-6) -> None:
+                 mask_logit_eps: float = 1e-3, std_eps: float = 1e-6,
+                 noise_floor: Optional[float] = None) -> None:
         super().__init__()
         if isinstance(num_regions, bool) or not isinstance(num_regions, int) or num_regions < 1:
             raise ValueError(f'num_regions must be an int >= 1, got {num_regions!r}')
@@ -196,6 +249,11 @@ class PseudoPromptGenerator(nn.Module):
             raise ValueError(f'mask_logit_eps must be in (0, 0.5), got {mask_logit_eps!r}')
         if not std_eps > 0:
             raise ValueError(f'std_eps must be > 0, got {std_eps!r}')
+        if noise_floor is not None and (isinstance(noise_floor, bool)
+                                        or not isinstance(noise_floor, (int, float))
+                                        or not 0 <= noise_floor < math.inf):
+            raise ValueError(f'noise_floor must be None or a finite number >= 0, '
+                             f'got {noise_floor!r}')
         self.num_regions = num_regions
         self.threshold = float(threshold)
         self.temperature = float(temperature)
@@ -208,6 +266,7 @@ class PseudoPromptGenerator(nn.Module):
         self.mask_scale = mask_scale
         self.mask_logit_eps = float(mask_logit_eps)
         self.std_eps = float(std_eps)
+        self.noise_floor = None if noise_floor is None else float(noise_floor)
 
     def extra_repr(self) -> str:
         return (f'num_regions={self.num_regions}, threshold={self.threshold}, '
@@ -215,7 +274,7 @@ class PseudoPromptGenerator(nn.Module):
                 f'normalize={self.normalize!r}, '
                 f'kmeans_iters={self.kmeans_iters}, use_points={self.use_points}, '
                 f'use_boxes={self.use_boxes}, use_masks={self.use_masks}, '
-                f'mask_scale={self.mask_scale}')
+                f'mask_scale={self.mask_scale}, noise_floor={self.noise_floor}')
 
     def probability(self, score: Tensor) -> Tensor:
         """Max-normalised spatial softmax (Fig. 3 (b)) of the smoothed, normalised scores.
@@ -227,9 +286,17 @@ class PseudoPromptGenerator(nn.Module):
             Tensor: (N, h*w) probabilities in [0, 1] with at least one exact 1 per map, in
             the computation dtype (float32, or float64 for float64 input).
         """
+        return self._probability(self._smoothed(score))
+
+    def _smoothed(self, score: Tensor) -> Tensor:
+        """The (N, h, w) scores in the computation dtype, blurred when ``smooth`` > 1."""
         score = score.to(torch.promote_types(score.dtype, torch.float32))
         if self.smooth > 1:
             score = binomial_blur(score, self.smooth)
+        return score
+
+    def _probability(self, score: Tensor) -> Tensor:
+        """(N, h*w) probabilities of the (N, h, w) smoothed scores (see :meth:`probability`)."""
         flat = score.flatten(1)  # (N, h, w) -> (N, L)
         if self.normalize == 'minmax':
             low = flat.amin(dim=1, keepdim=True)
@@ -258,10 +325,14 @@ class PseudoPromptGenerator(nn.Module):
         score = score.detach()
         out_dtype, dev, k = score.dtype, score.device, self.num_regions
 
-        prob = self.probability(score)  # (N, L)
+        smoothed = self._smoothed(score)  # (N, h, w)
+        prob = self._probability(smoothed)  # (N, L)
         ctype = prob.dtype
         foreground = prob >= self.threshold  # (N, L), argmax pixel always included
         peak = prob.argmax(dim=1)  # (N,) first maximum
+        if self.noise_floor is not None:  # a setting, not a tensor value: traces fine
+            foreground = foreground & self._above_noise_floor(smoothed)
+            foreground = foreground | (torch.arange(h * w, device=dev) == peak[:, None])
         rows = torch.arange(h, device=dev, dtype=ctype).repeat_interleave(w)  # (L,)
         cols = torch.arange(w, device=dev, dtype=ctype).repeat(h)  # (L,)
         coords = torch.stack([rows, cols], dim=1)  # (L, 2) (row, col)
@@ -287,20 +358,29 @@ class PseudoPromptGenerator(nn.Module):
                              probability=prob.view(num_maps, h, w).to(out_dtype),
                              regions=regions.view(num_maps, h, w))
 
+    def _above_noise_floor(self, smoothed: Tensor) -> Tensor:
+        """(N, L) bool: the pixels at least ``noise_floor`` noise units above their map's
+        minimum, on the (N, h, w) smoothed scores."""
+        flat = smoothed.flatten(1)  # (N, L)
+        floor = flat.amin(dim=1, keepdim=True) + self.noise_floor * neighbour_noise_std(smoothed)
+        return flat >= floor
+
     @staticmethod
     def _boxes(member: Tensor, nonempty: Tensor, peak: Tensor, rows: Tensor,
                cols: Tensor) -> Tensor:
-        """Tight inclusive (x0, y0, x1, y1) boxes (N, K, 4) of the (N, L, K) region memberships."""
+        """Boxes (x0, y0, x1, y1) (N, K, 4) of the (N, L, K) region memberships: the first and
+        last cell of each region widened by half a cell (SAM adds the other half)."""
         big = rows.new_tensor(float('inf'))
         r, c = rows[None, :, None], cols[None, :, None]  # (1, L, 1)
         x0 = torch.where(member, c, big).amin(dim=1)  # (N, K)
         y0 = torch.where(member, r, big).amin(dim=1)
         x1 = torch.where(member, c, -big).amax(dim=1)
         y1 = torch.where(member, r, -big).amax(dim=1)
-        boxes = torch.stack([x0, y0, x1, y1], dim=-1)  # (N, K, 4)
+        boxes = torch.stack([x0, y0, x1, y1], dim=-1)  # (N, K, 4) first and last cells
         pr, pc = rows[peak], cols[peak]  # (N,)
         peak_box = torch.stack([pc, pr, pc, pr], dim=-1)[:, None]  # (N, 1, 4)
-        return torch.where(nonempty[..., None], boxes, peak_box)
+        boxes = torch.where(nonempty[..., None], boxes, peak_box)
+        return boxes + boxes.new_tensor([-0.5, -0.5, 0.5, 0.5])  # cells -> outer edges - 0.5
 
     def _masks(self, merged: Tensor, h: int, w: int) -> Tensor:
         """Mask logits (N, 1, s*h, s*w) of the (N, L) foreground-restricted probability."""
