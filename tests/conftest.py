@@ -45,3 +45,23 @@ def isolated_downloads(tmp_path, monkeypatch):
     monkeypatch.setenv('MMSEG_ESCNET_CACHE', str(tmp_path / 'escnet_cache'))
     monkeypatch.setenv('NO_PROXY', '127.0.0.1,localhost')
     monkeypatch.setenv('no_proxy', '127.0.0.1,localhost')
+
+
+@pytest.fixture(scope='session')
+def random_tiny_checkpoints(tmp_path_factory):
+    """Checkpoints (MMEngine's format) of the tiny ESC-Net and CAT-Seg, randomly initialised
+    (seed 0): ``folder / 'escnet.pth'`` and ``folder / 'catseg.pth'``."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    import mmseg_escnet  # noqa: F401
+
+    folder = tmp_path_factory.mktemp('random_tiny_checkpoints')
+    for name in ('escnet', 'catseg'):
+        init_default_scope('mmseg')
+        torch.manual_seed(0)
+        cfg = Config.fromfile(osp.join(REPO, 'configs', f'{name}_tiny_synthetic.py'))
+        torch.save(dict(state_dict=MODELS.build(cfg.model).state_dict(),
+                        meta=dict(note='random')), folder / f'{name}.pth')
+    return folder

@@ -32,12 +32,11 @@ def _model(config: str) -> torch.nn.Module:
 
 
 @pytest.fixture(scope='module')
-def files(tmp_path_factory):
+def files(tmp_path_factory, random_tiny_checkpoints):
     """Random tiny ESC-Net and CAT-Seg checkpoints; the data folder the dataset fills."""
     folder = tmp_path_factory.mktemp('prompt_iou')
-    for name, config in (('escnet', ESCNET), ('catseg', CATSEG)):
-        torch.save(dict(state_dict=_model(config).state_dict(), meta=dict(note='random')),
-                   folder / f'{name}.pth')
+    for name in ('escnet.pth', 'catseg.pth'):
+        (folder / name).symlink_to(random_tiny_checkpoints / name)
     return folder
 
 

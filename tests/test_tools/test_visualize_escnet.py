@@ -36,12 +36,11 @@ def _model(config: str) -> torch.nn.Module:
 
 
 @pytest.fixture(scope='module')
-def files(tmp_path_factory):
+def files(tmp_path_factory, random_tiny_checkpoints):
     """Random tiny ESC-Net and CAT-Seg checkpoints (MMEngine's format) and a synthetic image."""
     folder = tmp_path_factory.mktemp('visualize_escnet')
-    for name, config in (('escnet', ESCNET), ('catseg', CATSEG)):
-        torch.save(dict(state_dict=_model(config).state_dict(), meta=dict(note='random')),
-                   folder / f'{name}.pth')
+    for name in ('escnet.pth', 'catseg.pth'):
+        (folder / name).symlink_to(random_tiny_checkpoints / name)
     data = ensure_synthetic_shapes(str(folder / 'data'), splits=dict(val=1))
     return folder, osp.join(data, 'img_dir', 'val', '00000.png')
 
