@@ -2,6 +2,7 @@
 
     python demo/web_demo.py CONFIG|ZOO_NAME [--checkpoint CKPT] [--host 127.0.0.1] [--port 7860]
         [--device cpu] [--out-dir DIR] [--max-pixels N] [--max-classes N] [--share]
+        [--request-timeout S] [--queue-size N]
 
 Inputs: an image (uploaded, or one of ``demo/examples``), the classes (comma-separated, ``|``
 between synonyms, or a built-in vocabulary name, which the drop-down fills in) and the test mode
@@ -14,37 +15,44 @@ in the page (``#error-box``), never as a traceback. The text embeddings of the l
 not encode it again. The page listens on 127.0.0.1 unless ``--host`` says otherwise and is public
 only with ``--share``. Start-up errors exit with status 1 and one line (``--debug``: the
 traceback). See docs/web_demo.md.
+
+What it trusts (:mod:`web_demo_security`): an image is read only from Gradio's upload folder;
+the only files it writes for download are its label maps, in a private temporary folder (Gradio
+serves its copy; ``--out-dir`` gets another copy and is never served). One segmentation runs at a
+time, at most ``--queue-size`` wait (others are told the server is busy), each is stopped after
+``--request-timeout`` seconds, and the memory a run held is released after it.
 """
 import argparse
-import html
-import logging
+import atexit
 import os
 import os.path as osp
 import re
 import shutil
+import signal
 import socket
 import sys
 import tempfile
-import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-MODES = ('whole', 'sliding_global')
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # the two modules beside this file
+from web_demo_page import (EXAMPLE_CLASSES, MAX_TEXT, MODES, build_app,  # noqa: E402
+                           classes_table, launch)
+from web_demo_security import (NOT_AN_UPLOAD, Busy, InputError, Refused,  # noqa: E402
+                               RequestGate, RequestTimeout, blocked_out_dir, release_memory)
+
+__all__ = ['Busy', 'EXAMPLE_CLASSES', 'InputError', 'NOT_AN_UPLOAD', 'Refused', 'RequestTimeout',
+           'Segmentation', 'WebSegmenter', 'build_app', 'classes_table', 'launch', 'main']
+
 MAX_CLASSES = 1000       # larger vocabularies are refused (memory and time of the text encoder)
 MAX_PIXELS = 40_000_000  # larger images are refused before they are decoded
-MAX_TEXT = 100_000       # characters of the classes box
 DISPLAY_MAX_SIDE = 2048  # the overlay shown in the page is shrunk to this (the label map is not)
 KEEP_RUNS = 50           # label maps of older runs are deleted from the output folder
-EXAMPLE_DIR = osp.join(osp.dirname(osp.abspath(__file__)), 'examples')
-EXAMPLE_CLASSES = 'sky, grass, sand, snow, brick'  # the classes of the example images
-logger = logging.getLogger('web_demo')
-
-
-class InputError(ValueError):
-    """Bad input from the page; its message is shown there."""
+REQUEST_TIMEOUT = 120.0  # seconds a run may use the model
+QUEUE_SIZE = 8           # requests that may wait while one runs
 
 
 @dataclass
@@ -66,26 +74,34 @@ class WebSegmenter:
     Args:
         inferencer (OpenVocabInferencer): The model. Every call sets its vocabulary and its
             model's ``test_cfg`` (the configured one is the base of both modes).
-        out_dir (str): Folder of the label maps (a subfolder per run; the last
-            :data:`KEEP_RUNS` are kept).
+        out_dir (str, optional): Folder where a copy of each label map goes (a subfolder per
+            run; the last :data:`KEEP_RUNS` are kept). The page never serves it.
         max_pixels (int): Larger images are refused.
         max_classes (int): Larger vocabularies are refused.
         cache_size (int): Vocabularies whose text embeddings the model keeps.
+        request_timeout (float): Seconds a run may use the model before it is stopped.
+        queue_size (int): Requests that may wait while one runs; more are told to try again.
+
+    The label maps are written in :attr:`label_dir`, a private temporary folder of this process
+    (deleted at exit): the page offers them from there, through Gradio's copy.
     """
 
-    def __init__(self, inferencer, out_dir: str, max_pixels: int = MAX_PIXELS,
-                 max_classes: int = MAX_CLASSES, cache_size: int = 4) -> None:
+    def __init__(self, inferencer, out_dir: Optional[str] = None, max_pixels: int = MAX_PIXELS,
+                 max_classes: int = MAX_CLASSES, cache_size: int = 4,
+                 request_timeout: float = REQUEST_TIMEOUT, queue_size: int = QUEUE_SIZE) -> None:
         if min(max_pixels, max_classes, cache_size) < 1:
             raise ValueError('max_pixels, max_classes and cache_size must be >= 1')
         self.inferencer = inferencer
         self.out_dir = out_dir
+        self.label_dir = tempfile.mkdtemp(prefix='web_demo_labels_')
+        atexit.register(shutil.rmtree, self.label_dir, True)
+        self.gate = RequestGate(inferencer.model, request_timeout, queue_size)
         self.max_pixels = max_pixels
         self.max_classes = max_classes
         inferencer.model.test_text.cache_size = cache_size
         self.base_test_cfg = dict(inferencer.model.test_cfg or {})
         # new vocabularies are prompted like the inferencer's (the config's templates)
         self.templates = inferencer.templates or inferencer.vocabulary.templates
-        self._lock = threading.Lock()  # one run at a time: the model's state is shared
         self._runs = 0
 
     def vocabulary(self, text: Optional[str]):
@@ -124,6 +140,15 @@ class WebSegmenter:
     def _too_many(self, count: int) -> str:
         return f'the vocabulary has {count} classes, more than the {self.max_classes} allowed'
 
+    def check_image(self, path: Optional[str], name: Optional[str] = None) -> None:
+        """Refuse no image, or more than ``max_pixels`` pixels in the header (before queueing)."""
+        if not path:
+            raise InputError('no image: upload one or pick an example')
+        size, pixels = _header_size(path) or ('', 0)
+        if pixels > self.max_pixels:
+            raise InputError(f'{name or osp.basename(path)} has {size} pixels, more than the '
+                             f'{self.max_pixels:,} this page takes')
+
     def read_image(self, path: Optional[str], name: Optional[str] = None) -> np.ndarray:
         """The uploaded file as a BGR ``uint8`` array; its size is checked from the header first.
 
@@ -131,15 +156,12 @@ class WebSegmenter:
             InputError: No image, an unreadable one, or more than ``max_pixels`` pixels.
         """
         from mmseg_escnet.apis import read_image
-        if not path:
-            raise InputError('no image: upload one or pick an example')
+        self.check_image(path, name)
         name = name or osp.basename(path)
-        size, pixels = _header_size(path) or ('', 0)
         try:
-            if pixels <= self.max_pixels:
-                image = read_image(path)
-                height, width = image.shape[:2]
-                size, pixels = f'{width} x {height}', width * height
+            image = read_image(path)  # image_io's own pixel limit applies too
+            height, width = image.shape[:2]
+            size, pixels = f'{width} x {height}', width * height
         except (OSError, ValueError) as err:
             raise InputError(str(err).replace(path, name)) from None
         if pixels > self.max_pixels:
@@ -173,30 +195,52 @@ class WebSegmenter:
 
         Raises:
             InputError: For bad input, with the message for the page.
+            Busy: ``queue_size`` requests are already waiting.
+            RequestTimeout: The run used the model longer than ``request_timeout`` seconds.
         """
-        from mmseg_escnet.apis import shrink_to_max_side, write_label_map
         report = progress or (lambda fraction, desc: None)
         report(0.0, 'checking the input')
         test_cfg = self.test_cfg(mode)
         vocabulary = self.vocabulary(text)
-        image = self.read_image(image_path, name)
-        with self._lock:
-            report(0.1, f'segmenting with {len(vocabulary)} classes ({mode})')
-            self.inferencer.set_vocabulary(vocabulary)  # a recent one keeps its embeddings
-            self.inferencer.model.test_cfg = test_cfg
-            result = self.inferencer(image, return_vis=True)
-            prediction, palette = result['predictions'], self.inferencer.palette
-            self._runs += 1
-            run = self._runs
-        report(0.9, 'writing the label map')
-        shutil.rmtree(osp.join(self.out_dir, f'run_{run - KEEP_RUNS:06d}'), ignore_errors=True)
-        stem = re.sub(r'[^\w.-]+', '_', osp.splitext(name or '')[0])[:64].strip('._') or 'image'
-        path = write_label_map(osp.join(self.out_dir, f'run_{run:06d}', f'{stem}_labels.png'),
+        self.check_image(image_path, name)
+        with self.gate.admit():  # Busy when the queue is full
+            if self.gate.waiting:
+                report(0.05, f'waiting for the model ({self.gate.waiting} requests ahead)')
+            with self.gate.run():  # RequestTimeout when over the limit
+                image = self.read_image(image_path, name)  # decoded only when its turn comes
+                self.gate.check_time()
+                report(0.1, f'segmenting with {len(vocabulary)} classes ({mode})')
+                self.inferencer.set_vocabulary(vocabulary)  # a recent one keeps its embeddings
+                self.inferencer.model.test_cfg = test_cfg
+                result = self.inferencer(image, return_vis=True)  # stopped at the time limit
+                del image
+                self._runs += 1
+                run = self._runs
+            report(0.9, 'writing the label map')
+            try:
+                return self._segmentation(result, run, name or osp.basename(image_path), mode)
+            finally:
+                del result
+                release_memory()
+
+    def _segmentation(self, result: dict, run: int, name: str, mode: str) -> Segmentation:
+        """Write the label map of run ``run`` (and its ``out_dir`` copy); the page's outputs."""
+        from mmseg_escnet.apis import shrink_to_max_side, write_label_map
+        prediction = result['predictions']
+        stem = re.sub(r'[^\w.-]+', '_', osp.splitext(name)[0])[:64].strip('._') or 'image'
+        file_name = f'{stem}_labels.png'
+        folders = [self.label_dir] + ([self.out_dir] if self.out_dir else [])
+        for folder in folders:
+            shutil.rmtree(osp.join(folder, f'run_{run - KEEP_RUNS:06d}'), ignore_errors=True)
+        path = write_label_map(osp.join(self.label_dir, f'run_{run:06d}', file_name),
                                prediction['sem_seg'], len(prediction['classes']))
+        if self.out_dir:
+            os.makedirs(osp.join(self.out_dir, f'run_{run:06d}'), exist_ok=True)
+            shutil.copyfile(path, osp.join(self.out_dir, f'run_{run:06d}', file_name))
         return Segmentation(overlay=shrink_to_max_side(result['visualization'], DISPLAY_MAX_SIDE),
                             label_map=prediction['sem_seg'], label_map_path=path,
                             scores=prediction['scores'], classes=prediction['classes'],
-                            palette=palette, mode=mode)
+                            palette=self.inferencer.palette, mode=mode)
 
 
 def _header_size(path: str) -> Optional[Tuple[str, float]]:
@@ -216,117 +260,6 @@ def _header_size(path: str) -> Optional[Tuple[str, float]]:
         return None
 
 
-def classes_table(segmentation: Segmentation) -> str:
-    """HTML table of the classes present: colour, name, pixel share, mean probability."""
-    rows = []
-    for score in segmentation.scores:
-        red, green, blue = (int(c) for c in segmentation.palette[score['index']])
-        rows.append(
-            f'<tr><td><span class="swatch" style="background: rgb({red}, {green}, {blue})">'
-            f'</span></td><td class="class-name">{html.escape(score["name"])}</td>'
-            f'<td class="fraction">{score["fraction"]:.2%}</td>'
-            f'<td class="probability">{score["mean_probability"]:.3f}</td></tr>')
-    return ('<table class="classes"><thead><tr><th></th><th>class</th><th>pixels</th>'
-            f'<th>mean probability</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
-
-
-CSS = """
-#error-box .error {color: #b00020; border: 1px solid #b00020; border-radius: 6px; padding: 8px;}
-table.classes .swatch {display: inline-block; width: 1.2em; height: 1.2em; border-radius: 3px;
-                       border: 1px solid #0003;}
-table.classes td, table.classes th {padding: 2px 10px; text-align: left;}
-#input-image img, #overlay img {width: 100%; height: 100%; object-fit: contain;}
-"""
-
-
-def build_app(segmenter: WebSegmenter, examples: Optional[Sequence[str]] = None):
-    """The Gradio page (``gr.Blocks``) on ``segmenter``; serve it with :func:`launch`.
-
-    Args:
-        segmenter (WebSegmenter): Does the work.
-        examples (Sequence[str], optional): Example images (offered with
-            :data:`EXAMPLE_CLASSES`); default: the PNGs of ``demo/examples``.
-
-    Element ids (the browser test uses them): ``input-image``, ``vocab``, ``builtin``, ``mode``,
-    ``run-button``, ``error-box`` (``.error``: the message), ``status`` (``.result``: the
-    summary), ``overlay``, ``classes-table``, ``label-map``.
-    """
-    import gradio as gr
-    from mmseg_escnet.text import available_vocabularies
-    from mmseg_escnet.utils import one_line
-
-    if examples is None:
-        examples = sorted(osp.join(EXAMPLE_DIR, f) for f in os.listdir(EXAMPLE_DIR)
-                          if f.endswith('.png')) if osp.isdir(EXAMPLE_DIR) else []
-
-    def segment(image, text, mode, progress=gr.Progress()):
-        # preprocess=False: ``image`` is the upload's file data, read here so that every problem
-        # with it gets a readable message (Gradio's own decoding would only say "Error")
-        path, name = (image.get('path'), image.get('orig_name')) if image else (None, None)
-        try:
-            out = segmenter(path, text, mode, name, lambda f, desc: progress(f, desc=desc))
-        except InputError as err:
-            return None, '', None, _error(one_line(err)), ''
-        except Exception as err:  # noqa: BLE001 - the page gets one line, the log the traceback
-            logger.exception('segmentation failed')
-            return None, '', None, _error(f'segmentation failed: {one_line(err)}'), ''
-        height, width = out.label_map.shape
-        status = (f'{len(out.scores)} of {len(out.classes)} classes found in {width} x {height} '
-                  f'pixels ({out.mode})')
-        return (out.overlay, classes_table(out), out.label_map_path, '',
-                f'<span class="result">{html.escape(status)}</span>')
-
-    with gr.Blocks(title='Open-vocabulary segmentation', analytics_enabled=False,
-                   delete_cache=(3600, 7200)) as app:
-        gr.Markdown('## Open-vocabulary segmentation\nUpload an image, type the classes to find '
-                    '(comma-separated, `|` between synonyms: `dog|puppy`) or pick a built-in '
-                    'vocabulary, and press **Segment**.')
-        with gr.Row():
-            with gr.Column():
-                image = gr.Image(type='filepath', image_mode=None, sources=['upload'],
-                                 label='image', height=320, elem_id='input-image')
-                text = gr.Textbox(label='classes', placeholder='cat, dog|puppy, grass, sky',
-                                  max_length=MAX_TEXT, elem_id='vocab')
-                builtin = gr.Dropdown(available_vocabularies(), value=None, elem_id='builtin',
-                                      label='built-in vocabulary (fills the classes box)')
-                mode = gr.Radio(list(MODES), value='whole', label='test mode', elem_id='mode',
-                                info="sliding_global: CAT-Seg's protocol (crops of the image "
-                                'squashed to 640 x 640, plus a global view), slower')
-                button = gr.Button('Segment', variant='primary', elem_id='run-button')
-                if examples:
-                    gr.Examples([[path, EXAMPLE_CLASSES] for path in examples], [image, text],
-                                label='examples')
-            with gr.Column():
-                error = gr.HTML(elem_id='error-box')
-                status = gr.HTML(elem_id='status')
-                overlay = gr.Image(label='segmentation', format='png', interactive=False,
-                                   height=320, elem_id='overlay')
-                table = gr.HTML(elem_id='classes-table')
-                labels = gr.File(label='label map (PNG of class ids, at the image size)',
-                                 interactive=False, elem_id='label-map')
-        builtin.input(lambda name: name or gr.skip(), builtin, text)
-        gr.on([button.click, text.submit], segment, [image, text, mode],
-              [overlay, table, labels, error, status], preprocess=False, concurrency_limit=1)
-    return app
-
-
-def _error(message: str) -> str:
-    return f'<div class="error">{html.escape(message)}</div>'
-
-
-def launch(app, host: str = '127.0.0.1', port: int = 7860, share: bool = False,
-           allowed_paths: Sequence[str] = (), block: bool = True):
-    """Queue and serve ``app``; ``block=False`` returns at once (``app.close()`` stops it).
-
-    Returns:
-        tuple: Gradio's ``(FastAPI app, local URL, share URL)``.
-    """
-    app.queue(max_size=32)
-    return app.launch(server_name=host, server_port=port, share=share, ssr_mode=False,
-                      allowed_paths=list(allowed_paths), max_file_size='200mb', css=CSS,
-                      prevent_thread_lock=not block, quiet=not block)
-
-
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Command-line arguments (see the module docstring)."""
     from mmengine.config import DictAction
@@ -341,13 +274,20 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='also publish the page on a public gradio.live link (never default)')
     parser.add_argument('--device', default=None,
                         help='cpu, cuda, cuda:1... (default: CUDA if available, else CPU)')
-    parser.add_argument('--out-dir', help='folder of the label maps (default: a temporary one)')
+    parser.add_argument('--out-dir', help='also copy the label maps to this folder (never '
+                        'served; default: none, they stay in a private temporary folder)')
     parser.add_argument('--max-side', type=int, default=1024,
                         help='shrink larger images to this longer side before inference')
     parser.add_argument('--max-pixels', type=int, default=MAX_PIXELS,
                         help=f'refuse larger images (default {MAX_PIXELS})')
     parser.add_argument('--max-classes', type=int, default=MAX_CLASSES,
                         help=f'refuse larger vocabularies (default {MAX_CLASSES})')
+    parser.add_argument('--request-timeout', type=float, default=REQUEST_TIMEOUT,
+                        help='seconds a segmentation may run before it is stopped (default '
+                        f'{REQUEST_TIMEOUT:g})')
+    parser.add_argument('--queue-size', type=int, default=QUEUE_SIZE,
+                        help='requests that may wait while one runs; more are told the server '
+                        f'is busy (default {QUEUE_SIZE})')
     parser.add_argument('--cache-size', type=int, default=4,
                         help='vocabularies whose text embeddings are kept (default 4)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
@@ -358,6 +298,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def check_args(args: argparse.Namespace) -> None:
     """Refuse bad options, a missing gradio and a busy port before the model is built."""
+    if not args.request_timeout > 0:
+        raise ValueError(f'--request-timeout must be > 0 seconds, got {args.request_timeout}')
+    if args.queue_size < 0:
+        raise ValueError(f'--queue-size must be >= 0, got {args.queue_size}')
     for option in ('max_side', 'max_pixels', 'max_classes', 'cache_size'):
         if getattr(args, option) < 1:
             raise ValueError(f'--{option.replace("_", "-")} must be >= 1, got '
@@ -388,8 +332,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from mmseg_escnet.utils import ensure_writable_dir
     if args.device is not None:
         check_device(args.device, what='--device')
-    out_dir = args.out_dir or tempfile.mkdtemp(prefix='web_demo_')
-    ensure_writable_dir(out_dir, '--out-dir')
+    out_dir = args.out_dir
+    if out_dir:
+        ensure_writable_dir(out_dir, '--out-dir')
+        blocked_out_dir(out_dir, tempfile.gettempdir())  # inside Gradio's folder: refused now
     checkpoint = None if args.checkpoint is None else resolve_checkpoint_arg(args.checkpoint)
     model = args.config
     if args.cfg_options:
@@ -398,11 +344,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     inferencer = OpenVocabInferencer(model, weights=checkpoint, device=args.device,
                                      max_side=args.max_side)
     segmenter = WebSegmenter(inferencer, out_dir, max_pixels=args.max_pixels,
-                             max_classes=args.max_classes, cache_size=args.cache_size)
+                             max_classes=args.max_classes, cache_size=args.cache_size,
+                             request_timeout=args.request_timeout, queue_size=args.queue_size)
     if args.share:
         print('--share: the page is public on a gradio.live link while this runs', flush=True)
-    print(f'label maps go to {out_dir}', flush=True)
-    launch(build_app(segmenter), args.host, args.port, args.share, allowed_paths=[out_dir])
+    if out_dir:
+        print(f'label maps are copied to {out_dir} (not served)', flush=True)
+    launch(build_app(segmenter), args.host, args.port, args.share,
+           blocked_paths=blocked_out_dir(out_dir, segmenter.label_dir))
     return 0
 
 
@@ -413,4 +362,6 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
+    # SIGTERM ends the page like Ctrl-C: the server closes, the private label folder is deleted
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     sys.exit(cli())

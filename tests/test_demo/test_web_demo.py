@@ -122,9 +122,11 @@ def served(browser, trained, folder, web_demo):
     from mmseg_escnet.apis import OpenVocabInferencer
     out_dir = str(folder / 'label_maps')
     inferencer = OpenVocabInferencer(CONFIG, weights=trained['checkpoint'], device='cpu')
-    app = web_demo.build_app(web_demo.WebSegmenter(inferencer, out_dir))
+    segmenter = web_demo.WebSegmenter(inferencer, out_dir)
+    app = web_demo.build_app(segmenter)
     port = _free_port()
-    web_demo.launch(app, '127.0.0.1', port, allowed_paths=[out_dir], block=False)
+    web_demo.launch(app, '127.0.0.1', port, block=False,
+                    blocked_paths=web_demo.blocked_out_dir(out_dir, segmenter.label_dir))
     yield dict(trained, url=f'http://127.0.0.1:{port}/', driver=browser, folder=folder)
     app.close()
 
@@ -289,4 +291,5 @@ def test_cli_defaults_and_one_line_errors(web_demo, trained, monkeypatch, capsys
     assert web_demo.main([CONFIG, '--checkpoint', trained['checkpoint'], '--device', 'cpu',
                           '--port', str(port), '--out-dir', out_dir]) == 0
     assert launched['args'] == ('127.0.0.1', port, False)  # host, port, share
-    assert launched['kwargs'] == dict(allowed_paths=[out_dir])
+    # --out-dir gets copies of the label maps and is never served
+    assert launched['kwargs'] == dict(blocked_paths=[osp.realpath(out_dir)])
