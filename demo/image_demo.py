@@ -1,16 +1,18 @@
 """Segment one image with any vocabulary; write an overlay with a legend and the raw label map.
 
     python demo/image_demo.py IMAGE CONFIG --checkpoint CKPT --vocab "cat,dog|puppy,sky" \
-        --out out.png [--opacity 0.5] [--device cpu] [--max-side 1024]
+        --out out.png [--opacity 0.5] [--device cpu] [--max-side 1024] [--max-pixels N]
 
 ``--vocab``: comma-separated classes with ``|`` between synonyms, a ``.txt`` file (one class per
 line, synonyms comma-separated) or ``.json`` list, or a built-in vocabulary name (``ade150``...).
 CONFIG: a config file or a model-zoo name (then ``--checkpoint`` is optional). Writes ``OUT`` (the
 image, the coloured classes and a legend of the classes present, largest first) and
 ``<OUT stem>_labels.png`` (class ids: uint8, or uint16 above 256 classes). Exits with status 1 and a
-one-line message (``--debug`` for the traceback) for an unreadable or too large image, a bad or
-mistyped vocabulary, a missing config, a checkpoint that is truncated, not a checkpoint or made for
-another model, a failed checkpoint download, an unwritable ``--out`` (checked before inference), or
+one-line message (``--debug`` for the traceback) for an unreadable or too large image (more than
+``--max-pixels``, 40 Mpixels by default, read from the file's header before decoding; formats
+whose size is unknown before decoding, such as Radiance ``.hdr``, are refused unless
+``--max-pixels 0``), a bad or mistyped vocabulary, a missing config, a checkpoint that is
+truncated, not a checkpoint or made for another model, a failed checkpoint download, an unwritable ``--out`` (checked before inference), or
 ``--device cuda`` without CUDA. ``--cfg-options`` overrides config keys, e.g.
 ``model.neck.class_chunk_size=64`` to bound the memory of a large vocabulary.
 """
@@ -22,6 +24,8 @@ from typing import Optional, Sequence
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Command-line arguments (see the module docstring)."""
     from mmengine.config import DictAction
+
+    from mmseg_escnet.apis.image_limits import MAX_IMAGE_PIXELS
     parser = argparse.ArgumentParser(
         description='Open-vocabulary segmentation of one image (CAT-Seg / ESC-Net)')
     parser.add_argument('image', help='image file (grayscale, RGB(A), 8 or 16 bit)')
@@ -36,11 +40,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         'available, else CPU)')
     parser.add_argument('--max-side', type=int, default=1024,
                         help='shrink larger images to this longer side before inference')
+    parser.add_argument('--max-pixels', type=int, default=MAX_IMAGE_PIXELS,
+                        help='refuse image files with more pixels, from their header, before '
+                        f'decoding them (default {MAX_IMAGE_PIXELS}; 0: no limit)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
                         help='override config keys, e.g. model.neck.class_chunk_size=64 for a '
                         'large vocabulary')
     parser.add_argument('--debug', action='store_true', help='show the traceback of an error')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.max_pixels < 0:
+        parser.error(f'--max-pixels must be >= 0 (0: no limit), got {args.max_pixels}')
+    return args
 
 
 def labels_path(out: str) -> str:
@@ -67,7 +77,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     vocab = parse_vocabulary_text(args.vocab)
     Vocabulary(vocab)  # validation only: empty, duplicate or missing classes fail here
     ensure_writable_dir(osp.dirname(args.out), '--out')
-    image = read_image(args.image)
+    image = read_image(args.image, max_pixels=args.max_pixels or None)
     checkpoint = None if args.checkpoint is None else resolve_checkpoint_arg(args.checkpoint)
     model = args.config
     if args.cfg_options:

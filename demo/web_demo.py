@@ -32,9 +32,8 @@ import signal
 import socket
 import sys
 import tempfile
-import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -48,7 +47,6 @@ __all__ = ['Busy', 'EXAMPLE_CLASSES', 'InputError', 'NOT_AN_UPLOAD', 'Refused', 
            'Segmentation', 'WebSegmenter', 'build_app', 'classes_table', 'launch', 'main']
 
 MAX_CLASSES = 1000       # larger vocabularies are refused (memory and time of the text encoder)
-MAX_PIXELS = 40_000_000  # larger images are refused before they are decoded
 DISPLAY_MAX_SIDE = 2048  # the overlay shown in the page is shrunk to this (the label map is not)
 KEEP_RUNS = 50           # label maps of older runs are deleted from the output folder
 REQUEST_TIMEOUT = 120.0  # seconds a run may use the model
@@ -76,7 +74,7 @@ class WebSegmenter:
             model's ``test_cfg`` (the configured one is the base of both modes).
         out_dir (str, optional): Folder where a copy of each label map goes (a subfolder per
             run; the last :data:`KEEP_RUNS` are kept). The page never serves it.
-        max_pixels (int): Larger images are refused.
+        max_pixels (int, optional): Larger images are refused (None: ``MAX_IMAGE_PIXELS``).
         max_classes (int): Larger vocabularies are refused.
         cache_size (int): Vocabularies whose text embeddings the model keeps.
         request_timeout (float): Seconds a run may use the model before it is stopped.
@@ -86,9 +84,11 @@ class WebSegmenter:
     (deleted at exit): the page offers them from there, through Gradio's copy.
     """
 
-    def __init__(self, inferencer, out_dir: Optional[str] = None, max_pixels: int = MAX_PIXELS,
+    def __init__(self, inferencer, out_dir: Optional[str] = None, max_pixels: Optional[int] = None,
                  max_classes: int = MAX_CLASSES, cache_size: int = 4,
                  request_timeout: float = REQUEST_TIMEOUT, queue_size: int = QUEUE_SIZE) -> None:
+        from mmseg_escnet.apis.image_limits import MAX_IMAGE_PIXELS
+        max_pixels = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
         if min(max_pixels, max_classes, cache_size) < 1:
             raise ValueError('max_pixels, max_classes and cache_size must be >= 1')
         self.inferencer = inferencer
@@ -141,13 +141,19 @@ class WebSegmenter:
         return f'the vocabulary has {count} classes, more than the {self.max_classes} allowed'
 
     def check_image(self, path: Optional[str], name: Optional[str] = None) -> None:
-        """Refuse no image, or more than ``max_pixels`` pixels in the header (before queueing)."""
+        """Refuse no image, or more than ``max_pixels`` pixels in the header (before queueing).
+
+        Raises:
+            InputError: No image, a file whose size cannot be read from its header, or one over
+                the limit (``image_limits.check_image_file``, the limit of every entry point).
+        """
+        from mmseg_escnet.apis.image_limits import check_image_file
         if not path:
             raise InputError('no image: upload one or pick an example')
-        size, pixels = _header_size(path) or ('', 0)
-        if pixels > self.max_pixels:
-            raise InputError(f'{name or osp.basename(path)} has {size} pixels, more than the '
-                             f'{self.max_pixels:,} this page takes')
+        try:
+            check_image_file(path, self.max_pixels)
+        except (OSError, ValueError) as err:
+            raise InputError(str(err).replace(path, name or osp.basename(path))) from None
 
     def read_image(self, path: Optional[str], name: Optional[str] = None) -> np.ndarray:
         """The uploaded file as a BGR ``uint8`` array; its size is checked from the header first.
@@ -157,17 +163,10 @@ class WebSegmenter:
         """
         from mmseg_escnet.apis import read_image
         self.check_image(path, name)
-        name = name or osp.basename(path)
         try:
-            image = read_image(path)  # image_io's own pixel limit applies too
-            height, width = image.shape[:2]
-            size, pixels = f'{width} x {height}', width * height
+            return read_image(path, max_pixels=self.max_pixels)
         except (OSError, ValueError) as err:
-            raise InputError(str(err).replace(path, name)) from None
-        if pixels > self.max_pixels:
-            raise InputError(f'{name} has {size} pixels, more than the {self.max_pixels:,} this '
-                             'page takes')
-        return image
+            raise InputError(str(err).replace(path, name or osp.basename(path))) from None
 
     def test_cfg(self, mode: str) -> dict:
         """The model's ``test_cfg`` for ``mode``: the configured keys if the config tests in that
@@ -243,23 +242,6 @@ class WebSegmenter:
                             palette=self.inferencer.palette, mode=mode)
 
 
-def _header_size(path: str) -> Optional[Tuple[str, float]]:
-    """The size in the image's header read by Pillow (e.g. ``('640 x 480', 307200)``), None if
-    Pillow cannot read it; beyond Pillow's decompression-bomb limit, the pixel count it names."""
-    from PIL import Image
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            with Image.open(path) as image:
-                return f'{image.width} x {image.height}', image.width * image.height
-    except Image.DecompressionBombError as err:
-        found = re.search(r'\((\d+) pixels\)', str(err))
-        pixels = int(found.group(1)) if found else float('inf')
-        return (f'{pixels:,}' if found else 'too many'), pixels
-    except Exception:  # noqa: BLE001 - then read_image says what is wrong
-        return None
-
-
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Command-line arguments (see the module docstring)."""
     from mmengine.config import DictAction
@@ -278,8 +260,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         'served; default: none, they stay in a private temporary folder)')
     parser.add_argument('--max-side', type=int, default=1024,
                         help='shrink larger images to this longer side before inference')
-    parser.add_argument('--max-pixels', type=int, default=MAX_PIXELS,
-                        help=f'refuse larger images (default {MAX_PIXELS})')
+    parser.add_argument('--max-pixels', type=int, default=None,
+                        help='refuse images with more pixels in their header (default: the '
+                        "package's limit, mmseg_escnet.apis.MAX_IMAGE_PIXELS, 40 Mpixels)")
     parser.add_argument('--max-classes', type=int, default=MAX_CLASSES,
                         help=f'refuse larger vocabularies (default {MAX_CLASSES})')
     parser.add_argument('--request-timeout', type=float, default=REQUEST_TIMEOUT,
@@ -303,7 +286,7 @@ def check_args(args: argparse.Namespace) -> None:
     if args.queue_size < 0:
         raise ValueError(f'--queue-size must be >= 0, got {args.queue_size}')
     for option in ('max_side', 'max_pixels', 'max_classes', 'cache_size'):
-        if getattr(args, option) < 1:
+        if getattr(args, option) is not None and getattr(args, option) < 1:
             raise ValueError(f'--{option.replace("_", "-")} must be >= 1, got '
                              f'{getattr(args, option)}')
     if not 0 < args.port < 65536:

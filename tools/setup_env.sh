@@ -7,6 +7,8 @@
 #   torch 2.14.1 / torchvision 0.29.1, mmengine 0.10.7, mmcv 2.1.0 (full, with compiled
 #   ops, built from source against the installed torch), mmsegmentation 1.2.2,
 #   mmpretrain 1.2.0, open_clip_torch, segment-anything, then this package (editable).
+#   As root on Debian/Ubuntu it also installs the fonts the overlay legends draw class names in
+#   any script with (fonts-dejavu-core, fonts-noto-core, fonts-noto-cjk; SKIP_FONTS=1 skips them).
 #
 # The mmcv wheel is built once (~7 min on 2 cores) and cached outside the repository in
 #   ${MMSEG_ESCNET_CACHE:-~/.cache/mmseg_escnet}/wheels/<python>-torch<version>/
@@ -17,6 +19,7 @@
 #   MMSEG_ESCNET_CACHE   cache folder for the built mmcv wheel
 #   SKIP_TORCH=1         keep whatever torch is installed (GPU users: install your own
 #                        torch/CUDA build first, then run this with SKIP_TORCH=1)
+#   SKIP_FONTS=1         do not install the legend fonts with apt-get
 set -euo pipefail
 
 PY=${PYTHON:-python}
@@ -84,6 +87,21 @@ else
   # mmcv's own runtime dependencies (opencv is pinned in runtime.txt).
   pip_install -q addict packaging "pyyaml" yapf
   mmcv_ok || { echo "mmcv $MMCV_VERSION with ops failed to import" >&2; exit 1; }
+fi
+
+# 3b. fonts for legends in any script (mmseg_escnet/visualization/legend_text.py) --------------
+FONTS="fonts-dejavu-core fonts-noto-core fonts-noto-cjk"
+if [ "${SKIP_FONTS:-0}" = 1 ]; then
+  log "SKIP_FONTS=1: legend fonts not installed"
+elif dpkg -s $FONTS >/dev/null 2>&1; then
+  log "legend fonts already installed"
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  log "installing legend fonts: $FONTS"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+    --no-install-recommends $FONTS >/dev/null
+else
+  log "legend fonts not installed (needs root and apt-get): class names outside Latin, Greek" \
+      "and Cyrillic are drawn as squares; install $FONTS or set MMSEG_ESCNET_FONT"
 fi
 
 # 4. OpenMMLab libraries, CLIP, SAM, and this package -----------------------------------------

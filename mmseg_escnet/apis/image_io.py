@@ -24,15 +24,20 @@ Arrays keep their channel order: an array given by a user is taken to be BGR, li
 so EXIF orientation is applied and 16-bit PNG/TIFF keep their depth until the conversion above.
 OpenCV refuses images of more than ``OPENCV_IO_MAX_IMAGE_PIXELS`` pixels (2**30 by default, read
 once when OpenCV is loaded); :func:`read_image` reports this as a ``ValueError`` naming the file.
+Before that, :func:`read_image` refuses files above :data:`MAX_IMAGE_PIXELS` (40 Mpixels by
+default, its ``max_pixels`` argument) from their header, without decoding them; formats whose size
+is unknown before decoding (Radiance HDR, OpenEXR...) are refused under a limit
+(:mod:`.image_limits`).
 """
 import os
 import os.path as osp
-import re
 import warnings
 from typing import List, Optional, Tuple, Union
 
 import cv2
 import numpy as np
+
+from .image_limits import MAX_IMAGE_PIXELS, check_image_file, header_size, too_large
 
 PathLike = Union[str, 'os.PathLike[str]']
 
@@ -137,25 +142,11 @@ def opencv_pixel_limit() -> int:
 
 
 def _header_size(path: str) -> Optional[str]:
-    """The size of an image file read from its header by Pillow, e.g. ``'40000 x 30000'``.
-
-    Returns None if Pillow is missing or cannot read the header. Pillow's own decompression-bomb
-    limit refuses very large images but names their pixel count, which is returned then.
-    """
+    """The size of an image file from its header (e.g. ``'40000 x 30000 = ... pixels'``), or None
+    when it cannot be read; only used to enrich an error message."""
     try:
-        from PIL import Image
-    except ImportError:
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            with Image.open(path) as image:
-                width, height = image.size
-        return f'{width} x {height} = {width * height} pixels'
-    except Image.DecompressionBombError as err:
-        found = re.search(r'\((\d+) pixels\)', str(err))
-        return f'{found.group(1)} pixels' if found else None
-    except Exception:  # noqa: BLE001 - best effort, only used to enrich an error message
+        return header_size(path)[0]
+    except Exception:  # noqa: BLE001 - best effort
         return None
 
 
@@ -172,7 +163,7 @@ def _decode_error(path: str, err: Exception) -> ValueError:
     return ValueError(f'cannot decode image file {path}: OpenCV failed ({text})')
 
 
-def read_image(path: PathLike) -> np.ndarray:
+def read_image(path: PathLike, max_pixels: Optional[int] = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Read an image file as a ``(H, W, 3)`` ``uint8`` BGR array.
 
     Grayscale, RGBA/palette, 16-bit and float files are converted as described in the module
@@ -180,20 +171,27 @@ def read_image(path: PathLike) -> np.ndarray:
 
     Args:
         path (str | os.PathLike): The image file.
+        max_pixels (int, optional): Files whose header gives more pixels are refused before they
+            are decoded (default :data:`MAX_IMAGE_PIXELS`); so are files whose size cannot be read
+            from the header (see :mod:`.image_limits`). None: no limit but OpenCV's.
 
     Returns:
         np.ndarray: ``(H, W, 3)`` ``uint8``, BGR.
 
     Raises:
         FileNotFoundError: ``path`` does not exist or is not a file.
-        ValueError: The file cannot be decoded as an image, holds an unsupported format, or has
-            more pixels than OpenCV's limit (the message names the file, its size when Pillow can
-            read it, the limit and ``OPENCV_IO_MAX_IMAGE_PIXELS``).
+        ValueError: The file cannot be decoded as an image, holds an unsupported format, has more
+            pixels than ``max_pixels`` or its size cannot be read from its header (the message
+            names the file, its size and the limit), or has more pixels than OpenCV's limit (the
+            message names ``OPENCV_IO_MAX_IMAGE_PIXELS``).
     """
     path = os.fspath(path)
     if not osp.isfile(path):
         what = 'is a folder, not an image file' if osp.isdir(path) else 'not found'
         raise FileNotFoundError(f'image file {path} {what}')
+    if osp.getsize(path) == 0:
+        raise ValueError(f'cannot decode image file {path}: it is empty')
+    check_image_file(path, max_pixels)
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as err:
@@ -207,6 +205,9 @@ def read_image(path: PathLike) -> np.ndarray:
     if image is None:
         raise ValueError(f'cannot decode image file {path}: it is empty, truncated or not an image '
                          'in a format OpenCV reads')
+    height, width = image.shape[:2]
+    if max_pixels is not None and height * width > max_pixels:  # a header that did not tell
+        raise too_large(path, f'{width} x {height} = {width * height:,} pixels', max_pixels)
     return to_bgr_uint8(image, name=f'image file {path}')
 
 

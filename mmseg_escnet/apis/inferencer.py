@@ -41,8 +41,9 @@ from ..checkpoints.state_dict_fit import check_state_dict_fits, checkpoint_state
 from ..models.segmentors.class_sparse import dense_probabilities
 from ..text import Vocabulary
 from ..visualization import make_palette, render_segmentation
-from .image_io import (list_images, read_image, resize_label_map, shrink_to_max_side, to_bgr_uint8,
-                       write_label_map)
+from .image_io import (MAX_IMAGE_PIXELS, list_images, read_image, resize_label_map,
+                       shrink_to_max_side, to_bgr_uint8, write_label_map)
+from .image_limits import check_max_pixels
 from .model_args import check_device, resolve_model
 from .outputs import OutputNamer, class_scores, write_overlay
 
@@ -74,6 +75,9 @@ class OpenVocabInferencer(MMSegInferencer):
         max_side (int, optional): Images whose longer side exceeds it are shrunk to it (area
             interpolation) before inference; label maps are returned at the original size. None
             disables shrinking.
+        max_pixels (int, optional): Image files with more pixels are refused from their header,
+            before they are decoded (see :func:`~.image_io.read_image`); None: no limit. Arrays
+            are not checked (they are already decoded).
         synonyms (str | int): Synonym policy for vocabularies given here or to
             :meth:`set_vocabulary` as names or files: ``'all'`` (default: every synonym is used,
             their embeddings averaged), ``'first'`` (CAT-Seg's benchmark protocol) or k.
@@ -95,6 +99,7 @@ class OpenVocabInferencer(MMSegInferencer):
                  vocabulary: Optional[VocabularyLike] = None,
                  device: Optional[str] = None,
                  max_side: Optional[int] = 1024,
+                 max_pixels: Optional[int] = MAX_IMAGE_PIXELS,
                  synonyms: Union[str, int] = 'all',
                  templates: Optional[Union[str, Sequence[str]]] = None,
                  scope: str = 'mmseg',
@@ -105,6 +110,7 @@ class OpenVocabInferencer(MMSegInferencer):
         cfg, weights = resolve_model(model, weights)
         self._weights = weights
         self.max_side = max_side
+        self.max_pixels = check_max_pixels(max_pixels)
         self.synonyms = synonyms
         self.templates = templates
         if device is None:
@@ -326,7 +332,7 @@ class OpenVocabInferencer(MMSegInferencer):
         """One input as a ``(H0, W0, 3)`` BGR uint8 image, and its path (None for arrays)."""
         if isinstance(item, np.ndarray):
             return to_bgr_uint8(item, name=f'input {index}'), None
-        return read_image(item), os.fspath(item)
+        return read_image(item, self.max_pixels), os.fspath(item)
 
     def preprocess(self, inputs: List[InputType], batch_size: int = 1,
                    **kwargs) -> Iterator[Tuple[List[np.ndarray], dict]]:

@@ -30,7 +30,6 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Tuple
 
-import torch
 from torch import Tensor
 
 from .clip_official import merge_qkv, split_qkv

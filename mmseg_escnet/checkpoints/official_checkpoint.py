@@ -3,21 +3,113 @@
 Used by ``tools/model_converters/catseg2mmseg.py`` and ``sed2mmseg.py``.
 """
 import pickle
-from typing import Dict, List, Mapping
+import pickletools
+import re
+import zipfile
+from typing import Dict, List, Mapping, Optional
 
 import torch
 from torch import Tensor
 
 from .download import local_checkpoint_path
+from .safe_loading import checkpoint_file_problem, load_local_checkpoint
 
-__all__ = ['detectron2_state_dict', 'float32', 'load_official_checkpoint', 'short_list',
-           'state_dict_problems']
+__all__ = ['detectron2_state_dict', 'float32', 'html_page_problem', 'load_official_checkpoint',
+           'pickle_globals', 'refused_pickle_error', 'short_list', 'state_dict_problems']
 
 
 def short_list(keys: List[str], limit: int = 10) -> str:
     """``repr`` of the first ``limit`` keys, with the number left out."""
     more = f' ... (+{len(keys) - limit} more)' if len(keys) > limit else ''
     return repr(keys[:limit]) + more
+
+
+def html_page_problem(path: str) -> Optional[str]:
+    """``'is an HTML page, ...'`` if the file is a web page (a failed download), else None."""
+    with open(path, 'rb') as f:
+        head = f.read(1024).lstrip().lower()
+    if head.startswith((b'<!doctype html', b'<html', b'<head', b'<body', b'<?xml')) \
+            or (head.startswith(b'<') and b'<html' in head):
+        return 'is an HTML page, not a checkpoint: the download probably failed'
+    return None
+
+
+def _legacy_pickle_globals(path: str, max_pickles: int = 5) -> List[str]:
+    """The ``module.name`` globals referenced by a legacy (pre-zip) torch file, read statically.
+
+    A legacy file is a few pickles in a row (magic number, protocol, system info, the checkpoint,
+    the storage keys) followed by raw tensor data; their opcodes are scanned, nothing is run.
+    """
+    found: List[str] = []
+    strings: List[str] = []
+    with open(path, 'rb') as f:
+        for _ in range(max_pickles):
+            try:
+                for opcode, arg, _ in pickletools.genops(f):
+                    if opcode.name in ('GLOBAL', 'INST'):
+                        found.append(arg.replace(' ', '.'))
+                    elif opcode.name == 'STACK_GLOBAL' and len(strings) >= 2:
+                        found.append('.'.join(strings[-2:]))
+                    elif isinstance(arg, str):
+                        strings.append(arg)
+            except Exception:  # noqa: BLE001 - the raw tensor data after the pickles
+                break
+    safe = ('torch.', 'collections.OrderedDict', 'builtins.set', '__builtin__.set')
+    return [name for name in dict.fromkeys(found) if not name.startswith(safe)]
+
+
+def pickle_globals(path: str) -> List[str]:
+    """The Python globals a torch file would import, without unpickling it.
+
+    Args:
+        path (str): A zip (torch >= 1.6) or legacy torch file.
+
+    Returns:
+        List[str]: ``module.name`` strings (for a zip file, only those outside torch's own safe
+        list); empty if they cannot be read.
+    """
+    try:
+        if zipfile.is_zipfile(path):
+            return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        return _legacy_pickle_globals(path)
+    except Exception:  # noqa: BLE001 - only used to enrich an error message
+        return []
+
+
+def refused_pickle_error(src: str, path: str, what: str, err: Exception) -> ValueError:
+    """The error for a torch file ``weights_only`` loading refused, saying what the file is.
+
+    An mmseg/MMEngine training checkpoint (MMEngine's types, a ``'state_dict'``) is named as such:
+    it needs no conversion. Otherwise the message names the Python objects the file holds.
+
+    Args:
+        src (str): The file as given (path or URL), for the message.
+        path (str): The local file.
+        what (str): What the file should be (``'official CAT-Seg checkpoint'``).
+        err (Exception): The loading error.
+    """
+    names = pickle_globals(path)
+    if not names:
+        names = re.findall(r'Unsupported global: GLOBAL (\S+)', str(err))
+    try:
+        training = load_local_checkpoint(path, map_location='cpu', mmap=True)
+    except Exception:  # noqa: BLE001 - then it holds more than MMEngine's types
+        training = None
+    trained = isinstance(training, Mapping) and isinstance(training.get('state_dict'), Mapping)
+    if trained or any(name.startswith('mmengine.') for name in names):
+        entries = f" ({', '.join(sorted(map(str, training)))})" if trained else ''
+        return ValueError(
+            f'{src}: is an mmseg/MMEngine training checkpoint{entries}, written by tools/train.py '
+            f"or MMEngine's Runner, not an {what}: it is already in this package's format and "
+            'needs no conversion; pass it as is to tools/test.py, demo/image_demo.py '
+            '--checkpoint or load_from')
+    found = ', '.join(names[:8]) + (f' (+{len(names) - 8} more)' if len(names) > 8 else '') \
+        if names else 'objects it does not name'
+    return ValueError(
+        f'{src}: holds Python objects besides tensors ({found}), which are not unpickled for '
+        f'safety (torch.load weights_only=True), so it is not a plain {what}. If you trust the '
+        'file, re-save only its weights: torch.save({"model": torch.load(SRC, '
+        'weights_only=False)["model"]}, NEW)')
 
 
 def load_official_checkpoint(src: str, what: str) -> Mapping:
@@ -32,21 +124,20 @@ def load_official_checkpoint(src: str, what: str) -> Mapping:
 
     Raises:
         FileNotFoundError: If a local ``src`` does not exist.
-        ValueError: If the file is not a torch checkpoint, needs arbitrary Python objects
-            unpickled, or does not hold a dict.
+        ValueError: If the file is an HTML page (a failed download), empty, cut short or not a
+            torch checkpoint, an mmseg/MMEngine training checkpoint (no conversion needed), holds
+            Python objects besides tensors (named), or does not hold a dict.
     """
     path = local_checkpoint_path(src, what=what)
+    problem = html_page_problem(path) or checkpoint_file_problem(path)
+    if problem is not None:
+        raise ValueError(f'{src}: {problem}')
     try:
         obj = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as err:
         if 'Weights only load failed' not in str(err):
             raise ValueError(f'{src}: not a torch checkpoint file ({err})') from err
-        reason = str(err).strip().splitlines()[-1]
-        raise ValueError(
-            f'{src}: the file needs arbitrary Python objects unpickled, which is refused for '
-            f'safety (torch.load weights_only=True: {reason}). If you trust it, re-save only its '
-            "weights: torch.save({'model': torch.load(src, weights_only=False)['model']}, new)"
-        ) from err
+        raise refused_pickle_error(src, path, what, err) from err
     except Exception as err:  # torch raises several unrelated types for non-checkpoint files
         raise ValueError(f'{src}: not a torch checkpoint file ({type(err).__name__}: {err})'
                          ) from err

@@ -6,8 +6,9 @@ one question (:data:`QUESTIONS`, after the :data:`SYSTEM_PROMPT`); the answer mu
 The requests go through the official ``openai`` client (``pip install openai``), imported only
 when a client is made, so this module imports without it and without a network.
 
-Failures: a timeout, a connection error, HTTP 408/409/429/5xx or an invalid answer is retried
-with exponential backoff (:class:`RetryPolicy`); any other HTTP error (401, 404...) stops at once.
+Failures: a timeout, a connection error, HTTP 408/409/429/5xx or an invalid answer (a body that
+is not JSON included) is retried with exponential backoff (:class:`RetryPolicy`); any other HTTP
+error (401, 404...) stops at once. Answers quoted in messages are cut to 300 characters.
 The output file is rewritten atomically after every finished class, so a stopped run loses at
 most the class it was on; rerunning the same command resumes. A file written with another model,
 prompt, temperature or vocabulary is refused unless ``force_mix``.
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from .descriptions import (ATTRIBUTES, DescriptionSet, check_description, parse_descriptions,
-                           save_descriptions)
+                           save_descriptions, short_repr)
 
 __all__ = ['SYSTEM_PROMPT', 'QUESTIONS', 'SYNONYM_NOTE', 'GENERATOR', 'PLACEHOLDER_API_KEY',
            'DescriptionGenerationError', 'RetryPolicy', 'prompt_meta', 'class_question',
@@ -57,6 +58,8 @@ _CHECK = {401: 'the API key (--api-key-env)', 403: 'the API key (--api-key-env) 
 # Finish reasons of an answer that was stopped before its end.
 _CUT_OFF = ('length', 'content_filter')
 _THINK = re.compile(r'^\s*<think>.*?</think>', re.DOTALL)
+# Characters of an answer quoted in a message (answers can be megabytes).
+_QUOTE = 300
 # Characters stripped from both ends of an answer.
 _QUOTES = ' \t\r\n"\'`\u201c\u201d\u2018\u2019'
 
@@ -185,8 +188,8 @@ def _status_message(error: Exception) -> str:
     message = re.sub(r'^Error code: \d+( - )?', '', str(getattr(error, 'message', error)))
     body = getattr(error, 'body', None)
     if not message and isinstance(body, str):  # not JSON: the start of the body
-        message = body[:200]
-    message = ' '.join(message.split()) or '(no message)'
+        message = body[:_QUOTE]
+    message = ' '.join(message[:20 * _QUOTE].split())[:_QUOTE] or '(no message)'
     return f'HTTP {getattr(error, "status_code", "?")}: {message}'
 
 
@@ -239,15 +242,20 @@ def ask_description(client, *, model: str, synonyms: Sequence[str], attribute: s
                 f'retried: check {check}') from None
         except openai.OpenAIError as err:
             raise DescriptionGenerationError(
-                f'the request for {where} failed: {type(err).__name__}: {err}') from None
+                f'the request for {where} failed: {type(err).__name__}: '
+                f'{short_repr(str(err), _QUOTE)}') from None
+        except json.JSONDecodeError as err:  # a 200 whose body is not JSON (a proxy's page...)
+            problem = (f'the server answered with invalid JSON ({err.msg} at character '
+                       f'{err.pos}): {short_repr(err.doc, _QUOTE)}')
+            continue
         choices = getattr(response, 'choices', None)
         choice = choices[0] if isinstance(choices, list) and choices else None
         if getattr(choice, 'message', None) is None:
-            problem = f'the response holds no answer: {str(response)[:200]!r}'
+            problem = f'the response holds no answer: {short_repr(str(response), _QUOTE)}'
             continue
         if choice.finish_reason in _CUT_OFF:
             problem = (f'the answer was cut off (finish_reason {choice.finish_reason!r}): '
-                       f'{choice.message.content!r}')
+                       f'{short_repr(choice.message.content, _QUOTE)}')
             continue
         try:
             return check_description(clean_answer(choice.message.content),

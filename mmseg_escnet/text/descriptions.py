@@ -42,8 +42,9 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from .templates import CATSEG_TEMPLATES, check_template
 
 __all__ = ['ATTRIBUTES', 'DescriptionSet', 'DescriptionPrompts', 'check_description',
-           'count_clip_tokens', 'load_descriptions', 'save_descriptions',
-           'resolve_descriptions_file', 'available_description_files']
+           'clip_length_problem', 'count_clip_tokens', 'short_repr', 'warn_long_class_names',
+           'load_descriptions', 'save_descriptions', 'resolve_descriptions_file',
+           'available_description_files']
 
 FORMAT_NAME = 'mmseg_escnet.descriptions'
 FORMAT_VERSION = 1
@@ -54,6 +55,9 @@ DESCRIPTION_DIR = Path(__file__).resolve().parent / 'descriptions'
 #: CLIP's text context, start and end tokens included.
 CLIP_CONTEXT_LENGTH = 77
 REDUCTIONS = ('mean', 'none')
+# No CLIP BPE token spans more characters (the longest is 28 plus '</w>'): a text with more
+# non-space characters than this times the context is too long without counting its tokens.
+_MAX_TOKEN_CHARS = 32
 # a sentence ends at . ! or ? followed by white space and more text
 _SENTENCE_BREAK = re.compile(r'[.!?]["\')\]]*\s+(?=\S)')
 
@@ -67,6 +71,51 @@ def _tokenizer():
 def count_clip_tokens(text: str) -> int:
     """CLIP BPE tokens of ``text`` with the start and end tokens (open_clip's tokenizer)."""
     return len(_tokenizer().encode(text)) + 2
+
+
+def short_repr(text: object, limit: int = 200) -> str:
+    """``repr`` of a value cut to about ``limit`` characters, for messages quoting untrusted text.
+
+    Args:
+        text: What to quote (a long string from a server or a file).
+        limit (int): Characters of ``str(text)`` kept.
+
+    Returns:
+        str: ``repr(text)``, or ``repr(text[:limit])`` followed by ``'... (N characters)'``.
+    """
+    if not isinstance(text, str):
+        text = str(text) if len(repr(text)) > limit else repr(text)
+        if len(text) <= limit:
+            return text
+    elif len(text) <= limit:
+        return repr(text)
+    return f'{text[:limit]!r}... ({len(text):,} characters)'
+
+
+def clip_length_problem(text: str, what: str,
+                        context_length: int = CLIP_CONTEXT_LENGTH) -> Optional[str]:
+    """What is wrong with a text longer than CLIP's context, or None if it fits.
+
+    Args:
+        text (str): A prompt or description.
+        what (str): What it is, for the message (``"the color description of 'sky'"``).
+        context_length (int): CLIP's context length (tokens with start and end).
+
+    Returns:
+        str | None: ``'<what> has N CLIP tokens, more than CLIP's context of 77 (it would be
+        truncated): <text, cut to 200 characters>'``.
+    """
+    if len(text.encode('utf-8')) + 2 <= context_length:  # every token holds at least one byte
+        return None
+    if len(''.join(text.split())) > _MAX_TOKEN_CHARS * context_length:  # no need to count
+        count = f'{len(text):,} characters, far'
+    else:
+        tokens = count_clip_tokens(text)
+        if tokens <= context_length:
+            return None
+        count = f'{tokens} CLIP tokens,'
+    return (f"{what} has {count} more than CLIP's context of {context_length} tokens (it would "
+            f'be truncated): {short_repr(text)}')
 
 
 def check_description(text: object, *, class_name: str, attribute: str,
@@ -87,17 +136,41 @@ def check_description(text: object, *, class_name: str, attribute: str,
     """
     where = f'the {attribute} description of {class_name!r}'
     if not isinstance(text, str):
-        raise ValueError(f'{where} must be a string, got {type(text).__name__}: {text!r}')
+        raise ValueError(f'{where} must be a string, got {type(text).__name__}: '
+                         f'{short_repr(text)}')
     text = ' '.join(text.split())
     if not text:
         raise ValueError(f'{where} is empty')
     if _SENTENCE_BREAK.search(text):
-        raise ValueError(f'{where} must be one sentence, got {text!r}')
-    tokens = count_clip_tokens(text)
-    if tokens > context_length:
-        raise ValueError(f"{where} has {tokens} CLIP tokens, more than CLIP's context of "
-                         f'{context_length} (it would be truncated): {text!r}')
+        raise ValueError(f'{where} must be one sentence, got {short_repr(text)}')
+    problem = clip_length_problem(text, where, context_length)
+    if problem is not None:
+        raise ValueError(problem)
     return text
+
+
+_WARNED_LONG_NAMES: set = set()
+
+
+def warn_long_class_names(synonyms: Sequence[Sequence[str]], templates: Sequence[str]) -> None:
+    """Warn once per class name whose prompt is longer than CLIP's context (CLIP truncates it).
+
+    The longest template is checked (``'{}'`` alone when there are none, as with descriptions).
+
+    Args:
+        synonyms (Sequence[Sequence[str]]): Every synonym of every class.
+        templates (Sequence[str]): The prompt templates with ``{}``.
+    """
+    template = max(templates, key=len) if templates else '{}'
+    for name in (name for names in synonyms for name in names):
+        if name in _WARNED_LONG_NAMES:
+            continue
+        problem = clip_length_problem(template.format(name),
+                                      f'the prompt of class {short_repr(name, 60)}')
+        if problem is not None:
+            _WARNED_LONG_NAMES.add(name)
+            warnings.warn(f'{problem}; CLIP only reads its first {CLIP_CONTEXT_LENGTH} tokens, so '
+                          'the rest of the name is ignored: shorten it', UserWarning, stacklevel=3)
 
 
 def available_description_files() -> List[str]:

@@ -34,7 +34,7 @@ import re
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .descriptions import DescriptionPrompts
+from .descriptions import DescriptionPrompts, warn_long_class_names
 from .templates import get_templates
 
 VOCABULARY_DIR = Path(__file__).resolve().parent / 'vocabularies'
@@ -282,6 +282,7 @@ class Vocabulary:
             seen[key] = i
 
         self._all_synonyms: Tuple[Tuple[str, ...], ...] = tuple(parsed)
+        warn_long_class_names(self._all_synonyms, self._templates)  # CLIP reads 77 tokens
         if self._policy == 'all':
             self._synonyms = self._all_synonyms
         else:

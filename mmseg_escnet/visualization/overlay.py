@@ -4,8 +4,9 @@ All images here are **RGB** ``uint8`` arrays (``(H, W, 3)``); label maps are ``(
 class ids in ``[0, T)`` for a vocabulary of T classes. The palette depends only on T (class ``i``
 always gets colour ``i``), so a label map can be re-coloured without the vocabulary.
 
-Legend text is drawn with OpenCV's Hershey font, which has ASCII glyphs only: other characters are
-shown as ``'?'``.
+Legend text is drawn with OpenCV's Hershey font when it is ASCII; a class name with other
+characters (any script) is drawn with a TrueType font through Pillow (:mod:`.legend_text`: the
+fonts tried, and the visible fallback with a warning when none covers a character).
 
 Large images: colouring, blending and counting go through bands of rows (about
 :data:`BAND_PIXELS` pixels each), so beyond the inputs and the output only band-sized temporaries
@@ -17,6 +18,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+
+from . import legend_text
 
 _GOLDEN = 0.618033988749895
 # (saturation, value) levels, cycled every few classes so that classes with close hues differ in
@@ -260,6 +263,15 @@ def legend_row_height(image_height: int) -> int:
     return int(np.clip(image_height // 24, 20, 64))
 
 
+def _row_font(text: str) -> Tuple[Optional[str], str]:
+    """The TrueType font of a legend row and the text to draw: ``(None, text)`` for ASCII text
+    (OpenCV's Hershey font), and ``'?'`` for what is not ASCII when no TrueType font exists."""
+    if text.isascii():
+        return None, text
+    font, text = legend_text.font_for(text)
+    return (font, text) if font else (None, text.encode('ascii', 'replace').decode('ascii'))
+
+
 def draw_legend(entries: Sequence[LegendEntry], row_height: int = 20,
                 show_fraction: bool = True) -> np.ndarray:
     """Draw a legend panel: one row per entry, a colour swatch then the name.
@@ -271,31 +283,40 @@ def draw_legend(entries: Sequence[LegendEntry], row_height: int = 20,
 
     Returns:
         np.ndarray: ``(len(entries) * row_height + 2 * pad, width, 3)`` ``uint8`` RGB on white;
-        swatches are filled with the entry colour and outlined in black, text is black.
+        swatches are filled with the entry colour and outlined in black, text is black (ASCII
+        rows in OpenCV's Hershey font, others in a TrueType font, see :mod:`.legend_text`).
     """
     if row_height < 8:
         raise ValueError(f'row_height must be >= 8, got {row_height}')
     pad = max(2, row_height // 5)
     swatch = row_height - pad
-    scale = cv2.getFontScaleFromHeight(_FONT, max(1, int(row_height * 0.5)), 1)
+    cap_height = max(1, int(row_height * 0.5))
+    scale = cv2.getFontScaleFromHeight(_FONT, cap_height, 1)
     thickness = max(1, row_height // 24)
-    texts = []
-    for entry in entries:
-        text = entry.name.encode('ascii', 'replace').decode('ascii')
-        texts.append(f'{text} {entry.fraction:.1%}' if show_fraction else text)
-    text_width = max([cv2.getTextSize(t, _FONT, scale, thickness)[0][0] for t in texts] or [0])
+    texts = [f'{entry.name} {entry.fraction:.1%}' if show_fraction else entry.name
+             for entry in entries]
+    fonts, texts = zip(*[_row_font(t) for t in texts]) if texts else ((), ())
+    widths = [cv2.getTextSize(t, _FONT, scale, thickness)[0][0] if f is None
+              else legend_text.text_width(f, t, cap_height) for t, f in zip(texts, fonts)]
+    text_width = max(widths or [0])
     height = len(entries) * row_height + 2 * pad
     width = pad + swatch + pad + text_width + 2 * pad
     panel = np.full((height, width, 3), 255, dtype=np.uint8)
-    for row, (entry, text) in enumerate(zip(entries, texts)):
+    unicode_rows = []
+    for row, (entry, text, font) in enumerate(zip(entries, texts, fonts)):
         top = pad + row * row_height + pad // 2
         x0, y0, x1, y1 = pad, top, pad + swatch - 1, top + swatch - 1
         cv2.rectangle(panel, (x0, y0), (x1, y1), entry.color, thickness=-1)
         cv2.rectangle(panel, (x0, y0), (x1, y1), _BLACK, thickness=1)
-        (_, text_h), _ = cv2.getTextSize(text, _FONT, scale, thickness)
+        (_, text_h), _ = cv2.getTextSize('A' if font else text, _FONT, scale, thickness)
         baseline_y = top + (swatch + text_h) // 2
-        cv2.putText(panel, text, (x1 + 1 + pad, baseline_y), _FONT, scale, _BLACK, thickness,
-                    cv2.LINE_AA)
+        if font is None:
+            cv2.putText(panel, text, (x1 + 1 + pad, baseline_y), _FONT, scale, _BLACK, thickness,
+                        cv2.LINE_AA)
+        else:
+            unicode_rows.append((font, text, x1 + 1 + pad, baseline_y))
+    if unicode_rows:
+        panel = legend_text.draw_texts(panel, unicode_rows, cap_height, _BLACK)
     return panel
 
 

@@ -153,16 +153,106 @@ def test_image_beyond_the_opencv_pixel_limit_is_a_value_error(tmp_path):
     # OpenCV checks the size from the header, before reading pixels: a header is enough
     (tmp_path / 'huge.bmp').write_bytes(_bmp_header(40000, 30000))
     with pytest.raises(ValueError, match=r'cannot decode image file .*huge.bmp: it is larger '
-                       r'\(1200000000 pixels\) than OpenCV\'s limit of 1073741824 pixels; .*'
-                       'environment variable OPENCV_IO_MAX_IMAGE_PIXELS'):
-        read_image(tmp_path / 'huge.bmp')
+                       r'\(1,200,000,000 pixels\) than OpenCV\'s limit of '
+                       '1073741824 pixels; .*environment variable OPENCV_IO_MAX_IMAGE_PIXELS'):
+        read_image(tmp_path / 'huge.bmp', max_pixels=None)
+
+
+def _png_bomb(path, width, height):
+    """A 1-bit PNG of ``width x height`` zeros, written row by row (a few hundred KB on disk)."""
+    import zlib
+
+    def chunk(kind, data):
+        return (struct.pack('>I', len(data)) + kind + data
+                + struct.pack('>I', zlib.crc32(kind + data) & 0xffffffff))
+
+    compressor, parts = zlib.compressobj(9), []
+    row = b'\x00' * (1 + (width + 7) // 8)  # filter byte + packed bits
+    for _ in range(height):
+        parts.append(compressor.compress(row))
+    parts.append(compressor.flush())
+    ihdr = struct.pack('>IIBBBBB', width, height, 1, 0, 0, 0, 0)  # 1-bit grayscale
+    with open(path, 'wb') as f:
+        f.write(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr) + chunk(b'IDAT', b''.join(parts))
+                + chunk(b'IEND', b''))
+
+
+_BOMB_SCRIPT = """
+import json, resource, sys
+from mmseg_escnet.apis.image_io import read_image
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+messages = []
+for path in sys.argv[1:]:
+    try:
+        read_image(path)
+        messages.append('no error')
+    except ValueError as err:
+        messages.append(str(err))
+grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(json.dumps(dict(messages=messages, grown_kb=grown_kb)))
+"""
+
+
+def test_bombs_are_refused_from_the_header_without_decoding(tmp_path):
+    png, hdr = tmp_path / 'bomb.png', tmp_path / 'bomb.hdr'
+    _png_bomb(png, 32000, 32000)
+    assert osp.getsize(png) < 2_000_000
+    pixels = b'\x02\x02\x1f\x40' + b'\x80\x00' * 4000  # an RLE scanline start, then filler
+    hdr.write_bytes(b'#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 8000 +X 8000\n' + pixels)
+    proc = subprocess.run([sys.executable, '-c', _BOMB_SCRIPT, str(png), str(hdr)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    png_message, hdr_message = result['messages']
+    # beyond Pillow's own bomb limit, its message gives the pixel count only
+    assert png_message == (f'image file {png} is 1,024,000,000 pixels, more than '
+                           'the limit of 40,000,000 pixels; shrink it first, or raise the limit '
+                           '(max_pixels=, --max-pixels)')
+    assert hdr_message.startswith(f'cannot decode image file {hdr}: it is a Radiance HDR image, '
+                                  'whose size is only known after decoding it, so it is refused')
+    assert result['grown_kb'] < 200_000  # decoding either would take gigabytes
+
+
+def test_max_pixels_is_configurable_and_checked(tmp_path, bgr):
+    path = tmp_path / 'small.png'
+    cv2.imwrite(str(path), bgr)  # 13 x 9 = 117 pixels
+    np.testing.assert_array_equal(read_image(path, max_pixels=117), bgr)
+    with pytest.raises(ValueError, match=r'small.png is 13 x 9 = 117 pixels, more than the limit '
+                       'of 116 pixels'):
+        read_image(path, max_pixels=116)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError,
+                           match=r'max_pixels must be a positive int or None \(no limit'):
+            read_image(path, max_pixels=bad)
+
+
+def test_every_suffix_we_list_is_sized_from_its_header(tmp_path):
+    from mmseg_escnet.apis.image_limits import header_size
+    bgr = np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8)  # JPEG 2000: >= 32
+    for suffix in image_io.IMAGE_SUFFIXES:
+        path = str(tmp_path / f'x{suffix}')
+        image = bgr[:, :, 0] if suffix in ('.pbm', '.pgm') else bgr
+        assert cv2.imwrite(path, image), suffix
+        assert header_size(path) == ('64 x 48 = 3,072 pixels', 3072), suffix
+        assert read_image(path, max_pixels=3072).shape == (48, 64, 3), suffix
+
+
+def test_headerless_formats_decode_only_without_a_limit(tmp_path, bgr):
+    path = str(tmp_path / 'x.hdr')
+    assert cv2.imwrite(path, bgr.astype(np.float32) / 255)
+    with pytest.raises(ValueError, match='it is a Radiance HDR image'):
+        read_image(path)
+    assert read_image(path, max_pixels=None).shape == (9, 13, 3)
 
 
 _LIMIT_SCRIPT = """
-import importlib.util, json, sys
-spec = importlib.util.spec_from_file_location('image_io', sys.argv[1])
+import importlib.util, json, os.path, sys, types
+package = types.ModuleType('io_package')  # image_io and image_limits without the package: fast
+package.__path__ = [os.path.dirname(sys.argv[1])]
+sys.modules['io_package'] = package
+spec = importlib.util.spec_from_file_location('io_package.image_io', sys.argv[1])
 image_io = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(image_io)  # only cv2 and numpy: no package import, fast
+spec.loader.exec_module(image_io)
 messages = []
 for pil_limit in (None, 10):  # 10: Pillow's own limit refuses the header too
     if pil_limit:

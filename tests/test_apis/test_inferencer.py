@@ -284,6 +284,20 @@ def test_input_errors(catseg, tmp_path):
         catseg(_image(4, 4), batch_size=0)
 
 
+def test_image_files_above_max_pixels_are_refused_before_decoding(catseg, tmp_path, monkeypatch):
+    path = tmp_path / 'big.png'
+    cv2.imwrite(str(path), _image(30, 40))
+    monkeypatch.setattr(catseg, 'max_pixels', 1199)
+    with pytest.raises(ValueError, match=r'image file .*big.png is 40 x 30 = 1,200 pixels, more '
+                       'than the limit of 1,199 pixels'):
+        catseg(str(path))
+    monkeypatch.setattr(catseg, 'max_pixels', 1200)
+    assert catseg(str(path))['predictions']['sem_seg'].shape == (30, 40)
+    with pytest.raises(ValueError, match=r'max_pixels must be a positive int or None \(no limit\), '
+                       'got 0'):
+        _build(CATSEG, max_pixels=0)
+
+
 def test_dark_16bit_input_warns(catseg):
     twelve_bit = (_image(6, 8, seed=32).astype(np.uint16) * 16)  # 12-bit data, max < 4096
     with pytest.warns(UserWarning, match='input 0: 16-bit image with maximum value .* < 4096 .*'

@@ -4,6 +4,7 @@ exported is refused with a message."""
 import os.path as osp
 import re
 
+import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
@@ -125,3 +126,23 @@ def test_bad_arguments_are_refused(checkpoints, tmp_path, tool):
     with pytest.raises(ValueError, match='empty'):
         tool.main([config, checkpoints['catseg'], '--vocab', ' , ', '--out',
                    str(tmp_path / 'x.onnx')])
+
+
+def test_verify_image_is_checked_before_anything_is_exported(checkpoints, tmp_path, tool,
+                                                              monkeypatch):
+    config = osp.join(ROOT, 'configs', 'catseg_tiny_synthetic.py')
+    monkeypatch.setattr(onnx_export, 'export_onnx', lambda *a, **k: pytest.fail('exported'))
+    (tmp_path / 'notanimage.jpg').write_text('not an image')
+    out = tmp_path / 'm.onnx'
+    base = [config, checkpoints['catseg'], '--vocab', CLASSES, '--out', str(out), '--verify']
+    with pytest.raises(ValueError, match='cannot decode image file .*notanimage.jpg'):
+        tool.main(base + ['--image', str(tmp_path / 'notanimage.jpg')])
+    import cv2
+    cv2.imwrite(str(tmp_path / 'big.png'), np.zeros((30, 40, 3), np.uint8))
+    with pytest.raises(ValueError, match=r'big.png is 40 x 30 = 1,200 pixels, more than the limit '
+                       'of 1,000 pixels'):
+        tool.main(base + ['--image', str(tmp_path / 'big.png'), '--max-pixels', '1000'])
+    assert not out.exists()
+    for bad in (['--shape', '0', '5'], ['--max-pixels', '-1'], ['--image', 'x.png']):
+        with pytest.raises(SystemExit):
+            tool.main(base[:-1] + bad)

@@ -47,6 +47,14 @@ class NotAWeight:
     """A custom class: pickling it needs more than weights_only loading allows."""
 
 
+def _history():
+    """The message hub of an MMEngine training checkpoint: a HistoryBuffer with a value."""
+    from mmengine.logging import HistoryBuffer
+    buffer = HistoryBuffer()
+    buffer.update(1.0)
+    return {'log_scalars': {'train/loss': buffer}}
+
+
 def _build(seed: int) -> torch.nn.Module:
     cfg = Config.fromfile(TINY_CFG)
     init_default_scope('mmseg')
@@ -268,9 +276,17 @@ def test_strict_check_against_config(tool, model, tmp_path, edit, match):
 
 def test_refuses_files_that_are_not_checkpoints(tool, tmp_path):
     cases = {
-        'text.pth': (None, r'text\.pth: not a torch checkpoint file'),
+        'text.pth': (None, r"text\.pth: is not a torch checkpoint \(it starts with b'this'\)"),
         'object.pth': ({'model': {}, 'extra': NotAWeight()},
-                       r'object\.pth: the file needs arbitrary Python objects unpickled'),
+                       r'object\.pth: holds Python objects besides tensors \(.*NotAWeight\), '
+                       r'which are not unpickled for safety'),
+        'legacy.pth': ({'model': {}, 'extra': NotAWeight()},
+                       r'legacy\.pth: holds Python objects besides tensors \([\w.]*NotAWeight\)'),
+        'page.pth': (b'\n<!DOCTYPE html>\n<html><body>404 Not Found</body></html>\n',
+                     r'page\.pth: is an HTML page, not a checkpoint: the download probably failed'),
+        'train.pth': ({'state_dict': {'x': torch.zeros(1)}, 'message_hub': _history()},
+                      r"train\.pth: is an mmseg/MMEngine training checkpoint \(message_hub, "
+                      r"state_dict\), .*not an official CAT-Seg checkpoint: .*needs no conversion"),
         'list.pth': ([torch.zeros(1)], r'list\.pth: holds a list, expected a checkpoint dict'),
         'meta.pth': ({'lr': 0.1, 'name': 'x'},
                      r"meta\.pth: expected a detectron2 checkpoint .* entries that are not named "
@@ -283,10 +299,13 @@ def test_refuses_files_that_are_not_checkpoints(tool, tmp_path):
         path = tmp_path / name
         if content is None:
             path.write_text('this is not a checkpoint\n')
+        elif isinstance(content, bytes):
+            path.write_bytes(content)
         else:
-            torch.save(content, path)
-        with pytest.raises(ValueError, match=match):
+            torch.save(content, path, _use_new_zipfile_serialization=name != 'legacy.pth')
+        with pytest.raises(ValueError, match=match) as error:
             tool.convert(str(path), str(tmp_path / 'out.pth'), config=TINY_CFG)
+        assert 'publish_model' not in str(error.value) and 'see below' not in str(error.value)
     with pytest.raises(FileNotFoundError, match='checkpoint file not found: .*missing.pth'):
         tool.convert(str(tmp_path / 'missing.pth'), str(tmp_path / 'out.pth'))
 

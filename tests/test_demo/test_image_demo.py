@@ -105,8 +105,8 @@ def test_257_classes_give_a_uint16_label_map(demo, files, tmp_path, capsys):
     (dict(checkpoint='file.txt'), r'checkpoint .*file.txt is not a torch checkpoint'),
     (dict(checkpoint='escnet.pth'), r'checkpoint .*escnet.pth does not fit the model of '
      r'.*catseg_tiny_synthetic.py: \d+ weights of the model not in the file \(neck\.'),
-    (dict(image='huge.bmp'), r"cannot decode image file .*huge.bmp: it is larger \(1200000000 "
-     r"pixels\) than OpenCV's limit of \d+ pixels; .*OPENCV_IO_MAX_IMAGE_PIXELS"),
+    (dict(image='huge.bmp'), r"image file .*huge.bmp is 1,200,000,000 pixels, more than the limit "
+     r"of 40,000,000 pixels; shrink it first, or raise the limit"),
 ])
 def test_errors_exit_1_with_a_message(demo, files, capsys, case, message):
     args = dict(image='image.png', config=CONFIG, checkpoint='tiny.pth', vocab='cat,dog',
@@ -119,6 +119,27 @@ def test_errors_exit_1_with_a_message(demo, files, capsys, case, message):
     err = capsys.readouterr().err
     assert re.search(f'image_demo.py: error: {message}', err), err
     assert 'Traceback' not in err and len(err.strip().splitlines()) == 1
+
+
+def test_max_pixels_refuses_a_bomb_before_decoding(demo, files, tmp_path, capsys):
+    from PIL import Image
+    bomb = tmp_path / 'bomb.png'  # 20000 x 20000 1-bit: 0.4 Gpixels, 1.2 GB decoded, ~60 KB here
+    Image.new('1', (20000, 20000)).save(bomb, optimize=True)
+    assert bomb.stat().st_size < 1_000_000
+    base = [CONFIG, '--checkpoint', str(files / 'tiny.pth'), '--vocab', 'cat,dog', '--out',
+            str(tmp_path / 'out.png'), '--device', 'cpu']
+    cases = [([str(bomb)], rf'image file {bomb} is 400,000,000 pixels, more than the limit of '
+              '40,000,000 pixels'),
+             ([str(files / 'image.png'), '--max-pixels', '3149'],
+              r'image file .*image.png is 70 x 45 = 3,150 pixels, more than the limit of 3,149'),
+             ([str(files / 'huge.bmp'), '--max-pixels', '0'],  # no limit: OpenCV's applies
+              r"cannot decode image file .*huge.bmp: it is larger \(1,200,000,000 pixels\) than "
+              r"OpenCV's limit")]
+    for argv, message in cases:
+        assert demo.cli(argv[:1] + base + argv[1:]) == 1
+        err = capsys.readouterr().err
+        assert re.search(f'image_demo.py: error: {message}', err), err
+    assert demo.cli([str(files / 'image.png')] + base + ['--max-pixels', '3150']) == 0
 
 
 def _closed_port():

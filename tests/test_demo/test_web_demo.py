@@ -240,8 +240,9 @@ def test_bad_input_is_a_readable_error(segmenter, web_demo, trained, tmp_path):
              ((image, '/etc/hosts.txt', 'whole'), 'reads no vocabulary files'),
              ((image, CLASSES, 'slide'), 'unknown mode'),
              ((None, CLASSES, 'whole'), 'no image'),
-             ((str(huge), CLASSES, 'whole'), '1,200,000,000 pixels, more than the 10,000'),
-             ((str(big), CLASSES, 'whole'), '100 x 101 pixels, more than'),
+             ((str(huge), CLASSES, 'whole'),
+              'huge.bmp is 1,200,000,000 pixels, more than the limit of 10,000'),
+             ((str(big), CLASSES, 'whole'), 'big.png is 100 x 101 = 10,100 pixels, more than'),
              ((str(tmp_path / 'bad.png'), CLASSES, 'whole'), 'cannot decode')]
     for args, message in cases:
         with pytest.raises(web_demo.InputError, match=message):

@@ -1,6 +1,7 @@
 """Attribute descriptions (LMSeg's prompts): the file format, the checks, and the prompts and
 class embeddings they give as a vocabulary's ``'descriptions'`` templates."""
 import json
+import warnings
 
 import pytest
 import torch
@@ -61,6 +62,27 @@ def test_check_description_normalises_white_space_and_counts_clip_tokens():
     assert count_clip_tokens('a photo') == 4  # start, 'a', 'photo', end
     text = ' '.join(['sky'] * 75)  # 77 tokens: the most CLIP takes
     assert check_description(text, class_name='sky', attribute='color') == text
+
+
+def test_huge_answers_are_quoted_short():
+    for text in ('A sky is ' + 'very ' * 400_000 + 'blue.', 'Blue. ' + 'x' * 2_000_000 + '.',
+                 'A sky is ' + 'x' * 2_000_000 + '.'):
+        with pytest.raises(ValueError, match="more than CLIP's context|one sentence") as err:
+            check_description(text, class_name='sky', attribute='color')
+        assert len(str(err.value)) < 500 and 'characters)' in str(err.value)
+
+
+def test_a_class_name_beyond_77_tokens_warns_once_naming_it():
+    name = 'ZAŻÓŁĆ gęślą jaźń ' * 1200  # about 20,000 characters
+    with pytest.warns(UserWarning) as record:
+        Vocabulary(['cat', name])
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert message.startswith("the prompt of class 'ZAŻÓŁĆ gęślą jaźń ZAŻÓŁĆ")
+    assert "more than CLIP's context of 77 tokens" in message and len(message) < 800
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        Vocabulary(['cat', name, 'a ' + 'long ' * 10 + 'name'])  # once per name; short: silent
 
 
 @pytest.mark.parametrize('edit, problem', [

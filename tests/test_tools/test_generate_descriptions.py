@@ -71,7 +71,9 @@ class FakeServer:
                 if step is None:
                     step = ok(answer_for(body['messages'][-1]['content']))
                 time.sleep(step.get('sleep', 0))
-                if 'raw' in step:
+                if 'body' in step:  # raw bytes, not JSON
+                    payload = None
+                elif 'raw' in step:
                     payload = step['raw']
                 elif 'error' in step:
                     payload = dict(error=step['error'])
@@ -84,7 +86,7 @@ class FakeServer:
                                                  'content': step['content']}}],
                         'usage': {'prompt_tokens': 30, 'completion_tokens': 12,
                                   'total_tokens': 42}}
-                data = json.dumps(payload).encode()
+                data = step['body'] if 'body' in step else json.dumps(payload).encode()
                 try:
                     self.send_response(step['status'])
                     self.send_header('Content-Type', 'application/json')
@@ -156,9 +158,10 @@ def test_full_run_writes_a_valid_file(server, tmp_path):
     ok(''), ok('   '), ok('A sky is blue. It has clouds.'),
     ok('A sky is ' + 'very ' * 80 + 'blue.'), dict(status=200, content='A sky is', finish='length'),
     ok(None), dict(status=200, raw={'id': 'x', 'object': 'chat.completion', 'choices': []}),
-    http_error(500), http_error(429, 'rate limited'), dict(status=200, content='late', sleep=0.6)],
+    http_error(500), http_error(429, 'rate limited'), dict(status=200, content='late', sleep=0.6),
+    dict(status=200, body=b'<html><body>proxy says hello</body></html>')],
     ids=['empty', 'blank', 'two-sentences', 'over-77-tokens', 'cut-off', 'null', 'no-choices',
-         'http-500', 'http-429', 'timeout'])
+         'http-500', 'http-429', 'timeout', 'invalid-json'])
 def test_retried_then_succeeds(server, tmp_path, bad):
     server.script = [bad, bad]
     timeout = 0.3 if 'sleep' in bad else 5  # the slow answer takes 0.6 s
@@ -179,6 +182,20 @@ def test_non_retryable_error_stops_at_once(server, tmp_path, status, message):
     assert f'HTTP {status}' in text and message in text and "'sky'" in text and 'color' in text
     assert 'not retried' in text and 'Nothing was saved.' in text
     assert len(server.requests) == 1 and not out.exists()
+
+
+@pytest.mark.parametrize('bad, problem', [
+    (ok('A sky is ' + 'x' * 2_000_000 + '.'), "more than CLIP's context of 77 tokens"),
+    (dict(status=200, body=b'{"choices": [' + b'x' * 2_000_000), 'invalid JSON'),
+    (dict(status=200, content='A sky is ' + 'very ' * 400_000, finish='length'), 'cut off'),
+], ids=['huge-answer', 'huge-invalid-json', 'huge-cut-off'])
+def test_huge_answers_give_a_short_error(server, tmp_path, bad, problem):
+    server.script = [bad] * 2
+    with pytest.raises(DescriptionGenerationError) as info:
+        run(server, tmp_path / 'd.json', classes=[['sky']],
+            retry=RetryPolicy(max_retries=1, delay=0.01))
+    text = str(info.value)
+    assert problem in text and 'after 2 attempt(s)' in text and len(text) < 1000, text[:2000]
 
 
 def test_out_of_retries_then_resume(server, tmp_path):

@@ -128,3 +128,13 @@ def test_topk_filter_counts_only_the_kept_classes_and_pixel_topk_is_refused(tool
     cfg.model.test_cfg.class_filter = dict(type='pixel_topk', k=2)
     with pytest.raises(ValueError, match='pixel_topk'):
         tool.count(cfg)
+
+
+@pytest.mark.parametrize('shape', [['0', '5'], ['-3', '5'], ['4', 'x']])
+def test_a_shape_that_is_not_positive_is_refused(tool, shape, capsys):
+    config = osp.join(ROOT, 'configs', 'catseg_tiny_synthetic.py')
+    with pytest.raises(SystemExit):
+        tool.main([config, '--shape', *shape])
+    assert 'argument --shape: expected a positive int' in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r'shape must be two positive ints \(H, W\), got \(0, 5\)'):
+        tool.count(_config('catseg_tiny_synthetic.py'), 4, shape=(0, 5))

@@ -142,7 +142,13 @@ def count(cfg: Config, num_classes: Optional[int] = None,
     Returns:
         dict: ``params``, ``num_classes``, ``views``, ``gmacs``, ``official_gmacs``,
         ``text_gmacs`` and ``modules``.
+
+    Raises:
+        ValueError: ``shape`` is not two positive ints.
     """
+    if shape is not None and (len(shape) != 2 or any(
+            isinstance(side, bool) or not isinstance(side, int) or side < 1 for side in shape)):
+        raise ValueError(f'shape must be two positive ints (H, W), got {shape!r}')
     cfg = _prepare(cfg, num_classes)
     init_default_scope('mmseg')
     original_ppg = PseudoPromptGenerator.forward
@@ -187,14 +193,26 @@ def _slide_crops(test_cfg, size: Tuple[int, int]) -> int:
     return grids[0] * grids[1]
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a positive int (an image side)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a positive int, got {text!r}') from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'expected a positive int, got {value}')
+    return value
+
+
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """Command-line arguments (see the module docstring)."""
     parser = argparse.ArgumentParser(description='Count GMACs and parameters of a config')
     parser.add_argument('config', help='config file')
     parser.add_argument('--num-classes', type=int, default=None,
                         help='vocabulary size (default: the test vocabulary of the config)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
                         help='override config keys, e.g. model.test_cfg.class_filter.k=32')
-    parser.add_argument('--shape', type=int, nargs=2, default=None, metavar=('H', 'W'),
+    parser.add_argument('--shape', type=_positive_int, nargs=2, default=None, metavar=('H', 'W'),
                         help='image size (default: out_size of sliding_global, else the CLIP '
                         'resolution; set it for mode=slide)')
     parser.add_argument('--json', help='write the counts to this JSON file')

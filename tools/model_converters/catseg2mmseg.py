@@ -7,7 +7,9 @@ Usage::
 SRC is a local file or an http(s) URL of an official checkpoint, e.g.
 ``https://huggingface.co/hamacojr/CAT-Seg/resolve/main/model_final_base.pth`` (ViT-B/16) or
 ``.../model_final_large.pth`` (ViT-L/14@336px). It is read with ``torch.load(...,
-weights_only=True)``: a file that needs arbitrary Python objects unpickled is refused.
+weights_only=True)``: a file holding Python objects besides tensors is refused, with a message
+naming them; an HTML page (a failed download) and an mmseg/MMEngine training checkpoint (no
+conversion needed) are named as such (:mod:`mmseg_escnet.checkpoints.official_checkpoint`).
 Every key is converted or refused (:mod:`mmseg_escnet.checkpoints.catseg_checkpoint`).
 
 The result is checked against CONFIG (default: ``configs/catseg_vitb16.py`` or

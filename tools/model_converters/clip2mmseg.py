@@ -14,10 +14,12 @@ names CAT-Seg and ``CLIPBackbone`` use) and only plain Python types in ``meta``,
 With ``--model-name`` the weights are checked against that open_clip architecture (built with
 random weights) and a positional embedding made for another grid is resized to it. The folder of
 DST is checked before anything is read; errors are one line on stderr (``--debug`` shows the
-traceback).
+traceback): an HTML page (a failed download) is named as such, and a file holding Python objects
+besides tensors names them (a legacy-format file too).
 """
 import argparse
 import os.path as osp
+import pickle
 import sys
 from typing import Dict, List, Optional
 
@@ -27,6 +29,9 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 from mmseg_escnet.checkpoints.clip_official import (  # noqa: E402
     match_state_dict, merge_qkv, normalize_clip_state_dict, read_weights_file, split_qkv)
+from mmseg_escnet.checkpoints.download import local_checkpoint_path  # noqa: E402
+from mmseg_escnet.checkpoints.official_checkpoint import (  # noqa: E402
+    html_page_problem, refused_pickle_error)
 from mmseg_escnet.utils import ensure_writable_dir, run_cli  # noqa: E402
 
 PREFIX = 'backbone.clip_model.'
@@ -45,9 +50,20 @@ def convert(src: str, dst: str, model_name: Optional[str] = None) -> Dict[str, o
 
     Raises:
         OSError: The folder of ``dst`` cannot be written (checked first).
+        ValueError: ``src`` is an HTML page (a failed download), holds Python objects besides
+            tensors (named; an mmseg training checkpoint is named as such), or no CLIP weights.
     """
     ensure_writable_dir(osp.dirname(osp.abspath(dst)), 'the converted checkpoint')
-    fmt, raw = read_weights_file(src)
+    path = local_checkpoint_path(src, what='CLIP weights')
+    problem = html_page_problem(path)
+    if problem is not None:
+        raise ValueError(f'{src}: {problem}')
+    try:
+        fmt, raw = read_weights_file(path)
+    except ValueError as err:
+        if isinstance(err.__cause__, pickle.UnpicklingError):
+            raise refused_pickle_error(src, path, 'official CLIP weights file', err) from err
+        raise
     state = normalize_clip_state_dict(raw)  # open_clip names, packed q/k/v, float32
     if model_name is not None:
         from mmseg_escnet.models.backbones.clip import CLIPBackbone

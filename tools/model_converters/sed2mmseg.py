@@ -6,8 +6,9 @@ Usage::
 
 SRC is a local file or an http(s) URL of an official checkpoint (xb534/SED's README links the
 ConvNeXt-B and ConvNeXt-L models). It is read with ``torch.load(..., weights_only=True)``: a
-file that needs arbitrary Python objects unpickled is refused. Every key is converted or
-refused (:mod:`mmseg_escnet.checkpoints.sed_checkpoint`).
+file holding Python objects besides tensors is refused with a message naming them; an HTML page
+(a failed download) and an mmseg/MMEngine training checkpoint (no conversion needed) are named as
+such. Every key is converted or refused (:mod:`mmseg_escnet.checkpoints.sed_checkpoint`).
 
 The result is checked against CONFIG (default: ``configs/sed_convnext_base.py`` or
 ``configs/sed_convnext_large.py``, by the checkpoint's ConvNeXt width): the model is built on
