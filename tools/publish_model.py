@@ -10,7 +10,10 @@ full hash and the lines for a metafile (``Weights:`` / ``Weights SHA-256:``) are
 
 An input that is missing, empty, cut short or not a checkpoint, and an output folder that cannot be
 written, are reported on one line (``--debug`` shows the traceback); the output folder is checked
-before the input is read.
+before the input is read. The input is verified first (its SHA-256 sidecar ``IN_FILE.sha256``,
+written by training, or else the CRC-32 of its zip records): a corrupt checkpoint is refused
+instead of being published under a fresh hash. ``OUT_FILE`` may be a folder (an existing one, or
+a path ending in ``/``): the file is then written into it, named after ``IN_FILE``.
 """
 import argparse
 import numbers
@@ -106,6 +109,15 @@ def strip_checkpoint(checkpoint: Any, source: str) -> Dict[str, Any]:
     return {'state_dict': weights, 'meta': meta}
 
 
+def output_path(in_file: str, out_file: str) -> str:
+    """``out_file``, or ``<out_file>/<name of in_file>`` when ``out_file`` is a folder (an
+    existing one or a path ending in a separator)."""
+    separators = tuple({os.sep, '/', os.altsep or os.sep})
+    if out_file.endswith(separators) or osp.isdir(out_file):
+        return osp.join(out_file, osp.basename(in_file))
+    return out_file
+
+
 def published_name(out_file: str, sha256: str) -> str:
     """``<out_file without .pth>-<first 8 hex of sha256>.pth``."""
     stem = out_file[:-len('.pth')] if out_file.endswith('.pth') else out_file
@@ -134,7 +146,8 @@ def publish(in_file: str, out_file: str) -> Tuple[str, str]:
 
     Args:
         in_file (str): A checkpoint written by the training Runner.
-        out_file (str): Output name; ``-<sha8>`` is inserted before ``.pth``.
+        out_file (str): Output name; ``-<sha8>`` is inserted before ``.pth``. A folder (existing
+            or ending in a separator) means ``<folder>/<name of in_file>``.
 
     Returns:
         tuple[str, str]: The written path and its full SHA-256.
@@ -142,9 +155,10 @@ def publish(in_file: str, out_file: str) -> Tuple[str, str]:
     Raises:
         OSError: The folder of ``out_file`` cannot be written (checked before reading).
         FileNotFoundError: ``in_file`` does not exist.
-        ValueError: ``in_file`` is empty, cut short, not a torch file or not a checkpoint with a
-            ``state_dict``.
+        ValueError: ``in_file`` is empty, cut short, corrupt (hash or CRC mismatch), not a torch
+            file or not a checkpoint with a ``state_dict``.
     """
+    out_file = output_path(in_file, out_file)
     out_dir = ensure_writable_dir(osp.dirname(osp.abspath(out_file)), 'the published checkpoint')
     stripped = strip_checkpoint(read_checkpoint(in_file), in_file)
     handle, partial = tempfile.mkstemp(suffix='.part', dir=out_dir)
@@ -174,7 +188,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         description='Strip a training checkpoint to its weights and name it with its SHA-256')
     parser.add_argument('in_file', help='checkpoint written by tools/train.py')
     parser.add_argument('out_file', help='output name, e.g. catseg_vitb16.pth (becomes '
-                        'catseg_vitb16-<sha8>.pth)')
+                        'catseg_vitb16-<sha8>.pth), or a folder (DIR/) to write into')
     parser.add_argument('--debug', action='store_true', help='show the traceback of an error')
     args = parser.parse_args(argv)
     final, sha256 = publish(args.in_file, args.out_file)

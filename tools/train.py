@@ -4,15 +4,18 @@ Multi-GPU / multi-node: ``tools/dist_train.sh CONFIG GPUS`` (torchrun). Without 
 trains on CPU processes over gloo.
 """
 import argparse
+import os
+import os.path as osp
 import sys
 from typing import Optional, Sequence
 
 from mmengine.logging import print_log
 
 import mmseg_escnet  # noqa: F401  (registers our modules; safe checkpoint loading)
-from mmseg_escnet.engine import find_resume_checkpoint
-from mmseg_escnet.engine.launch import (add_common_arguments, enable_amp, load_config,
-                                        prepare_distributed, run_runner, set_local_rank)
+from mmseg_escnet.engine import find_resume_checkpoint, remove_stale_temporary_files
+from mmseg_escnet.engine.launch import (add_common_arguments, check_train_length, enable_amp,
+                                        load_config, prepare_distributed, run_runner,
+                                        set_local_rank)
 from mmseg_escnet.utils import ensure_writable_dir, run_cli
 
 
@@ -32,6 +35,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     cfg = load_config(args.config, cfg_options=args.cfg_options, work_dir=args.work_dir,
                       launcher=args.launcher)
+    check_train_length(cfg)
+    if os.environ.get('RANK', '0') == '0' and osp.isdir(cfg.work_dir):
+        # before anything is written: a save that failed on a full disk may have left its
+        # temporary file, which would keep the disk full
+        for path in remove_stale_temporary_files(cfg.work_dir):
+            print_log(f'removed {path}, left by an interrupted or failed save', logger='current')
     ensure_writable_dir(cfg.work_dir, 'the work dir (checkpoints and logs)')
     if args.amp:
         cfg = enable_amp(cfg)

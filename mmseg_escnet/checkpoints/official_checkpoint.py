@@ -3,16 +3,14 @@
 Used by ``tools/model_converters/catseg2mmseg.py`` and ``sed2mmseg.py``.
 """
 import pickle
-import pickletools
 import re
-import zipfile
 from typing import Dict, List, Mapping, Optional
 
 import torch
 from torch import Tensor
 
 from .download import local_checkpoint_path
-from .safe_loading import checkpoint_file_problem, load_local_checkpoint
+from .safe_loading import checkpoint_file_problem, load_local_checkpoint, pickle_globals
 
 __all__ = ['detectron2_state_dict', 'float32', 'html_page_problem', 'load_official_checkpoint',
            'pickle_globals', 'refused_pickle_error', 'short_list', 'state_dict_problems']
@@ -32,48 +30,6 @@ def html_page_problem(path: str) -> Optional[str]:
             or (head.startswith(b'<') and b'<html' in head):
         return 'is an HTML page, not a checkpoint: the download probably failed'
     return None
-
-
-def _legacy_pickle_globals(path: str, max_pickles: int = 5) -> List[str]:
-    """The ``module.name`` globals referenced by a legacy (pre-zip) torch file, read statically.
-
-    A legacy file is a few pickles in a row (magic number, protocol, system info, the checkpoint,
-    the storage keys) followed by raw tensor data; their opcodes are scanned, nothing is run.
-    """
-    found: List[str] = []
-    strings: List[str] = []
-    with open(path, 'rb') as f:
-        for _ in range(max_pickles):
-            try:
-                for opcode, arg, _ in pickletools.genops(f):
-                    if opcode.name in ('GLOBAL', 'INST'):
-                        found.append(arg.replace(' ', '.'))
-                    elif opcode.name == 'STACK_GLOBAL' and len(strings) >= 2:
-                        found.append('.'.join(strings[-2:]))
-                    elif isinstance(arg, str):
-                        strings.append(arg)
-            except Exception:  # noqa: BLE001 - the raw tensor data after the pickles
-                break
-    safe = ('torch.', 'collections.OrderedDict', 'builtins.set', '__builtin__.set')
-    return [name for name in dict.fromkeys(found) if not name.startswith(safe)]
-
-
-def pickle_globals(path: str) -> List[str]:
-    """The Python globals a torch file would import, without unpickling it.
-
-    Args:
-        path (str): A zip (torch >= 1.6) or legacy torch file.
-
-    Returns:
-        List[str]: ``module.name`` strings (for a zip file, only those outside torch's own safe
-        list); empty if they cannot be read.
-    """
-    try:
-        if zipfile.is_zipfile(path):
-            return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-        return _legacy_pickle_globals(path)
-    except Exception:  # noqa: BLE001 - only used to enrich an error message
-        return []
 
 
 def refused_pickle_error(src: str, path: str, what: str, err: Exception) -> ValueError:

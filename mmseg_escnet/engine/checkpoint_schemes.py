@@ -6,6 +6,11 @@ loader (:mod:`mmseg_escnet.checkpoints.safe_loading`), ``http(s)://`` -> a verif
 download (:mod:`mmseg_escnet.checkpoints.download`), ``zoo://NAME`` -> a model of the model index
 (:mod:`mmseg_escnet.checkpoints.model_zoo`). MMEngine logs the part of each function name after
 ``load_from_`` ("Loads checkpoint by local_safe backend").
+
+MMEngine's ``torchvision://``, ``modelzoo://``, ``open-mmlab://``, ``openmmlab://`` and
+``mmcls://`` schemes download through ``torch.hub.load_state_dict_from_url`` with
+``weights_only=False``, so a tampered download could run code: they are refused with a message
+that says to give the file's https URL instead.
 """
 from typing import Any, Callable, Optional, Union
 
@@ -18,6 +23,8 @@ from ..checkpoints.safe_loading import load_local_checkpoint
 __all__ = ['install']
 
 MapLocation = Optional[Union[str, Callable]]
+#: MMEngine schemes that unpickle downloads with ``weights_only=False``.
+UNSAFE_SCHEMES = ('torchvision://', 'modelzoo://', 'open-mmlab://', 'openmmlab://', 'mmcls://')
 
 
 def load_from_local_safe(filename: str, map_location: MapLocation = None) -> Any:
@@ -35,9 +42,24 @@ def load_from_model_zoo(filename: str, map_location: MapLocation = None) -> Any:
     return load_zoo_checkpoint(filename, map_location=map_location)
 
 
+def load_from_unsafe_scheme(filename: str, map_location: MapLocation = None) -> Any:
+    """Refuse :data:`UNSAFE_SCHEMES` (MMEngine unpickles them without ``weights_only``).
+
+    Raises:
+        ValueError: Naming the checkpoint and what to give instead.
+    """
+    raise ValueError(
+        f'{filename}: MMEngine reads this scheme with torch.load(weights_only=False), which can '
+        'run code from the downloaded file; give the https:// URL of the checkpoint instead '
+        '(downloaded into a verified cache and read with the safe loader)')
+
+
 def install() -> None:
-    """Register the three loaders in MMEngine's :class:`CheckpointLoader`."""
+    """Register the loaders in MMEngine's :class:`CheckpointLoader` (and refuse the unsafe
+    schemes)."""
     CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_safe, force=True)
     CheckpointLoader.register_scheme(prefixes=('http://', 'https://'),
                                      loader=load_from_verified_url, force=True)
     CheckpointLoader.register_scheme(prefixes='zoo://', loader=load_from_model_zoo, force=True)
+    CheckpointLoader.register_scheme(prefixes=UNSAFE_SCHEMES, loader=load_from_unsafe_scheme,
+                                     force=True)

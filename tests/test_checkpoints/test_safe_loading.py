@@ -71,3 +71,62 @@ def test_getattr_is_restricted_to_history_buffer_statistics(tmp_path):
     torch.save({'x': Sneaky()}, path)
     with pytest.raises(pickle.UnpicklingError, match='update'):
         CheckpointLoader.load_checkpoint(str(path), map_location='cpu')
+
+
+def _flip_a_bit_in_the_tensor_data(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x04
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_bits_are_refused_with_the_file_name(tmp_path):
+    """torch's zip reader loads such a file silently; the CRC-32 check refuses it."""
+    from mmseg_escnet.checkpoints.safe_loading import CheckpointIntegrityError
+    path = tmp_path / 'ckpt.pth'
+    torch.save({'state_dict': {'w': torch.arange(100_000.0)}}, path)
+    assert torch.equal(load_local_checkpoint(str(path))['state_dict']['w'], torch.arange(100_000.0))
+    _flip_a_bit_in_the_tensor_data(path)
+    torch.load(path, weights_only=True)  # what happened before: no complaint
+    with pytest.raises(CheckpointIntegrityError,
+                       match=r"checkpoint .*ckpt\.pth is corrupt: it has a corrupt record "
+                             r"'ckpt/data/0' \(CRC-32 mismatch\)"):
+        CheckpointLoader.load_checkpoint(str(path), map_location='cpu')
+    # memory-mapped loads (official downloads, verified by their hash when fetched) skip it
+    load_local_checkpoint(str(path), mmap=True)
+
+
+def test_sha256_sidecar_is_checked(tmp_path):
+    from mmseg_escnet.checkpoints.safe_loading import (CheckpointIntegrityError, file_sha256,
+                                                       write_sha256_sidecar)
+    path = tmp_path / 'iter_8.pth'
+    torch.save(_mmengine_like_checkpoint(), path)
+    sidecar = write_sha256_sidecar(str(path))
+    assert sidecar == str(path) + '.sha256'
+    assert (tmp_path / 'iter_8.pth.sha256').read_text() == f'{file_sha256(str(path))}  iter_8.pth\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['iter_8.pth', 'iter_8.pth.sha256']
+    load_local_checkpoint(str(path))
+    load_local_checkpoint(str(path), mmap=True)
+    # another (valid) checkpoint under the same name: the sidecar tells
+    torch.save({'state_dict': {'w': torch.zeros(3)}}, path)
+    for mmap in (False, True):
+        with pytest.raises(CheckpointIntegrityError,
+                           match=r'checkpoint .*iter_8\.pth is corrupt or was replaced: its '
+                                 r'SHA-256 is [0-9a-f]{16}\.\.\., its sidecar '
+                                 r'.*iter_8\.pth\.sha256 records'):
+            load_local_checkpoint(str(path), mmap=mmap)
+    (tmp_path / 'iter_8.pth.sha256').write_text('garbage\n')
+    with pytest.raises(CheckpointIntegrityError, match=r'iter_8\.pth\.sha256 is not a SHA-256 '
+                                                       r'sidecar'):
+        load_local_checkpoint(str(path))
+
+
+def test_refused_legacy_checkpoint_names_what_it_holds(tmp_path):
+    """A legacy (pre-zip) file holding a Python object is refused naming that object, read
+    statically from its pickles (nothing is run)."""
+    import argparse
+    path = str(tmp_path / 'legacy.pth')
+    torch.save({'state_dict': {'w': torch.zeros(2)}, 'args': argparse.Namespace(lr=1)}, path,
+               _use_new_zipfile_serialization=False)
+    with pytest.raises(pickle.UnpicklingError) as error:
+        load_local_checkpoint(path)
+    assert 'argparse.Namespace' in str(error.value) and 'see below' not in str(error.value)

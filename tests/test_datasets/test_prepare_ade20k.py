@@ -266,3 +266,97 @@ def test_ade847_file_errors(tmp_path):
         ade20k_847.convert(raw)
     assert not osp.exists(osp.join(raw, 'annotations_detectron2', 'validation',
                                    'ADE_val_00000001.tif'))
+
+
+# ------------------------------------------------------------- ADE20K-847: safe unpickling
+
+
+class CreatesFile:
+    """Unpickling it would create ``self.path`` (the side effect a tampered index could have)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+def realistic_index(names):
+    """An index with the value types of the official one: object arrays of strings, numeric
+    arrays of several dtypes, numpy scalars, nested dicts and lists."""
+    filenames = np.array(['ADE_val_00000001.jpg', 'ADE_train_00000001.jpg'], dtype=object)
+    return dict(
+        filename=filenames,
+        folder=np.array(['ADE20K_2021_17_01/images/ADE/validation/bathroom',
+                         'ADE20K_2021_17_01/images/ADE/training/street'], dtype=object),
+        scene=np.array(['/bathroom', '/street'], dtype=object),
+        objectnames=np.array(names, dtype=object),
+        objectPresence=np.zeros((len(names), 2), dtype=np.int16),
+        objectIsPart=np.zeros((len(names), 2), dtype=np.uint8),
+        objectcounts=np.arange(len(names), dtype=np.int64),
+        proportionClassIsPart=np.linspace(0, 1, len(names)),
+        wordnet_found=np.ones(len(names), dtype=bool),
+        wordnet_level1=np.array([['a', 'b']] * 3, dtype='<U4'),
+        num_images=np.int64(2), mean_area=np.float32(0.5), flag=np.bool_(True),
+        description=dict(filename='array of length N', sizes=[(1, 2), {3, 4}, 1.5 + 2j]),
+    )
+
+
+@pytest.mark.parametrize('protocol', [2, 4, 5])
+def test_ade847_realistic_index_loads(tmp_path, protocol):
+    names = placeholder_objectnames(3160, NAMED)
+    index = realistic_index(names)
+    path = str(tmp_path / 'index_ade20k.pkl')
+    with open(path, 'wb') as f:
+        pickle.dump(index, f, protocol=protocol)
+    loaded = ade20k_847.load_index(path)
+    assert sorted(loaded) == sorted(index)
+    for key, value in index.items():
+        if isinstance(value, np.ndarray):
+            assert loaded[key].dtype == value.dtype
+            np.testing.assert_array_equal(loaded[key], value)
+        else:
+            assert loaded[key] == value and type(loaded[key]) is type(value)
+    assert ade20k_847.class_names(loaded, path)[0] == NAMED[WALL]
+
+
+def test_ade847_malicious_index_refused(tmp_path):
+    raw, _ = make_full(tmp_path / 'evil', write_files=False)
+    index_path = osp.join(raw, 'index_ade20k.pkl')
+    marker = str(tmp_path / 'pwned')
+    payloads = [
+        CreatesFile(marker),  # a callable of an allowed-looking module (os)
+        dict(filename=[], folder=[], objectnames=[CreatesFile(marker)]),  # nested
+        np.array([CreatesFile(marker)], dtype=object),  # inside an object array
+    ]
+    for payload in payloads:
+        with open(index_path, 'wb') as f:
+            pickle.dump(payload, f)
+        with pytest.raises(InvalidInputError,
+                           match=r'index_ade20k.pkl is not a plain data pickle.*refused global '
+                                 r'(posix|os|nt)\.mkdir.*tampered'):
+            ade20k_847.convert(raw)
+        assert not osp.exists(marker)
+    # the classic payload: os.system through a hand-written pickle (GLOBAL + REDUCE)
+    with open(index_path, 'wb') as f:
+        f.write(b"cos\nsystem\n(S'touch " + marker.encode() + b"'\ntR.")
+    with pytest.raises(InvalidInputError, match=r'refused global os\.system'):
+        ade20k_847.load_index(index_path)
+    # builtins that run code are refused as well
+    with open(index_path, 'wb') as f:
+        f.write(b"cbuiltins\neval\n(S'1'\ntR.")
+    with pytest.raises(InvalidInputError, match=r'refused global builtins\.eval'):
+        ade20k_847.load_index(index_path)
+    assert not osp.exists(marker)
+
+
+def test_ade847_malicious_index_cli(tmp_path):
+    raw, _ = make_full(tmp_path / 'raw', write_files=False)
+    marker = str(tmp_path / 'pwned')
+    with open(osp.join(raw, 'index_ade20k.pkl'), 'wb') as f:
+        pickle.dump(CreatesFile(marker), f)
+    proc = run_tool('tools/dataset_converters/prepare_ade20k_847.py', raw)
+    assert proc.returncode != 0
+    assert 'index_ade20k.pkl is not a plain data pickle' in proc.stderr
+    assert 'Traceback' not in proc.stderr
+    assert not osp.exists(marker)

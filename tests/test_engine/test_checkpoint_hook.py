@@ -100,3 +100,83 @@ def test_every_config_saves_with_the_safe_hook():
         assert cfg.default_hooks.checkpoint.type == 'SafeCheckpointHook', path
         assert {h['type'] for h in cfg.custom_hooks} >= {'CheckpointFitHook',
                                                         'VocabularyCheckHook'}, path
+
+
+LIMITER = osp.join(osp.dirname(osp.abspath(__file__)), 'limited_write.py')
+
+
+@pytest.mark.slow
+def test_full_disk_save_cleans_up_and_resume_frees_space(uninterrupted, tmp_path):
+    """A file-size limit (EFBIG, like ENOSPC on a full disk): the failed save removes its
+    temporary file and says what it needed; the log file that cannot be written is reported on
+    one line (no 'Logging error' tracebacks); --resume first removes the temporary files of dead
+    processes; the final checkpoint carries its SHA-256 sidecar."""
+    import hashlib
+    work = tmp_path / 'work'
+    proc = _train(work, uninterrupted['data'], env=dict(FSIZE_LIMIT=str(2_000_000)),
+                  script=LIMITER)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith('tools/train.py: error: [Errno 27] cannot save the checkpoint '
+                           f'{work / "iter_2.pth"}: File too large'), last
+    assert 'it needs about ' in last and ' MB, ' in last and f'free on the disk of {work}' in last
+    assert 'its temporary file was removed' in last
+    assert not [p for p in os.listdir(work) if '.tmp-' in p or p.endswith('.pth')]
+
+    # leftovers of a dead process (removed) and of a running one (this test process: kept)
+    dead = subprocess.Popen(['true'])
+    dead.wait()
+    stale = work / f'.iter_2.pth.tmp-{dead.pid}'
+    stale.write_bytes(b'\0' * 1000)
+    alive = work / f'.iter_2.pth.tmp-{os.getpid()}'
+    alive.write_bytes(b'\0' * 10)
+    # a limit the log file (environment and config dump) soon exceeds
+    proc = _train(work, uninterrupted['data'], '--resume', env=dict(FSIZE_LIMIT=str(12_000)),
+                  script=LIMITER)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1
+    assert f'removed {stale}, left by an interrupted or failed save' in out
+    assert not stale.exists() and alive.exists()
+    assert 'Logging error' not in out and 'Traceback' not in out
+    assert out.count('cannot write the log file') == 1
+    last = proc.stderr.strip().splitlines()[-1]  # whatever write failed first names the place
+    assert last.startswith('tools/train.py: error: [Errno 27]') and str(work) in last, last
+    alive.unlink()
+
+    proc = _train(work, uninterrupted['data'], '--resume')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = work / 'iter_10.pth'
+    sidecar = (work / 'iter_10.pth.sha256').read_text().split()
+    assert sidecar == [hashlib.sha256(final.read_bytes()).hexdigest(), 'iter_10.pth']
+    assert sorted(p for p in os.listdir(work) if '.pth' in p) == ['iter_10.pth',
+                                                                  'iter_10.pth.sha256']
+
+
+def test_resume_skips_a_checkpoint_that_fails_its_hash(tmp_path, monkeypatch):
+    from mmseg_escnet.checkpoints.safe_loading import write_sha256_sidecar
+    warnings = []
+    monkeypatch.setattr(checkpoint_hook, 'print_log', lambda msg, **kwargs: warnings.append(msg))
+    for step in (2, 4):
+        _save(tmp_path / f'iter_{step}.pth', step)
+        write_sha256_sidecar(str(tmp_path / f'iter_{step}.pth'))
+    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_4.pth'))
+    assert find_resume_checkpoint(str(tmp_path)) == str(tmp_path / 'iter_4.pth')
+    data = bytearray((tmp_path / 'iter_4.pth').read_bytes())
+    data[len(data) // 2] ^= 0x10  # one flipped bit
+    (tmp_path / 'iter_4.pth').write_bytes(bytes(data))
+    assert find_resume_checkpoint(str(tmp_path)) == str(tmp_path / 'iter_2.pth')
+    assert 'iter_4.pth, which is corrupt or was replaced: its SHA-256 is' in warnings[-1]
+
+
+def test_remove_stale_temporary_files(tmp_path):
+    dead = subprocess.Popen(['true'])
+    dead.wait()
+    names = [f'.iter_2.pth.tmp-{dead.pid}', f'last_checkpoint.tmp-{dead.pid}',
+             f'.iter_4.pth.sha256.tmp-{dead.pid}', f'.iter_6.pth.tmp-{os.getpid()}',
+             '.hidden', 'iter_8.pth', '.x.tmp-notapid']
+    for name in names:
+        (tmp_path / name).write_text('x')
+    removed = checkpoint_hook.remove_stale_temporary_files(str(tmp_path))
+    assert sorted(osp.basename(p) for p in removed) == sorted(names[:3])
+    assert sorted(os.listdir(tmp_path)) == sorted(names[3:])
+    assert checkpoint_hook.remove_stale_temporary_files(str(tmp_path / 'none')) == []

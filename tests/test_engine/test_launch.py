@@ -99,3 +99,79 @@ def test_explicit_schedule_is_kept_and_a_misfit_warns(monkeypatch):
     assert cfg.param_scheduler[0].end == 500
     assert any('LinearLR ends at iteration 500, after train_cfg.max_iters=40' in m
                for m in messages), messages
+
+
+def test_dist_timeout_setting(monkeypatch):
+    """env_cfg.dist_cfg.timeout (seconds), overridden by $MMSEG_ESCNET_DIST_TIMEOUT."""
+    monkeypatch.delenv(launch.DIST_TIMEOUT_ENV, raising=False)
+    assert launch.dist_timeout(Config(dict())) == launch.DEFAULT_DIST_TIMEOUT == 1800
+    cfg = Config(dict(env_cfg=dict(dist_cfg=dict(backend='nccl', timeout=300))))
+    assert launch.dist_timeout(cfg) == 300
+    monkeypatch.setenv(launch.DIST_TIMEOUT_ENV, '20')
+    assert launch.dist_timeout(cfg) == 20
+    for bad in ('0', '-5', 'soon', 'inf'):
+        monkeypatch.setenv(launch.DIST_TIMEOUT_ENV, bad)
+        with pytest.raises(ValueError, match=r'\$MMSEG_ESCNET_DIST_TIMEOUT must be a positive '
+                                             r'number of seconds.*collective time-out'):
+            launch.dist_timeout(cfg)
+    monkeypatch.delenv(launch.DIST_TIMEOUT_ENV)
+    with pytest.raises(ValueError, match='env_cfg.dist_cfg.timeout must be a positive'):
+        launch.dist_timeout(Config(dict(env_cfg=dict(dist_cfg=dict(timeout=0)))))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='CPU behaviour')
+def test_dist_timeout_reaches_the_process_group(monkeypatch):
+    import datetime
+    calls = []
+    monkeypatch.setattr(launch.dist, 'is_initialized', lambda: False)
+    monkeypatch.setattr(launch.dist, 'init_process_group',
+                        lambda **kwargs: calls.append(kwargs))
+    for key, value in dict(RANK='0', WORLD_SIZE='1', MASTER_ADDR='127.0.0.1',
+                           MASTER_PORT='29999').items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv(launch.DIST_TIMEOUT_ENV, '42')
+    cfg = prepare_distributed(load_config(TINY, launcher='pytorch'))
+    assert calls == [dict(backend='gloo', timeout=datetime.timedelta(seconds=42))]
+    assert cfg.env_cfg.dist_cfg.timeout == 42  # what MMEngine's init_dist reads (CUDA runs)
+    assert cfg.env_cfg.dist_cfg.backend == 'gloo'
+
+
+@pytest.mark.parametrize('value', [0, -5, 2.5, '100'])
+def test_train_length_must_be_positive(value):
+    cfg = load_config(TINY, cfg_options={'train_cfg.max_iters': value})
+    assert cfg.param_scheduler[0].end == 600  # not stretched to a meaningless length
+    with pytest.raises(ValueError, match=rf'train_cfg.max_iters must be a positive whole number '
+                                         rf'.*got {value!r}'):
+        launch.check_train_length(cfg)
+    launch.check_train_length(load_config(TINY, cfg_options={'train_cfg.max_iters': 1}))
+    with pytest.raises(ValueError, match='train_cfg.max_epochs must be a positive'):
+        launch.check_train_length(Config(dict(train_cfg=dict(max_epochs=0))))
+
+
+def test_train_tool_names_max_iters(tmp_path):
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, 'tools/train.py', TINY, '--work-dir', str(tmp_path),
+                           '--cfg-options', 'train_cfg.max_iters=0'], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        'tools/train.py: error: train_cfg.max_iters must be a positive whole number (the length '
+        'of the training and of the learning-rate schedule), got 0 (--debug shows the traceback)')
+
+
+def test_collective_timeout_is_recognised(monkeypatch):
+    monkeypatch.setattr(launch.dist, 'is_initialized', lambda: True)
+    gloo = RuntimeError('[third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] Timed out '
+                        'waiting 20000ms for recv operation to complete')
+    assert launch.is_collective_timeout(gloo)
+    assert not launch.is_collective_timeout(RuntimeError('HTTP read timeout for https://x'))
+    assert not launch.is_collective_timeout(ValueError('gloo timed out'))
+    monkeypatch.setattr(launch.dist, 'get_rank', lambda: 1)
+    monkeypatch.setattr(launch.dist, 'get_world_size', lambda: 4)
+    monkeypatch.setenv(launch.DIST_TIMEOUT_ENV, '20')
+    message = launch.collective_timeout_message(gloo, Config(dict()))
+    assert message.startswith('rank 1 of 4 waited 20 s in a collective operation and gave up: '
+                              'one of the ranks [0, 2, 3] stalled or died')
+    assert 'env_cfg.dist_cfg.timeout or $MMSEG_ESCNET_DIST_TIMEOUT' in message
+    assert message.endswith('Timed out waiting 20000ms for recv operation to complete')

@@ -103,3 +103,35 @@ def test_missing_benchmark_config_fails_early(workspace):
     tmp_path, config, checkpoint = workspace
     with pytest.raises(FileNotFoundError, match=r'no PC-59 config .*tiny_pc59.py'):
         _eval_all().main([config, checkpoint, '--benchmarks', 'pc59'])
+
+
+def test_resume_refuses_another_checkpoint_or_config(workspace, capsys):
+    """Results are keyed by the checkpoint's SHA-256 and the config: another file at the same
+    path, or other options, are refused instead of being mixed into one row."""
+    tmp_path, config, checkpoint = workspace
+    eval_all = _eval_all()
+    args = [config, checkpoint, '--benchmarks', 'a847', '--work-dir', 'out', '--resume']
+    summary_path = tmp_path / 'out' / 'eval_all.json'
+    os.makedirs(summary_path.parent)
+    parsed = eval_all.parse_args(args)
+    good = dict(config=config, config_id=eval_all.config_id(parsed), checkpoint=checkpoint,
+                checkpoint_id=eval_all.checkpoint_id(checkpoint),
+                results=dict(a847=dict(mIoU=12.5)))
+    assert good['checkpoint_id'].startswith('sha256:')
+    summary_path.write_text(json.dumps(good))
+    assert eval_all.main(args) == 0  # same checkpoint and config: nothing left to evaluate
+    assert capsys.readouterr().out.strip().splitlines()[-1].split('|')[2].strip() == '12.5'
+
+    torch.save(dict(state_dict={'w': torch.zeros(1)}, meta=dict()), checkpoint)  # replaced
+    with pytest.raises(ValueError, match=r'eval_all\.json holds results of another checkpoint: '
+                                         r'.*tiny\.pth \(sha256:[0-9a-f]{64}\), this run is '
+                                         r'.*tiny\.pth \(sha256:[0-9a-f]{64}\); --resume '
+                                         r'would mix'):
+        eval_all.main(args)
+    good['checkpoint_id'] = eval_all.checkpoint_id(checkpoint)
+    summary_path.write_text(json.dumps(good))
+    with pytest.raises(ValueError, match=r'eval_all\.json holds results of another config'):
+        eval_all.main(args + ['--cfg-options', 'model.test_cfg.kernel=64'])
+    summary_path.write_text('{"results": {"a847": ')  # cut short
+    with pytest.raises(ValueError, match=r'out/eval_all\.json is not a readable eval_all summary'):
+        eval_all.main(args)

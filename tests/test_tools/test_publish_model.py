@@ -138,3 +138,31 @@ def test_published_file_downloads_with_verification(training_checkpoint, tmp_pat
             f.write(b'\x00corrupt\x00')
         with pytest.raises(ChecksumError, match=rf'but {name[-12:-4]} was expected'):
             download_checkpoint(url, cache_dir=str(tmp_path / 'other_cache'), progress=False)
+
+
+def test_output_folder_and_corrupt_input(training_checkpoint, tmp_path):
+    source, _ = training_checkpoint
+    folder = tmp_path / 'zoo'
+    final = publish_model.main([source, str(folder) + os.sep])  # a new folder, named with '/'
+    assert osp.dirname(final) == str(folder)
+    assert re.fullmatch(r'iter_4-[0-9a-f]{8}\.pth', osp.basename(final))
+    again = publish_model.main([source, str(folder)])  # an existing folder
+    assert again == final
+    assert not [p for p in os.listdir(tmp_path) if p.startswith('zoo-')]  # nothing beside it
+
+    data = bytearray(open(source, 'rb').read())
+    data[len(data) // 2] ^= 0x01  # one flipped bit inside the tensors
+    corrupt = tmp_path / 'corrupt.pth'
+    corrupt.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r'checkpoint .*corrupt\.pth is corrupt: it has a corrupt '
+                                         r'record .*CRC-32 mismatch'):
+        publish_model.main([str(corrupt), str(tmp_path / 'out') + os.sep])
+    # with a sidecar (written by training), the hash decides
+    from mmseg_escnet.checkpoints.safe_loading import write_sha256_sidecar
+    write_sha256_sidecar(source)
+    with open(source, 'r+b') as f:
+        f.seek(0, os.SEEK_END)
+        f.write(b'\0')  # the zip still reads, the hash differs
+    with pytest.raises(ValueError, match=r'iter_4\.pth is corrupt or was replaced: its SHA-256'):
+        publish_model.main([source, str(tmp_path / 'out2.pth')])
+    assert not osp.exists(tmp_path / 'out') or not os.listdir(tmp_path / 'out')

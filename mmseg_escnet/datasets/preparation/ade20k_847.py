@@ -38,18 +38,21 @@ CAT-Seg README calls ``prepare_ade20k_847.py``), main block after the category t
   image with ``Image.fromarray(img).save('.jpg')`` (PIL JPEG, default quality 75): this tool uses
   the same PIL calls, so the JPEG pixels are the published ones.
 
-Deliberate differences: the class names are taken from the release's ``objectnames`` (and every
-one of the 847 ids must exist there); a ``*_seg.png`` that is not 8-bit RGB(A) or whose size
-differs from its image is refused instead of converted; an image that is neither RGB nor
+Deliberate differences: the index is unpickled with an allow-list of containers and numpy
+data (:class:`IndexUnpickler`), so a tampered ``index_ade20k.pkl`` cannot run code (the official
+script calls ``pickle.load``); the class names are taken from the release's ``objectnames``
+(and every one of the 847 ids must exist there); a ``*_seg.png`` that is not 8-bit RGB(A) or
+whose size differs from its image is refused instead of converted; an image that is neither RGB nor
 grayscale (e.g. CMYK, on which the official ``Image.save`` would fail) is converted to RGB; the
 ``training`` output folders are not created (the official script creates them empty); outputs
 are written atomically so an interrupted run can be resumed.
 """
+import _compat_pickle
 import os
 import os.path as osp
 import pickle
 from functools import lru_cache
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -93,20 +96,81 @@ def full_ade_lut() -> np.ndarray:
     return lut
 
 
+# The only globals the official index may reference: plain containers and numpy's array, dtype
+# and scalar reconstruction (``numpy.core`` before numpy 2, ``numpy._core`` from numpy 2 on).
+# Anything else (``os.system``, ``builtins.eval``, a class with a custom ``__reduce__``) would run
+# code while unpickling, so it is refused before it is even imported.
+INDEX_ALLOWED_GLOBALS = frozenset([
+    ('builtins', 'dict'), ('builtins', 'list'), ('builtins', 'tuple'), ('builtins', 'set'),
+    ('builtins', 'frozenset'), ('builtins', 'bytearray'), ('builtins', 'complex'),
+    ('builtins', 'str'), ('builtins', 'bytes'), ('builtins', 'int'), ('builtins', 'float'),
+    ('builtins', 'bool'), ('_codecs', 'encode'),  # protocol 2 writes bytes with _codecs.encode
+    ('collections', 'OrderedDict'),
+    ('numpy', 'ndarray'), ('numpy', 'dtype'),
+    ('numpy.core.multiarray', '_reconstruct'), ('numpy.core.multiarray', 'scalar'),
+    ('numpy._core.multiarray', '_reconstruct'), ('numpy._core.multiarray', 'scalar'),
+    ('numpy.core.numeric', '_frombuffer'), ('numpy._core.numeric', '_frombuffer'),
+])
+
+
+class UnsafePickleError(InvalidInputError):
+    """A pickle references a global outside :data:`INDEX_ALLOWED_GLOBALS`."""
+
+
+class IndexUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only :data:`INDEX_ALLOWED_GLOBALS` (data, never code)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        """Resolve an allowed global; refuse every other one before importing its module.
+
+        Raises:
+            UnsafePickleError: For a global outside the allow-list.
+        """
+        # Python 2 names (``__builtin__.set``, written by protocols 0-2), as pickle maps them
+        module, name = _compat_pickle.NAME_MAPPING.get(
+            (module, name), (_compat_pickle.IMPORT_MAPPING.get(module, module), name))
+        if (module, name) in INDEX_ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        # numpy scalar types (``numpy.float64`` ...) are data types as well
+        if module in ('numpy', 'numpy.core.multiarray', 'numpy._core.multiarray'):
+            candidate = getattr(np, name, None)
+            if isinstance(candidate, type) and issubclass(candidate, np.generic):
+                return candidate
+        raise UnsafePickleError(f'refused global {module}.{name}')
+
+
+def safe_unpickle(path: str) -> Any:
+    """Unpickle ``path`` with :class:`IndexUnpickler` (containers and numpy data only).
+
+    Raises:
+        InvalidInputError: If the file is not a pickle of such data; the message names the file
+            and, for a refused global, says that it may be tampered with.
+    """
+    try:
+        with open(path, 'rb') as f:
+            return IndexUnpickler(f).load()
+    except UnsafePickleError as error:
+        raise InvalidInputError(
+            f'{path} is not a plain data pickle ({error}): the file may be tampered with; '
+            'download the ADE20K release again') from None
+    except Exception as error:  # any unpickling failure means a wrong or truncated file
+        raise InvalidInputError(f'{path} is not a readable pickle: {error!r}') from error
+
+
 def load_index(path: str) -> dict:
-    """Load ``index_ade20k.pkl`` and check the fields this tool reads.
+    """Load ``index_ade20k.pkl`` safely and check the fields this tool reads.
+
+    The index is unpickled with an allow-list (:class:`IndexUnpickler`): a tampered file cannot
+    run code, it is refused with an error naming it.
 
     Raises:
         FileNotFoundError: If the file is missing.
-        InvalidInputError: If it cannot be unpickled or lacks ``filename`` / ``folder`` /
-            ``objectnames`` (with as many folders as file names).
+        InvalidInputError: If it cannot be unpickled, references anything but containers and
+            numpy data, or lacks ``filename`` / ``folder`` / ``objectnames`` (with as many
+            folders as file names).
     """
     require_file(path, f'ADE20K full index ({INDEX_FILE}, downloaded with ADE20K_2021_17_01)')
-    try:
-        with open(path, 'rb') as f:
-            index = pickle.load(f)
-    except Exception as error:  # any unpickling failure means a wrong or truncated file
-        raise InvalidInputError(f'{path} is not a readable pickle: {error!r}') from error
+    index = safe_unpickle(path)
     if not isinstance(index, dict) or any(key not in index for key in INDEX_KEYS):
         raise InvalidInputError(f'{path} must be a dict with the keys {INDEX_KEYS}')
     if len(index['filename']) != len(index['folder']):
