@@ -1,4 +1,5 @@
-"""Write ``pinned_outputs.pt``: the tiny CAT-Seg and ESC-Net outputs that refactors must keep.
+"""Write ``pinned_outputs.pt``: the tiny models' outputs (CAT-Seg, ESC-Net in both prompt readings,
+SED, LMSeg) that refactors must keep.
 
 Run from the repository root (``python tests/data/pinned/make_pinned_outputs.py [NAME ...]``; names
 given: only those are pinned again, the others kept). The weights
@@ -19,7 +20,8 @@ import mmseg_escnet  # noqa: F401
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 CONFIGS = dict(catseg='configs/catseg_tiny_synthetic.py', escnet='configs/escnet_tiny_synthetic.py',
-               escnet_refined='configs/escnet_tiny_synthetic.py')
+               escnet_refined='configs/escnet_tiny_synthetic.py',
+               sed='configs/sed_tiny_synthetic.py', lmseg='configs/lmseg_tiny_synthetic.py')
 #: Neck settings per pinned model: 'escnet' keeps the prompts computed once from Eq. 1 (the outputs
 #: pinned before prompts came from every block), 'escnet_refined' the per-block prompts.
 NECK_OVERRIDES = dict(escnet=dict(prompt_source='initial'),
@@ -54,7 +56,9 @@ def build(name: str, old_name: Callable[[str], str] = lambda name: name) -> torc
     """The tiny model of ``CONFIGS[name]`` with :data:`VOCABULARY` and deterministic weights."""
     init_default_scope('mmseg')
     cfg = Config.fromfile(osp.join(ROOT, CONFIGS[name]))
-    cfg.model.vocabulary = VOCABULARY
+    vocabulary = cfg.model.vocabulary  # the model's prompting (templates, synonyms) is kept
+    cfg.model.vocabulary = (dict(vocabulary, classes=VOCABULARY) if isinstance(vocabulary, dict)
+                            else VOCABULARY)
     cfg.model.neck.update(NECK_OVERRIDES.get(name, {}))
     model = MODELS.build(cfg.model)
     deterministic_weights(model, old_name)
@@ -71,7 +75,11 @@ def outputs(model: torch.nn.Module) -> dict:
     result = {}
     with torch.no_grad():
         model.train()
-        result['train_logits'] = model._forward(x)
+        train = model._forward(x)
+        if isinstance(train, tuple):  # SED: the logits and the list of its auxiliary logits
+            train, aux = train
+            result.update({f'train_aux_logits_{i}': t for i, t in enumerate(aux)})
+        result['train_logits'] = train
         model.eval()
         result['eval_logits'] = model._forward(x)
         model.test_cfg = dict(mode='sliding_global', kernel=96, overlap=0.333, out_size=(160, 160))
