@@ -100,8 +100,6 @@ class WebSegmenter:
         self.max_classes = max_classes
         inferencer.model.test_text.cache_size = cache_size
         self.base_test_cfg = dict(inferencer.model.test_cfg or {})
-        # new vocabularies are prompted like the inferencer's (the config's templates)
-        self.templates = inferencer.templates or inferencer.vocabulary.templates
         self._runs = 0
 
     def vocabulary(self, text: Optional[str]):
@@ -129,8 +127,8 @@ class WebSegmenter:
             classes = parse_vocabulary_text(text)
             if isinstance(classes, list) and len(classes) > self.max_classes:  # before building
                 raise InputError(self._too_many(len(classes)))
-            vocabulary = Vocabulary(classes, synonyms=self.inferencer.synonyms,
-                                    templates=self.templates)
+            # prompted as the inferencer prompts (the model's own policy): as in the test loop
+            vocabulary = Vocabulary(classes, **self.inferencer.vocabulary_options())
         except (ValueError, TypeError) as err:
             raise InputError(str(err)) from None
         if len(vocabulary) > self.max_classes:  # a built-in vocabulary

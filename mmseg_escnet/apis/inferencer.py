@@ -39,6 +39,7 @@ from torch import nn
 
 from ..checkpoints.state_dict_fit import check_state_dict_fits, checkpoint_state_dict
 from ..models.segmentors.class_sparse import dense_probabilities
+from ..models.text.class_embedder import build_vocabulary
 from ..text import Vocabulary
 from ..visualization import make_palette, render_segmentation
 from .image_io import (MAX_IMAGE_PIXELS, list_images, read_image, resize_label_map,
@@ -78,11 +79,13 @@ class OpenVocabInferencer(MMSegInferencer):
         max_pixels (int, optional): Image files with more pixels are refused from their header,
             before they are decoded (see :func:`~.image_io.read_image`); None: no limit. Arrays
             are not checked (they are already decoded).
-        synonyms (str | int): Synonym policy for vocabularies given here or to
-            :meth:`set_vocabulary` as names or files: ``'all'`` (default: every synonym is used,
-            their embeddings averaged), ``'first'`` (CAT-Seg's benchmark protocol) or k.
-        templates (str | list, optional): Prompt templates for such vocabularies; None uses the
-            templates of the config's test vocabulary.
+        synonyms (str | int, optional): Synonym policy for vocabularies given here or to
+            :meth:`set_vocabulary` as names, files or dicts without one: ``'all'`` (every synonym,
+            their embeddings averaged), ``'first'`` or k. None (default): the model's own, that
+            of its training vocabulary, as ``tools/test.py`` prompts every test vocabulary; the
+            same image and vocabulary then give the same logits here and in the test loop.
+        templates (str | list | dict, optional): Prompt templates for such vocabularies; None
+            (default): the model's own (its training vocabulary's, e.g. SED's 80 templates).
         scope (str): Registry scope.
         show_progress (bool): Show a progress bar over the batches.
     """
@@ -100,8 +103,8 @@ class OpenVocabInferencer(MMSegInferencer):
                  device: Optional[str] = None,
                  max_side: Optional[int] = 1024,
                  max_pixels: Optional[int] = MAX_IMAGE_PIXELS,
-                 synonyms: Union[str, int] = 'all',
-                 templates: Optional[Union[str, Sequence[str]]] = None,
+                 synonyms: Optional[Union[str, int]] = None,
+                 templates: Optional[Union[str, Sequence[str], dict]] = None,
                  scope: str = 'mmseg',
                  show_progress: bool = False) -> None:
         if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int)
@@ -119,7 +122,6 @@ class OpenVocabInferencer(MMSegInferencer):
         self._namer: Optional[OutputNamer] = None  # output names of the current call
         super().__init__(model=cfg, weights=weights, device=device, scope=scope)
         self.show_progress = show_progress
-        self._config_templates = self.vocabulary.templates
         if vocabulary is None:
             self._sync_meta()
         else:
@@ -187,8 +189,8 @@ class OpenVocabInferencer(MMSegInferencer):
         """Segment with another vocabulary from now on.
 
         Args:
-            vocabulary: As the constructor's ``vocabulary`` (not None). Names and files use this
-                inferencer's ``synonyms`` and ``templates``; a :class:`Vocabulary` is used as is.
+            vocabulary: As the constructor's ``vocabulary`` (not None). Names, files and dicts
+                are prompted with :meth:`vocabulary_options`; a :class:`Vocabulary` is used as is.
 
         Returns:
             Vocabulary: The new vocabulary.
@@ -200,16 +202,24 @@ class OpenVocabInferencer(MMSegInferencer):
         if isinstance(vocabulary, str) and not vocabulary.strip():
             raise ValueError('the vocabulary is empty: got an empty string instead of class '
                              'names, a vocabulary file or a built-in vocabulary name')
-        if not isinstance(vocabulary, Vocabulary):
-            options = dict(synonyms=self.synonyms,
-                           templates=self.templates or self._config_templates)
-            if isinstance(vocabulary, dict):
-                vocabulary = Vocabulary(**{**options, **vocabulary})
-            else:
-                vocabulary = Vocabulary(vocabulary, **options)
+        vocabulary = build_vocabulary(vocabulary, self.vocabulary_options())
         self.model.set_vocabulary(vocabulary, which='test')
         self._sync_meta()
         return vocabulary
+
+    def vocabulary_options(self) -> dict:
+        """How a vocabulary given by names, a file or a dict without them is prompted.
+
+        Returns:
+            dict: ``synonyms`` and ``templates``: this inferencer's overrides where given, else
+            the model's own (its training vocabulary's; the segmentor gives the same defaults to
+            every test vocabulary, so the test loop prompts alike).
+        """
+        options = dict(self.model.test_text.defaults)
+        options.update({key: value for key, value in
+                        (('synonyms', self.synonyms), ('templates', self.templates))
+                        if value is not None})
+        return options
 
     def _sync_meta(self) -> None:
         """Class names and palette of the vocabulary into the model and the visualiser."""

@@ -334,7 +334,8 @@ def test_vocabulary_switching_and_permutation(catseg, tmp_path):
     vocab_file.write_text('# my classes\ncat, kitty\n\ndog\nsky\n')
     catseg.set_vocabulary(str(vocab_file))
     assert catseg.classes == ['cat', 'dog', 'sky']
-    assert catseg.vocabulary.synonyms[0] == ['cat', 'kitty']  # synonyms='all' by default
+    assert catseg.vocabulary.synonyms[0] == ['cat']  # the model's policy: CAT-Seg's 'first'
+    assert catseg.vocabulary.all_synonyms[0] == ['cat', 'kitty']
     assert _predict(catseg, image)['probabilities'].shape == (3, 16, 20)
     catseg.set_vocabulary('voc20')
     assert len(catseg.classes) == 20 and catseg.model.dataset_meta['classes'] == catseg.classes
