@@ -21,6 +21,9 @@ RENAMED = {'catseg': (), 'escnet': (), 'escnet_refined': (), 'sed': (), 'lmseg':
 FLOAT_TOLERANCE = 1e-6
 #: Largest share of labels that may differ (another CPU flipped 10 of 33,600 near-ties).
 LABEL_TOLERANCE = 1e-3
+#: The random tiny SED averages sigmoid probabilities over the sliding views, with more near-ties:
+#: 45 of 33,600 labels flip between 1 and 2 threads (logits moved by 1.5e-7).
+LABEL_TOLERANCE_OF = dict(sed=3e-3)
 
 
 def _maker():
@@ -54,4 +57,5 @@ def test_outputs_are_unchanged(model_name):
             assert diff <= FLOAT_TOLERANCE, (model_name, key, diff)
         else:  # labels: near-ties of the random tiny model may flip with that rounding
             flipped = float((got[key] != value).float().mean())
-            assert flipped <= LABEL_TOLERANCE, (model_name, key, flipped)
+            tolerance = LABEL_TOLERANCE_OF.get(model_name, LABEL_TOLERANCE)
+            assert flipped <= tolerance, (model_name, key, flipped)

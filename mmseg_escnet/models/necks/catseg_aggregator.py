@@ -120,6 +120,7 @@ class CATSegAggregator(BaseModule):
                                   window_size=window_size, pooling_size=pooling_size,
                                   pad_len=self.pad_len) for _ in range(num_layers)
         ])
+        self.prompt_channel = prompt_channel  # P, checked against the vocabulary at build
         self.conv1 = nn.Conv2d(prompt_channel, hidden_dim, kernel_size=7, stride=1, padding=3)
         self.guidance_projection = nn.Sequential(
             nn.Conv2d(appearance_guidance_dim, app_proj, kernel_size=3, stride=1, padding=1),

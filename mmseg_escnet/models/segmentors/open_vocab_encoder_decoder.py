@@ -104,6 +104,8 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
         self.test_text = ClassEmbedder(vocabulary if test_vocabulary is None else test_vocabulary,
                                        defaults=dict(templates=trained.templates,
                                                      synonyms=trained.synonym_policy))
+        for embedder in (self.train_text, self.test_text):
+            self._check_prompt_channels(embedder.vocabulary)
         # New weights make cached text embeddings stale, even without a train() in between.
         self.register_load_state_dict_post_hook(self._clear_text_caches)
 
@@ -138,19 +140,51 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
         """Same as :attr:`num_classes` (used by mmseg's slide inference)."""
         return self.num_classes
 
+    def _check_prompt_channels(self, vocabulary: Vocabulary) -> None:
+        """Refuse a vocabulary whose prompts per class (P) are not the model's input channels.
+
+        Raises:
+            ValueError: naming the vocabulary's P and every part's ``prompt_channel``.
+        """
+        expected = {name: part.prompt_channel for name, part in
+                    (('neck', getattr(self, 'neck', None)), ('decode_head', self.decode_head))
+                    if isinstance(getattr(part, 'prompt_channel', None), int)}
+        try:
+            num_prompts = vocabulary.num_prompts
+        except (OSError, ValueError):  # a descriptions file read on first use: checked then
+            return
+        wrong = {name: p for name, p in expected.items() if p != num_prompts}
+        if wrong:
+            parts = ', '.join(f'{name}.prompt_channel={p}' for name, p in wrong.items())
+            raise ValueError(
+                f'vocabulary {vocabulary.source!r} gives {num_prompts} prompts per class '
+                f'(templates or description channels), but the model takes {parts}: set '
+                f'prompt_channel to {num_prompts} or prompt the vocabulary with '
+                f'{next(iter(wrong.values()))} templates')
+
     def set_vocabulary(self, vocabulary: VocabularyLike, which: str = 'test') -> None:
         """Replace the test (default), training or both vocabularies; caches are invalidated.
 
         Args:
             vocabulary: Anything :class:`ClassEmbedder` accepts.
             which (str): ``'test'``, ``'train'`` or ``'both'``.
+
+        Raises:
+            ValueError: for a bad ``which``, or a vocabulary whose prompts per class are not the
+                model's ``prompt_channel`` (the previous vocabulary is kept).
         """
         if which not in ('test', 'train', 'both'):
             raise ValueError(f"which must be 'test', 'train' or 'both', got {which!r}")
-        if which in ('train', 'both'):
-            self.train_text.set_vocabulary(vocabulary)
-        if which in ('test', 'both'):
-            self.test_text.set_vocabulary(vocabulary)
+        for name, embedder in (('train', self.train_text), ('test', self.test_text)):
+            if which not in (name, 'both'):
+                continue
+            previous = embedder.vocabulary
+            embedder.set_vocabulary(vocabulary)
+            try:
+                self._check_prompt_channels(embedder.vocabulary)
+            except ValueError:
+                embedder.set_vocabulary(previous)  # a refused vocabulary changes nothing
+                raise
 
     def text_embeddings(self) -> Tensor:
         """Class embeddings of the active vocabulary, (T, P, C), L2-normalised.

@@ -94,3 +94,23 @@ def test_one_class_vocabulary_keeps_argmax_semantics(model):
         assert (out[0].pred_sem_seg.data == 0).all()
     finally:
         model.set_vocabulary(['sky', 'grass', 'sand', 'snow', 'brick'])
+
+
+def test_a_wrong_template_count_fails_at_build_naming_both_values():
+    """SED's cost volume takes one channel per template: a vocabulary with another number of
+    prompts per class is refused when the model is built (and by set_vocabulary, which keeps the
+    previous vocabulary), naming both values."""
+    root = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+    cfg = Config.fromfile(osp.join(root, 'configs', 'sed_tiny_synthetic.py'))
+    init_default_scope('mmseg')
+    good = cfg.model.vocabulary
+    cfg.model.vocabulary = dict(good, templates=['a photo of a {}.'])
+    with pytest.raises(ValueError, match=r'gives 1 prompts per class.*neck\.prompt_channel=3.*'
+                                         r'decode_head\.prompt_channel=3'):
+        MODELS.build(cfg.model)
+    cfg.model.vocabulary = good
+    model = MODELS.build(cfg.model)
+    before = model.test_text.vocabulary
+    with pytest.raises(ValueError, match='gives 1 prompts per class'):
+        model.set_vocabulary(dict(classes=['cat', 'dog'], templates=['a {}.']))
+    assert model.test_text.vocabulary is before
