@@ -4,13 +4,14 @@ Every tool's entry point is ``sys.exit(run_cli(main, 'tools/x.py'))``: an error 
 on stderr, ``<prog>: error: <what went wrong>``, and exit status 1; ``--debug`` (accepted by every
 tool) shows the traceback instead.
 """
+import argparse
 import json
 import os
 import sys
 import tempfile
 from typing import Any, Callable, Optional, Sequence
 
-__all__ = ['one_line', 'run_cli', 'ensure_writable_dir', 'write_json']
+__all__ = ['one_line', 'run_cli', 'ensure_writable_dir', 'write_json', 'positive_int']
 
 # Exception types whose message says everything; others are prefixed with their type's name.
 _PLAIN = (ValueError, OSError, KeyError, LookupError, RuntimeError, TypeError)
@@ -78,3 +79,18 @@ def write_json(path: Optional[str], data: Any) -> None:
     if path:
         with open(path, 'w', encoding='utf-8') as f:
             json.dump(data, f, indent=2)
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type``: a positive int (an image side, a count).
+
+    Raises:
+        argparse.ArgumentTypeError: for anything else, quoting it.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a positive int, got {text!r}') from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'expected a positive int, got {value}')
+    return value

@@ -46,7 +46,7 @@ from mmseg_escnet.models.layers.official_cost import official_cost
 from mmseg_escnet.models.necks.ppg import PseudoPromptGenerator, PseudoPrompts
 from mmseg_escnet.text import Vocabulary
 from mmseg_escnet.text.descriptions import ATTRIBUTES, DescriptionSet, save_descriptions
-from mmseg_escnet.utils import ensure_writable_dir, run_cli, write_json
+from mmseg_escnet.utils import ensure_writable_dir, positive_int, run_cli, write_json
 
 
 def _shape_only_prompts(self: PseudoPromptGenerator, score: torch.Tensor) -> PseudoPrompts:
@@ -193,15 +193,6 @@ def _slide_crops(test_cfg, size: Tuple[int, int]) -> int:
     return grids[0] * grids[1]
 
 
-def _positive_int(text: str) -> int:
-    """An argparse type: a positive int (an image side)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a positive int, got {text!r}') from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'expected a positive int, got {value}')
-    return value
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -212,7 +203,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help='vocabulary size (default: the test vocabulary of the config)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
                         help='override config keys, e.g. model.test_cfg.class_filter.k=32')
-    parser.add_argument('--shape', type=_positive_int, nargs=2, default=None, metavar=('H', 'W'),
+    parser.add_argument('--shape', type=positive_int, nargs=2, default=None, metavar=('H', 'W'),
                         help='image size (default: out_size of sliding_global, else the CLIP '
                         'resolution; set it for mode=slide)')
     parser.add_argument('--json', help='write the counts to this JSON file')

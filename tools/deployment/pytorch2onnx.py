@@ -24,20 +24,12 @@ import torch
 from mmengine.config import DictAction
 
 from mmseg_escnet.apis.image_limits import MAX_IMAGE_PIXELS
+from mmseg_escnet.utils import positive_int
 
 MAX_ABS_DIFF = 1e-3
 MIN_AGREEMENT = 0.999
 
 
-def _positive_int(text: str) -> int:
-    """An argparse type: a positive int."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a positive int, got {text!r}') from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'expected a positive int, got {value}')
-    return value
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -51,7 +43,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument('--out', required=True, help='the .onnx file to write')
     parser.add_argument('--mode', default='whole', choices=['whole'],
                         help='inference mode of the exported graph (only whole exports)')
-    parser.add_argument('--shape', type=_positive_int, nargs=2, metavar=('H', 'W'),
+    parser.add_argument('--shape', type=positive_int, nargs=2, metavar=('H', 'W'),
                         help='input size (default: the config\'s CLIP resolution)')
     parser.add_argument('--verify', action='store_true',
                         help='compare onnxruntime with PyTorch; exit 1 on a mismatch')
