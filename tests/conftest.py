@@ -47,21 +47,34 @@ def isolated_downloads(tmp_path, monkeypatch):
     monkeypatch.setenv('no_proxy', '127.0.0.1,localhost')
 
 
-@pytest.fixture(scope='session')
-def random_tiny_checkpoints(tmp_path_factory):
-    """Checkpoints (MMEngine's format) of the tiny ESC-Net and CAT-Seg, randomly initialised
-    (seed 0): ``folder / 'escnet.pth'`` and ``folder / 'catseg.pth'``."""
+def build_random_tiny_model(name: str) -> torch.nn.Module:
+    """The tiny model of ``configs/<name>_tiny_synthetic.py`` ('escnet', 'catseg'), randomly
+    initialised with seed 0 (the weights of :func:`random_tiny_checkpoints`), in eval mode."""
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
 
     import mmseg_escnet  # noqa: F401
 
+    init_default_scope('mmseg')
+    torch.manual_seed(0)
+    cfg = Config.fromfile(osp.join(REPO, 'configs', f'{name}_tiny_synthetic.py'))
+    return MODELS.build(cfg.model).eval()
+
+
+@pytest.fixture(scope='session')
+def random_tiny_checkpoints(tmp_path_factory):
+    """Checkpoints (MMEngine's format) of the tiny ESC-Net and CAT-Seg, randomly initialised
+    (seed 0, :func:`build_random_tiny_model`): ``folder / 'escnet.pth'`` and
+    ``folder / 'catseg.pth'``."""
     folder = tmp_path_factory.mktemp('random_tiny_checkpoints')
     for name in ('escnet', 'catseg'):
-        init_default_scope('mmseg')
-        torch.manual_seed(0)
-        cfg = Config.fromfile(osp.join(REPO, 'configs', f'{name}_tiny_synthetic.py'))
-        torch.save(dict(state_dict=MODELS.build(cfg.model).state_dict(),
+        torch.save(dict(state_dict=build_random_tiny_model(name).state_dict(),
                         meta=dict(note='random')), folder / f'{name}.pth')
     return folder
+
+
+@pytest.fixture(scope='session')
+def random_tiny_model():
+    """``random_tiny_model(name)``: :func:`build_random_tiny_model`."""
+    return build_random_tiny_model

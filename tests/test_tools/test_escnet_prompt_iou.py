@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.registry import init_default_scope
-from mmseg.registry import MODELS
 
 import mmseg_escnet  # noqa: F401
 from mmseg_escnet.apis.escnet_prompts import trace_escnet_prompts
@@ -23,12 +21,6 @@ CATSEG = osp.join(ROOT, 'configs', 'catseg_tiny_synthetic.py')
 @pytest.fixture(scope='module')
 def tool(load_script):
     return load_script('tools/analysis/escnet_prompt_iou.py')
-
-
-def _model(config: str) -> torch.nn.Module:
-    init_default_scope('mmseg')
-    torch.manual_seed(0)
-    return MODELS.build(Config.fromfile(config).model)
 
 
 @pytest.fixture(scope='module')
@@ -45,12 +37,9 @@ def _options(folder):
             'val_dataloader.dataset.splits.train=1', 'val_dataloader.dataset.splits.val=2']
 
 
-def _direct(folder, stem: str) -> dict:
+def _direct(model, folder, stem: str) -> dict:
     """(class, block) -> (IoU, points inside, points) for one synthetic image, computed from the
     trace with the 96 px image's own geometry: grid cell (i, j) is pixels 4i..4i+3, 4j..4j+3."""
-    model = _model(ESCNET)
-    model.load_state_dict(torch.load(folder / 'escnet.pth', weights_only=True)['state_dict'])
-    model.eval()
     pre = Config.fromfile(ESCNET).model.data_preprocessor
     rgb = cv2.imread(str(folder / 'data' / 'img_dir' / 'val' / f'{stem}.png'))[:, :, ::-1]
     x = (rgb.astype(np.float32) - np.float32(pre.mean)) / np.float32(pre.std)
@@ -70,7 +59,7 @@ def _direct(folder, stem: str) -> dict:
     return expected
 
 
-def test_numbers_equal_a_direct_computation(tool, files, tmp_path, capsys):
+def test_numbers_equal_a_direct_computation(tool, files, random_tiny_model, tmp_path, capsys):
     out = tmp_path / 'iou.json'
     result = tool.main([ESCNET, str(files / 'escnet.pth'), '--max-images', '2', '--out',
                         str(out)] + _options(files))
@@ -79,7 +68,7 @@ def test_numbers_equal_a_direct_computation(tool, files, tmp_path, capsys):
 
     expected = {}
     for stem in ('00000', '00001'):
-        for (cls, block), value in _direct(files, stem).items():
+        for (cls, block), value in _direct(random_tiny_model('escnet'), files, stem).items():
             expected[stem, cls, block] = value
     got = {(osp.splitext(osp.basename(p['image']))[0], p['class_id'], p['block']): p
            for p in result['pairs']}

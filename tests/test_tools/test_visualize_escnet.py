@@ -7,8 +7,6 @@ import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.registry import init_default_scope
-from mmseg.registry import MODELS
 
 import mmseg_escnet  # noqa: F401
 from mmseg_escnet.apis import OpenVocabInferencer
@@ -29,12 +27,6 @@ def tool(load_script):
     return load_script('tools/analysis/visualize_escnet.py')
 
 
-def _model(config: str) -> torch.nn.Module:
-    init_default_scope('mmseg')
-    torch.manual_seed(0)
-    return MODELS.build(Config.fromfile(config).model)
-
-
 @pytest.fixture(scope='module')
 def files(tmp_path_factory, random_tiny_checkpoints):
     """Random tiny ESC-Net and CAT-Seg checkpoints (MMEngine's format) and a synthetic image."""
@@ -45,19 +37,16 @@ def files(tmp_path_factory, random_tiny_checkpoints):
     return folder, osp.join(data, 'img_dir', 'val', '00000.png')
 
 
-def _trace(files, image_path):
+def _trace(model, files, image_path):
     """The tiny ESC-Net's prompts for the image, preprocessed by hand (CLIP mean and std)."""
     folder, _ = files
-    model = _model(ESCNET)
-    model.load_state_dict(torch.load(folder / 'escnet.pth', weights_only=True)['state_dict'])
-    model.eval()
     pre = Config.fromfile(ESCNET).model.data_preprocessor
     rgb = cv2.imread(image_path)[:, :, ::-1].astype(np.float32)
     x = (rgb - np.float32(pre.mean)) / np.float32(pre.std)
     return trace_escnet_prompts(model, torch.from_numpy(x.transpose(2, 0, 1).copy())[None])
 
 
-def test_figures_show_the_model_prompts(tool, files, tmp_path, capsys):
+def test_figures_show_the_model_prompts(tool, files, random_tiny_model, tmp_path, capsys):
     folder, image = files
     out = tmp_path / 'vis'
     result = tool.main([ESCNET, str(folder / 'escnet.pth'), image, '--vocab', VOCAB,
@@ -79,7 +68,7 @@ def test_figures_show_the_model_prompts(tool, files, tmp_path, capsys):
             assert top + PANEL <= canvas.shape[0] and left + PANEL <= canvas.shape[1]
     assert 'grass (id 1): block 1:' in capsys.readouterr().out
 
-    trace = _trace(files, image)
+    trace = _trace(random_tiny_model('escnet'), files, image)
     fig3, offsets = canvases['fig3_1_grass.png'], result['layout']['fig3_1_grass.png']
     cells = np.arange(24) * 4 + 2  # display pixel at the centre of each grid cell
     for block in range(2):
