@@ -277,8 +277,6 @@ class ESCNeck(BaseModule):
         corr = correlation(img_feats, text_feats)                     # (B, P, T, h, w)
         corr, text_feats, class_index = select_classes(corr, text_feats, pad_len=self.pad_len,
                                                       class_filter=class_filter)
-        b, t = text_feats.shape[:2]
-        h, w = self.feature_resolution
         cost = embed_cost(self.corr_embed, corr)                      # (B, hidden, T', h, w)
         guidance = text_guidance(self.text_guidance_projection, text_feats)  # (B, T', Gt)
         text = F.normalize(text_feats.mean(dim=2), dim=-1)            # (B, T', C)
