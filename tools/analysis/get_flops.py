@@ -175,7 +175,7 @@ def count(cfg: Config, num_classes: Optional[int] = None,
             meta = dict(img_shape=size, ori_shape=size, pad_shape=size,
                         padding_size=[0, 0, 0, 0])
             counter, views = _predict_counts(model, images, meta)
-            with official_cost():
+            with official_cost(model):
                 official, _ = _predict_counts(model, images, meta)
     finally:
         PseudoPromptGenerator.forward = original_ppg

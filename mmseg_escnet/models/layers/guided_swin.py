@@ -214,6 +214,9 @@ class GuidedSwinBlock(nn.Module):
         act_layer (type): MLP activation.
     """
 
+    #: compute the guidance's share per class, as the official code does (:func:`.official_cost`)
+    official_cost: bool = False
+
     def __init__(self, *, dim: int, guidance_dim: int, input_resolution: Tuple[int, int],
                  num_heads: int, window_size: int, shift_size: int = 0,
                  mlp_ratio: float = 4.0, act_layer: type = nn.GELU) -> None:
@@ -268,7 +271,7 @@ class GuidedSwinBlock(nn.Module):
         guidance_q = guidance_k = None
         if guidance is not None:
             # per image: (B, H*W, G) -> query / key terms (B, H*W, C) -> (B, nW, ws*ws, C)
-            guidance = guidance_for_classes(guidance, n // guidance.shape[0])
+            guidance = guidance_for_classes(guidance, n // guidance.shape[0], self.official_cost)
             guidance_q, guidance_k = [self._windows(term).unflatten(0, (guidance.shape[0], -1))
                                       for term in self.attn.guidance_terms(guidance)]
 

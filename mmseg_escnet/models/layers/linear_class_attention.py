@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .official_cost import computing_official_cost, guidance_for_classes
+from .official_cost import guidance_for_classes
 
 __all__ = ['LinearAttention', 'GuidedLinearAttention', 'ClassTransformerLayer']
 
@@ -77,6 +77,9 @@ class GuidedLinearAttention(nn.Module):
         eps (float): linear-attention normaliser epsilon.
     """
 
+    #: compute the guidance's share per class, as the official code does (:func:`.official_cost`)
+    official_cost: bool = False
+
     def __init__(self, *, hidden_dim: int, guidance_dim: int, num_heads: int,
                  eps: float = 1e-6) -> None:
         super().__init__()
@@ -119,7 +122,7 @@ class GuidedLinearAttention(nn.Module):
         if guidance is not None:
             # q([x ; g]) = W_x x + W_g g + b: the W_g g terms once per image, (B, L, C), added
             # to its M sequences: (B*M, L, C) -> (B, M, L, C)
-            guidance = guidance_for_classes(guidance, n // guidance.shape[0])
+            guidance = guidance_for_classes(guidance, n // guidance.shape[0], self.official_cost)
             b = guidance.shape[0]
             q = (q.view(b, -1, length, c) + F.linear(guidance, self.q.weight[:, c:])[:, None])
             k = (k.view(b, -1, length, c) + F.linear(guidance, self.k.weight[:, c:])[:, None])
@@ -152,6 +155,10 @@ class ClassTransformerLayer(nn.Module):
             0 disables padding.
         mlp_ratio (int): MLP hidden channels = mlp_ratio * C.
     """
+
+    #: process the class-axis padding like classes, as the official code does
+    #: (:func:`.official_cost`)
+    official_cost: bool = False
 
     def __init__(self, *, hidden_dim: int, guidance_dim: int, num_heads: int,
                  pooling_size: PoolSize = (2, 2), pad_len: int = 256,
@@ -211,7 +218,7 @@ class ClassTransformerLayer(nn.Module):
 
         num_pad = self.pad_len - t if self.padding_tokens is not None else 0
         repeated = None
-        if num_pad > 0 and computing_official_cost():  # the padding processed like classes
+        if num_pad > 0 and self.official_cost:  # the padding processed like classes
             xp = torch.cat([xp, self.padding_tokens.expand(b, hp, wp, num_pad, c)], dim=3)
             if guidance is not None and self.padding_guidance is not None:
                 guidance = torch.cat([guidance, self.padding_guidance.expand(b, num_pad, -1)],

@@ -92,6 +92,9 @@ class SEDUp(nn.Module):
         pooling_size (tuple[int, int] | int): default class-attention pooling.
     """
 
+    #: compute the guidance's share per class, as the official code does (:func:`.official_cost`)
+    official_cost: bool = False
+
     def __init__(self, *, in_channels: int, out_channels: int, guidance_channels: int,
                  corr_guidance_channels: int, num_heads: int, kernel_size: int,
                  pooling_size: PoolSize = (2, 2)) -> None:
@@ -157,7 +160,8 @@ class SEDUp(nn.Module):
         y = F.conv2d(torch.cat([x, corr_guidance], dim=1),
                      torch.cat([weight[:, :c_up], weight[:, c_up + g:]], dim=1),
                      padding=1)  # (B*t, C_mid, 2h, 2w)
-        guidance = guidance_for_classes(guidance, x.shape[0] // guidance.shape[0])
+        guidance = guidance_for_classes(guidance, x.shape[0] // guidance.shape[0],
+                                        self.official_cost)
         share = F.conv2d(guidance, weight[:, c_up:c_up + g], padding=1)  # (B, C_mid, 2h, 2w)
         # (B*t, C_mid, 2h, 2w) -> (B, t, C_mid, 2h, 2w) + the per-image share -> (B*t, ...)
         y = (y.view(share.shape[0], -1, *y.shape[1:]) + share[:, None]).flatten(0, 1)

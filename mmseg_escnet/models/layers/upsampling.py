@@ -74,6 +74,9 @@ class Up(nn.Module):
         upsample_mode (str): ``'transposed'`` or ``'bilinear'``.
     """
 
+    #: compute the guidance's share per class, as the official code does (:func:`.official_cost`)
+    official_cost: bool = False
+
     def __init__(self, *, in_channels: int, out_channels: int, guidance_channels: int,
                  channels_per_group: int = 16, upsample_mode: str = 'transposed') -> None:
         super().__init__()
@@ -117,7 +120,8 @@ class Up(nn.Module):
         if guidance is None:
             return self.conv(x)
         assert guidance.shape[2:] == x.shape[2:] and x.shape[0] % guidance.shape[0] == 0
-        guidance = guidance_for_classes(guidance, x.shape[0] // guidance.shape[0])
+        guidance = guidance_for_classes(guidance, x.shape[0] // guidance.shape[0],
+                                        self.official_cost)
         layers = self.conv.double_conv
         weight = layers[0].weight  # (C_mid, C_x + G, 3, 3)
         y = F.conv2d(x, weight[:, :x.shape[1]], padding=1)  # (B*T, C_mid, 2H, 2W)

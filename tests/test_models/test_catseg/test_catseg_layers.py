@@ -222,7 +222,7 @@ def test_up_adds_the_guidance_once_per_image():
     with torch.no_grad():
         out = up(x, g)
         concatenated = up.conv(torch.cat([up.up(x), g.repeat_interleave(3, dim=0)], dim=1))
-        with official_cost():  # the official cost: the guidance repeated per class
+        with official_cost(up):  # the official cost: the guidance repeated per class
             torch.testing.assert_close(up(x, g), concatenated, atol=1e-5, rtol=1e-5)
         assert out.shape == (6, 16, 10, 10)
         torch.testing.assert_close(out, concatenated, atol=1e-5, rtol=1e-5)

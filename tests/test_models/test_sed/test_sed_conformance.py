@@ -81,7 +81,7 @@ def test_eval_file_in_eval_mode(conformance, variant):
     inputs = decode_inputs(neck, data)
     torch.testing.assert_close(inputs.corr, data['corr'], atol=ATOL, rtol=0)
     if variant == 'official_cost':
-        with official_cost():
+        with official_cost(head):
             logits = head(inputs)
     else:
         logits = head(inputs)
