@@ -121,6 +121,10 @@ class CATSegAggregator(BaseModule):
                                   pad_len=self.pad_len) for _ in range(num_layers)
         ])
         self.prompt_channel = prompt_channel  # P, checked against the vocabulary at build
+        # the CLIP widths this neck takes, checked against the backbone at build
+        self.clip_dims = {name: dim for name, dim in (('text_guidance_dim', text_guidance_dim),
+                                                      ('appearance_guidance_dim',
+                                                       appearance_guidance_dim)) if dim > 0}
         self.conv1 = nn.Conv2d(prompt_channel, hidden_dim, kernel_size=7, stride=1, padding=3)
         self.guidance_projection = nn.Sequential(
             nn.Conv2d(appearance_guidance_dim, app_proj, kernel_size=3, stride=1, padding=1),

@@ -149,6 +149,7 @@ class ESCNeck(BaseModule):
         self.with_cp = with_cp
 
         self.prompt_channel = prompt_channel  # P, checked against the vocabulary at build
+        self.clip_dims = dict(text_dim=text_dim)  # checked against the backbone at build
         self.corr_embed = nn.Conv2d(prompt_channel, hidden_dim, kernel_size=embed_kernel_size,
                                     padding=embed_kernel_size // 2)
         self.visual_proj = nn.Conv2d(text_dim, sam_dim, kernel_size=1)

@@ -106,6 +106,7 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
                                                      synonyms=trained.synonym_policy))
         for embedder in (self.train_text, self.test_text):
             self._check_prompt_channels(embedder.vocabulary)
+        self._check_clip_dims()
         # New weights make cached text embeddings stale, even without a train() in between.
         self.register_load_state_dict_post_hook(self._clear_text_caches)
 
@@ -139,6 +140,20 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
     def out_channels(self) -> int:
         """Same as :attr:`num_classes` (used by mmseg's slide inference)."""
         return self.num_classes
+
+    def _check_clip_dims(self) -> None:
+        """Refuse a neck whose CLIP widths (``clip_dims``) are not the backbone's embedding width.
+
+        Raises:
+            ValueError: naming the neck's arguments and the backbone's ``embed_dim``.
+        """
+        embed_dim = getattr(self.backbone, 'embed_dim', None)
+        dims = getattr(getattr(self, 'neck', None), 'clip_dims', {})
+        wrong = {name: dim for name, dim in dims.items() if dim != embed_dim}
+        if isinstance(embed_dim, int) and wrong:
+            parts = ', '.join(f'neck.{name}={dim}' for name, dim in wrong.items())
+            raise ValueError(f'{parts} but the backbone embeds images and text in '
+                             f'backbone.embed_dim={embed_dim} channels: set them to {embed_dim}')
 
     def _check_prompt_channels(self, vocabulary: Vocabulary) -> None:
         """Refuse a vocabulary whose prompts per class (P) are not the model's input channels.

@@ -114,3 +114,15 @@ def test_a_wrong_template_count_fails_at_build_naming_both_values():
     with pytest.raises(ValueError, match='gives 1 prompts per class'):
         model.set_vocabulary(dict(classes=['cat', 'dog'], templates=['a {}.']))
     assert model.test_text.vocabulary is before
+
+
+@pytest.mark.parametrize('name,key', [('catseg', 'text_guidance_dim'),
+                                      ('catseg', 'appearance_guidance_dim'),
+                                      ('escnet', 'text_dim')])
+def test_a_neck_width_that_does_not_fit_the_backbone_fails_at_build(name, key):
+    root = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+    cfg = Config.fromfile(osp.join(root, 'configs', f'{name}_tiny_synthetic.py'))
+    cfg.model.neck[key] = 48  # the tiny CLIP embeds in 32 channels
+    init_default_scope('mmseg')
+    with pytest.raises(ValueError, match=rf'neck\.{key}=48 but .*backbone\.embed_dim=32'):
+        MODELS.build(cfg.model)
