@@ -25,6 +25,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Command-line arguments (see the module docstring)."""
     from mmengine.config import DictAction
 
+    from mmseg_escnet.utils import add_prompting_arguments
+
     from mmseg_escnet.apis.image_limits import MAX_IMAGE_PIXELS
     parser = argparse.ArgumentParser(
         description='Open-vocabulary segmentation of one image (CAT-Seg / ESC-Net)')
@@ -47,6 +49,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='override config keys, e.g. model.neck.class_chunk_size=64 for a '
                         'large vocabulary')
     parser.add_argument('--debug', action='store_true', help='show the traceback of an error')
+    add_prompting_arguments(parser)
     args = parser.parse_args(argv)
     if args.max_pixels < 0:
         parser.error(f'--max-pixels must be >= 0 (0: no limit), got {args.max_pixels}')
@@ -71,7 +74,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from mmseg_escnet.apis.model_args import check_device, resolve_model
     from mmseg_escnet.checkpoints.model_zoo import resolve_checkpoint_arg
     from mmseg_escnet.text import Vocabulary, parse_vocabulary_text
-    from mmseg_escnet.utils import ensure_writable_dir
+    from mmseg_escnet.utils import ensure_writable_dir, prompting_overrides
     if args.device is not None:
         check_device(args.device, what='--device')  # before any work: no GPU, no CUDA torch
     vocab = parse_vocabulary_text(args.vocab)
@@ -84,7 +87,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         model, checkpoint = resolve_model(args.config, checkpoint)  # (Config, weights)
         model.merge_from_dict(args.cfg_options)
     inferencer = OpenVocabInferencer(model, weights=checkpoint, vocabulary=vocab,
-                                     device=args.device, max_side=args.max_side)
+                                     device=args.device, max_side=args.max_side,
+                                     **prompting_overrides(args))
 
     result = inferencer(image, return_vis=True, opacity=args.opacity)
     prediction, canvas = result['predictions'], result['visualization']

@@ -243,6 +243,8 @@ class WebSegmenter:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Command-line arguments (see the module docstring)."""
     from mmengine.config import DictAction
+
+    from mmseg_escnet.utils import add_prompting_arguments
     parser = argparse.ArgumentParser(description='Web page for open-vocabulary segmentation')
     parser.add_argument('config', help='config file or model-zoo name')
     parser.add_argument('--checkpoint', help='weights: file, URL or model-zoo name (optional for '
@@ -274,6 +276,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
                         help='override config keys, e.g. model.neck.class_chunk_size=64')
     parser.add_argument('--debug', action='store_true', help='show the traceback of an error')
+    add_prompting_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -310,7 +313,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from mmseg_escnet.apis import OpenVocabInferencer
     from mmseg_escnet.apis.model_args import check_device, resolve_model
     from mmseg_escnet.checkpoints.model_zoo import resolve_checkpoint_arg
-    from mmseg_escnet.utils import ensure_writable_dir
+    from mmseg_escnet.utils import ensure_writable_dir, prompting_overrides
     if args.device is not None:
         check_device(args.device, what='--device')
     out_dir = args.out_dir
@@ -323,7 +326,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         model, checkpoint = resolve_model(args.config, checkpoint)  # (Config, weights)
         model.merge_from_dict(args.cfg_options)
     inferencer = OpenVocabInferencer(model, weights=checkpoint, device=args.device,
-                                     max_side=args.max_side)
+                                     max_side=args.max_side, **prompting_overrides(args))
     segmenter = WebSegmenter(inferencer, out_dir, max_pixels=args.max_pixels,
                              max_classes=args.max_classes, cache_size=args.cache_size,
                              request_timeout=args.request_timeout, queue_size=args.queue_size)

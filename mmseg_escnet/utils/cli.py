@@ -11,7 +11,8 @@ import sys
 import tempfile
 from typing import Any, Callable, Optional, Sequence
 
-__all__ = ['one_line', 'run_cli', 'ensure_writable_dir', 'write_json', 'positive_int']
+__all__ = ['one_line', 'run_cli', 'ensure_writable_dir', 'write_json', 'positive_int',
+           'add_prompting_arguments', 'prompting_overrides']
 
 # Exception types whose message says everything; others are prefixed with their type's name.
 _PLAIN = (ValueError, OSError, KeyError, LookupError, RuntimeError, TypeError)
@@ -94,3 +95,37 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f'expected a positive int, got {value}')
     return value
+
+
+def add_prompting_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--synonyms`` and ``--templates``: how the tool prompts its vocabulary.
+
+    Not given, the model's own policy applies (its training vocabulary's, as in ``tools/test.py``);
+    given, they override it with the names :class:`~mmseg_escnet.text.Vocabulary`, the configs and
+    :class:`~mmseg_escnet.apis.OpenVocabInferencer` use. Read them back with :func:`prompting_overrides`.
+    """
+    parser.add_argument('--synonyms', default=None,
+                        help="synonym policy: 'first', 'all' or the first k (default: the model's, "
+                        'as in tools/test.py)')
+    parser.add_argument('--templates', default=None,
+                        help="a built-in template set, e.g. 'catseg' or 'imagenet' (default: the "
+                        "model's)")
+
+
+def prompting_overrides(args: argparse.Namespace) -> dict:
+    """The ``synonyms`` / ``templates`` keyword arguments of the inferencer from
+    :func:`add_prompting_arguments` (None: the model's own).
+
+    Raises:
+        ValueError: a synonym policy other than 'first', 'all' or a positive int.
+    """
+    synonyms = args.synonyms
+    if synonyms is not None and synonyms not in ('first', 'all'):
+        try:
+            synonyms = int(synonyms)
+        except ValueError:
+            raise ValueError(f"--synonyms must be 'first', 'all' or a positive int, got "
+                             f'{synonyms!r}') from None
+        if synonyms < 1:
+            raise ValueError(f"--synonyms must be 'first', 'all' or a positive int, got {synonyms}")
+    return dict(synonyms=synonyms, templates=args.templates)

@@ -225,3 +225,33 @@ def test_cfg_options_reach_the_model(demo, files, tmp_path, monkeypatch, capsys)
     assert demo.cli(argv) == 0
     assert seen['model'].model.decode_head.class_chunk_size == 16
     assert 'of 150 classes present' in capsys.readouterr().out  # ADE150 is ade150
+
+
+@pytest.mark.parametrize('given,synonyms', [([], [['cat'], ['dog']]),
+                                            (['--synonyms', 'all'], [['cat', 'kitty'], ['dog']])])
+def test_prompting_is_the_models_unless_overridden(demo, files, tmp_path, monkeypatch, given,
+                                                   synonyms):
+    """Without --synonyms the vocabulary is prompted with the model's policy (CAT-Seg: 'first', as
+    tools/test.py does); --synonyms / --templates override it under the inferencer's names."""
+    import mmseg_escnet.apis
+    seen = {}
+    original = mmseg_escnet.apis.OpenVocabInferencer.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        seen['vocabulary'] = self.vocabulary
+
+    monkeypatch.setattr(mmseg_escnet.apis.OpenVocabInferencer, '__init__', spy)
+    argv = [str(files / 'image.png'), CONFIG, '--checkpoint', str(files / 'tiny.pth'), '--vocab',
+            'cat|kitty,dog', '--out', str(tmp_path / 'o.png'), '--device', 'cpu', *given]
+    assert demo.cli(argv) == 0
+    assert seen['vocabulary'].synonyms == synonyms
+
+
+@pytest.mark.parametrize('value', ['0', 'some'])
+def test_a_bad_synonym_policy_is_one_line(demo, files, tmp_path, capsys, value):
+    argv = [str(files / 'image.png'), CONFIG, '--checkpoint', str(files / 'tiny.pth'), '--vocab',
+            'cat,dog', '--out', str(tmp_path / 'o.png'), '--synonyms', value]
+    assert demo.cli(argv) == 1
+    err = capsys.readouterr().err
+    assert "--synonyms must be 'first', 'all' or a positive int, got" in err and value in err

@@ -24,7 +24,7 @@ import torch
 from mmengine.config import DictAction
 
 from mmseg_escnet.apis.image_limits import MAX_IMAGE_PIXELS
-from mmseg_escnet.utils import positive_int
+from mmseg_escnet.utils import add_prompting_arguments, positive_int, prompting_overrides
 
 MAX_ABS_DIFF = 1e-3
 MIN_AGREEMENT = 0.999
@@ -58,6 +58,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config keys, e.g. model.test_cfg.class_filter.k=32')
     parser.add_argument('--debug', action='store_true', help='show the traceback of an error')
+    add_prompting_arguments(parser)
     args = parser.parse_args(argv)
     if not args.out.lower().endswith('.onnx'):
         parser.error(f'--out must end in .onnx, got {args.out}')
@@ -117,7 +118,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     model, checkpoint = resolve_model(args.config, resolve_checkpoint_arg(args.checkpoint))
     if args.cfg_options:
         model.merge_from_dict(args.cfg_options)
-    inferencer = OpenVocabInferencer(model, weights=checkpoint, vocabulary=vocab, device='cpu')
+    inferencer = OpenVocabInferencer(model, weights=checkpoint, vocabulary=vocab, device='cpu',
+                                     **prompting_overrides(args))
     model = inferencer.model
     model.test_cfg = dict(mode=args.mode,
                           class_filter=(model.test_cfg or {}).get('class_filter'))
