@@ -186,9 +186,6 @@ def trace_escnet_prompts(model: nn.Module, inputs: Tensor) -> PromptTrace:
         TypeError: if the model has no ESC neck with SAM blocks.
     """
     neck = check_escnet_model(model)
-    dense, _ = model.image_features(inputs)                           # (B, C, h, w)
-    text = model.text_embeddings()                                    # (T, P, C)
-    text = text.unsqueeze(0).expand(inputs.shape[0], *text.shape)     # -> (B, T, P, C)
-    class_filter = None if model.training else model.test_class_filter()
+    dense, _, text, class_filter = model.neck_inputs(inputs)  # as extract_feat gives the neck
     cost, blocks = neck.forward_with_prompts(dense, text, dense, class_filter=class_filter)
     return PromptTrace(blocks=blocks, class_index=cost.class_index, num_classes=text.shape[1])

@@ -285,13 +285,10 @@ class ESCNeck(BaseModule):
         pooling_size = select_pooling(self.training, self.pooling_size, self.test_pooling_size)
 
         records: List[BlockPrompts] = []
-        prompted = None
+        score = corr.mean(dim=1)                      # (B, P, T, h, w) -> (B, T, h, w): Eq. 1
+        last = len(self.vlf_blocks) - 1
         for k, vlf in enumerate(self.vlf_blocks):
             if self.use_sam:
-                if k == 0:
-                    score = corr.mean(dim=1)                          # (B, P, T, h, w) -> (B, T, h, w)
-                elif self.prompt_source == 'refined':
-                    score = self.class_score(cost)                    # (B, T, h, w)
                 if k == 0 or self.prompt_source == 'refined':
                     prompted = self._prompt(score)
                 _, sparse, dense, image_pe = prompted
@@ -300,10 +297,16 @@ class ESCNeck(BaseModule):
                                             with_cp=self.with_cp)
             cost = vlf(cost, visual, guidance, pooling_size=pooling_size,
                        class_chunk_size=self.class_chunk_size, with_cp=self.with_cp)
-            if record and self.use_sam:
-                refined = self.class_score(cost) if self.corr_embed.kernel_size == (1, 1) else None
+            if not self.use_sam:
+                continue
+            readable = self.corr_embed.kernel_size == (1, 1)
+            reads_next = self.prompt_source == 'refined' and k < last
+            refined = self.class_score(cost) if readable and (record or reads_next) else None
+            if record:
                 records.append(BlockPrompts(score=score.detach(), prompts=prompted[0],
                                             refined=refined))
+            if reads_next:
+                score = refined                       # (B, T, h, w): block k + 1's PPG input
         return AggregatedCost(cost=cost, class_index=class_index), records
 
     def _prompt(self, score: torch.Tensor) -> Tuple[PseudoPrompts, torch.Tensor, torch.Tensor,

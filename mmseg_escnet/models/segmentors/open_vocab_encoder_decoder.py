@@ -266,13 +266,28 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
             DecodeInputs: the neck's :class:`AggregatedCost` (``cost`` (B, hidden, T', h, w),
             ``class_index``) plus the backbone's skip features and T.
         """
+        dense, clip_features, text, class_filter = self.neck_inputs(inputs, text)
+        cost = self.neck(dense, text, dense, class_filter=class_filter)
+        return DecodeInputs.from_cost(cost, clip_features, text.shape[1], class_filter)
+
+    def neck_inputs(self, inputs: Tensor, text: Optional[Tensor] = None
+                    ) -> Tuple[Tensor, List[Tensor], Tensor, Optional[dict]]:
+        """What the neck is given for ``inputs`` (the one place that decides it).
+
+        Args:
+            inputs (Tensor): (B, 3, H, W) CLIP-normalised images.
+            text (Tensor, optional): (T, P, C) class embeddings; default: the active vocabulary's.
+
+        Returns:
+            tuple: dense features (B, C, h, w), the skip features [(B, D, h, w)], the class
+            embeddings (B, T, P, C) and the test-time class filter (None in training).
+        """
         dense, clip_features = self.image_features(inputs)       # (B, C, h, w), [(B, D, h, w)]
         if text is None:
             text = self.text_embeddings()                         # (T, P, C)
         text = text.unsqueeze(0).expand(inputs.shape[0], *text.shape)  # (T, P, C) -> (B, T, P, C)
         class_filter = None if self.training else self.test_class_filter()
-        cost = self.neck(dense, text, dense, class_filter=class_filter)
-        return DecodeInputs.from_cost(cost, clip_features, text.shape[1], class_filter)
+        return dense, clip_features, text, class_filter
 
     def loss(self, inputs: Tensor, data_samples: List) -> dict:
         """Training losses; see :meth:`EncoderDecoder.loss`."""
