@@ -31,6 +31,7 @@ from mmengine.logging import print_log
 from .hash_sources import (FULL_HEX, KNOWN_SHA256, SCHEMES, ExpectedHash, expected_sha256,
                            resolve_hash, split_url)
 from .http_transfer import ChecksumError, DownloadError, discard_partial, transfer
+from .safe_loading import file_sha256 as hash_file
 from .safe_loading import load_local_checkpoint
 
 __all__ = [
@@ -40,7 +41,6 @@ __all__ = [
     'load_checkpoint_from_url'
 ]
 
-_CHUNK = 1 << 20
 T = TypeVar('T')
 # (realpath, size, mtime_ns) -> sha256: a file hashed once in this process is not hashed again.
 _HASH_MEMO: Dict[Tuple[str, int, int], str] = {}
@@ -122,11 +122,7 @@ def file_sha256(path: str) -> str:
     """
     key = _memo_key(path)
     if key not in _HASH_MEMO:
-        digest = hashlib.sha256()
-        with open(path, 'rb') as f:
-            for block in iter(lambda: f.read(_CHUNK), b''):
-                digest.update(block)
-        _HASH_MEMO[key] = digest.hexdigest()
+        _HASH_MEMO[key] = hash_file(path)
     return _HASH_MEMO[key]
 
 
