@@ -30,7 +30,7 @@ from typing import Dict, List, Optional
 from mmengine.dist import get_rank
 from mmengine.runner import Runner
 
-import mmseg_escnet  # noqa: F401  (registers our modules; safe checkpoint loading)
+import mmseg_escnet  # registers our modules; main() registers the checkpoint loaders
 from mmseg_escnet.checkpoints.safe_loading import (file_sha256, read_sha256_sidecar,
                                                    verify_checkpoint_integrity)
 from mmseg_escnet.engine.launch import (CollectiveTimeoutError, add_common_arguments,
@@ -153,6 +153,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         argv (list[str], optional): Arguments (default: ``sys.argv[1:]``).
     """
     args = parse_args(argv)
+    mmseg_escnet.register_checkpoint_loaders()  # zoo://, verified URLs, safe local loading
     quiet_log_file_errors()
     model = osp.splitext(osp.basename(args.config))[0]
     configs = {b: benchmark_config(args.config, b) for b in args.benchmarks}  # fail early

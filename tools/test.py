@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-import mmseg_escnet  # noqa: F401  (registers our modules; safe checkpoint loading)
+import mmseg_escnet  # registers our modules; main() registers the checkpoint loaders
 from mmseg_escnet.engine.launch import (add_common_arguments, check_zoo_checkpoint,
                                         checkpoint_argument, load_config, prepare_distributed,
                                         run_runner, set_local_rank)
@@ -35,6 +35,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
+    mmseg_escnet.register_checkpoint_loaders()  # zoo://, verified URLs, safe local loading
     cfg = load_config(args.config, cfg_options=args.cfg_options, work_dir=args.work_dir,
                       launcher=args.launcher)
     check_zoo_checkpoint(cfg, args.checkpoint)

@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 from mmengine.logging import print_log
 
-import mmseg_escnet  # noqa: F401  (registers our modules; safe checkpoint loading)
+import mmseg_escnet  # registers our modules; main() registers the checkpoint loaders
 from mmseg_escnet.engine import find_resume_checkpoint, remove_stale_temporary_files
 from mmseg_escnet.engine.launch import (add_common_arguments, check_train_length, enable_amp,
                                         load_config, prepare_distributed, run_runner,
@@ -33,6 +33,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
+    mmseg_escnet.register_checkpoint_loaders()  # load_from, --resume: safe, verified loading
     cfg = load_config(args.config, cfg_options=args.cfg_options, work_dir=args.work_dir,
                       launcher=args.launcher)
     check_train_length(cfg)

@@ -1,6 +1,11 @@
 # Runtime shared by every config: registries, hooks, logging, visualisation.
 default_scope = 'mmseg'
-custom_imports = dict(imports=['mmseg_escnet'], allow_failed_imports=False)
+# mmseg_escnet registers the models; importing ...register_checkpoint_loaders makes MMEngine read
+# checkpoints with our safe, verified loaders (zoo://NAME, verified URLs), also in mmseg's own
+# tools (docs/checkpoints.md). Remove it to keep MMEngine's loaders.
+custom_imports = dict(
+    imports=['mmseg_escnet', 'mmseg_escnet.engine.register_checkpoint_loaders'],
+    allow_failed_imports=False)
 env_cfg = dict(
     cudnn_benchmark=False,
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),

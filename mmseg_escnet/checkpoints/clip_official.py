@@ -19,6 +19,9 @@ For ViT towers OpenAI and open_clip use the same parameter names, e.g.
 common format returned by :func:`load_clip_weights` is the open_clip naming with packed
 ``in_proj_weight`` and float32 values. :func:`split_qkv` converts it to the CAT-Seg naming
 (``q_proj_weight``, ``k_proj_weight``, ``v_proj_weight``) used by ``CLIPBackbone``.
+
+:func:`read_clip_file` and :func:`convert_clip` are the format's reader and converter in
+:mod:`.convert` (``clip_official``, used by ``tools/model_converters/clip2mmseg.py``).
 """
 import json
 import os.path as osp
@@ -31,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .download import local_checkpoint_path
+from .official_checkpoint import Converted, html_page_problem, refused_pickle_error
 from .safe_loading import load_local_checkpoint
 
 StateDict = Dict[str, torch.Tensor]
@@ -308,3 +312,77 @@ def _short(keys: Iterable[str], limit: int = 12) -> str:
     keys = list(keys)
     more = f' ... (+{len(keys) - limit} more)' if len(keys) > limit else ''
     return json.dumps(keys[:limit]) + more
+
+
+def read_clip_file(src: str) -> Tuple[str, StateDict]:
+    """Read CLIP weights to convert, saying what a file that is not CLIP weights is.
+
+    Args:
+        src (str): Local path or http(s) URL.
+
+    Returns:
+        tuple[str, dict[str, Tensor]]: See :func:`read_weights_file`.
+
+    Raises:
+        FileNotFoundError: A local ``src`` does not exist.
+        ValueError: ``src`` is an HTML page (a failed download), holds Python objects besides
+            tensors (named; an mmseg training checkpoint is named as such), or no CLIP weights.
+    """
+    path = local_checkpoint_path(src, what='CLIP weights')
+    problem = html_page_problem(path)
+    if problem is not None:
+        raise ValueError(f'{src}: {problem}')
+    try:
+        return read_weights_file(path)
+    except ValueError as err:
+        if isinstance(err.__cause__, pickle.UnpicklingError):
+            raise refused_pickle_error(src, path, 'official CLIP weights file', err) from err
+        raise
+
+
+def open_clip_reference(model_name: str) -> Tuple[StateDict, Optional[Tuple[int, int]]]:
+    """The state dict (on the meta device: shapes only) and patch grid of an open_clip CLIP.
+
+    Raises:
+        ValueError: ``model_name`` is not an open_clip architecture.
+    """
+    import open_clip
+
+    cfg = open_clip.get_model_config(model_name)
+    if cfg is None:
+        raise ValueError(f'unknown open_clip architecture {model_name!r}; see '
+                         'open_clip.list_models()')
+    cfg = dict(cfg)
+    cfg.pop('custom_text', None)
+    cfg.pop('quick_gelu', None)  # an activation: no weights
+    with torch.device('meta'):
+        model = open_clip.model.CLIP(**cfg)
+    grid = getattr(model.visual, 'grid_size', None)
+    return model.state_dict(), None if grid is None else tuple(grid)
+
+
+def convert_clip(weights: Tuple[str, Mapping[str, torch.Tensor]],
+                 model_name: Optional[str] = None) -> Converted:
+    """CLIP weights under ``CLIPBackbone``'s names in an mmseg model.
+
+    Args:
+        weights (tuple[str, Mapping[str, Tensor]]): What :func:`read_clip_file` read.
+        model_name (str, optional): open_clip architecture to check the weights against,
+            strictly; a positional embedding made for another grid is resized to its grid.
+
+    Returns:
+        Converted: ``backbone.clip_model.<name>`` float32 tensors, q/k/v split; the summary
+        and ``meta['source_format']`` are the file's format.
+
+    Raises:
+        ValueError: For weights that do not fit ``model_name`` (missing, unexpected or
+            mis-shaped keys named).
+    """
+    fmt, raw = weights
+    state = normalize_clip_state_dict(raw)  # open_clip names, packed q/k/v, float32
+    if model_name is not None:
+        reference, grid = open_clip_reference(model_name)
+        state = match_state_dict(state, reference, grid=grid, strict=True, source=model_name)
+    prefix = MODEL_PREFIXES[0][0]
+    return Converted({prefix + k: v.contiguous() for k, v in split_qkv(state).items()}, fmt,
+                     meta=dict(source_format=fmt, model_name=model_name or ''))

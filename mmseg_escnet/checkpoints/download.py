@@ -10,7 +10,8 @@ downloaded again if it changed. Everything that writes ``<path>`` runs under the
 ``<path>.lock`` (:func:`cache_lock`): concurrent processes wait and then use the verified file.
 
 :func:`load_checkpoint_from_url` is what :mod:`mmseg_escnet.engine.checkpoint_schemes` registers for
-``http://`` and ``https://`` in MMEngine's ``CheckpointLoader``, so ``load_from``,
+``http://`` and ``https://`` in MMEngine's ``CheckpointLoader``
+(:func:`mmseg_escnet.register_checkpoint_loaders`), so ``load_from``,
 ``init_cfg=dict(type='Pretrained', checkpoint=URL)`` and ``tools/test.py CONFIG URL`` all verify.
 """
 import hashlib

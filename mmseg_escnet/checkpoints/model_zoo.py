@@ -11,45 +11,36 @@ one at the repository root) whose ``Import`` list names metafiles relative to it
       Results: [{Task: ..., Dataset: ..., Metrics: {mIoU: ...}}]
       Weights: https://.../file.pth       # optional: nothing published when absent or null
       Weights SHA-256: <hex>              # optional
-      Converter: catseg_official          # optional: third-party weights converted on first use
+      Converter: catseg_official          # optional: official weights converted on first use
 
 :func:`fetch_weights` downloads the weights with :func:`~.download.download_checkpoint` and, with a
-converter, writes the converted state dict once beside the download (``<download>.converted.pth``,
-under the inter-process lock ``<download>.converted.pth.lock``). ``zoo://NAME`` works wherever
-MMEngine loads a checkpoint (``load_from``, ``init_cfg=dict(type='Pretrained',
-checkpoint='zoo://NAME')``, ``tools/test.py``).
+``Converter`` (a format of :data:`.convert.FORMATS`), converts them once with
+:func:`.convert.convert_and_check` into ``<download>.converted.pth`` beside the download (with
+its SHA-256 sidecar, under the inter-process lock ``<download>.converted.pth.lock``).
+``zoo://NAME`` works wherever MMEngine loads a checkpoint (``load_from``,
+``init_cfg=dict(type='Pretrained', checkpoint='zoo://NAME')``, ``tools/test.py``) once our
+loaders are registered (:func:`mmseg_escnet.register_checkpoint_loaders`).
 """
 import difflib
 import fnmatch
-import importlib
 import os
 import os.path as osp
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
-import torch
 import yaml
 from mmengine.logging import print_log
 
-from .catseg_checkpoint import convert_catseg_checkpoint
+from .convert import FORMATS, REPO_ROOT, convert_and_check
 from .download import cache_lock, download_checkpoint, file_sha256, rank_zero_first
 from .safe_loading import load_local_checkpoint
 
 __all__ = [
-    'ZOO_SCHEME', 'CONVERTERS', 'ModelInfo', 'model_index_path', 'load_model_index',
-    'list_models', 'get_model', 'register_converter', 'fetch_weights', 'load_from_model_zoo',
-    'resolve_checkpoint_arg'
+    'ZOO_SCHEME', 'ModelInfo', 'model_index_path', 'load_model_index', 'list_models',
+    'get_model', 'fetch_weights', 'load_from_model_zoo', 'resolve_checkpoint_arg'
 ]
 
 ZOO_SCHEME = 'zoo://'
-#: A converter takes the loaded third-party checkpoint and returns our model's full state dict.
-ConverterFn = Callable[[Mapping], Dict[str, torch.Tensor]]
-#: Converter name -> ``'module:function'`` (imported on first use) or a callable.
-CONVERTERS: Dict[str, Union[str, ConverterFn]] = {
-    'catseg_official': convert_catseg_checkpoint,
-    'sed_official': 'mmseg_escnet.checkpoints.sed_checkpoint:convert_sed_checkpoint',
-}
-_REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 @dataclass
@@ -62,8 +53,8 @@ class ModelInfo:
         config (str): Absolute path of the config file.
         weights (str | None): URL of the published weights; None when nothing is published.
         sha256 (str | None): Their SHA-256 (lower-case hex), if the index gives it.
-        converter (str | None): Name of the converter in :data:`CONVERTERS`, if the weights are a
-            third-party checkpoint.
+        converter (str | None): Name of the official format (:data:`.convert.FORMATS`) the
+            weights are in, if they need converting.
         results (list[dict]): The ``Results`` entries.
         metadata (dict): The ``Metadata`` entry.
         metafile (str): The metafile that defines the model (for error messages).
@@ -82,7 +73,7 @@ class ModelInfo:
 def model_index_path() -> str:
     """``$MMSEG_ESCNET_MODEL_INDEX`` if set, else ``model-index.yml`` at the repository root."""
     return osp.abspath(osp.expanduser(
-        os.environ.get('MMSEG_ESCNET_MODEL_INDEX') or osp.join(_REPO_ROOT, 'model-index.yml')))
+        os.environ.get('MMSEG_ESCNET_MODEL_INDEX') or osp.join(REPO_ROOT, 'model-index.yml')))
 
 
 def _read_yaml(path: str, referrer: str) -> Mapping:
@@ -119,9 +110,9 @@ def _parse_model(entry: Any, metafile: str, root: str) -> ModelInfo:
             raise ValueError(f'{metafile}: model {name!r}: Weights SHA-256 must be 8 to 64 hex '
                              f'digits, got {entry["Weights SHA-256"]!r}')
     converter = entry.get('Converter') or None
-    if converter is not None and converter not in CONVERTERS:
+    if converter is not None and converter not in FORMATS:
         raise ValueError(f'{metafile}: model {name!r} names the unknown Converter {converter!r}; '
-                         f'known: {sorted(CONVERTERS)}')
+                         f'known: {sorted(FORMATS)}')
     return ModelInfo(
         name=name,
         collection=str(entry.get('In Collection') or ''),
@@ -208,40 +199,6 @@ def get_model(name: str) -> ModelInfo:
     return models[name]
 
 
-def register_converter(name: str, converter: Union[str, ConverterFn], *,
-                       force: bool = False) -> None:
-    """Make ``Converter: <name>`` in a metafile use ``converter``.
-
-    Args:
-        name (str): Converter name used in metafiles.
-        converter (str | Callable): ``'package.module:function'`` or the function itself; it takes
-            the loaded third-party checkpoint and returns the full state dict of our model.
-        force (bool): Replace an existing converter of that name. Defaults to False.
-
-    Raises:
-        KeyError: ``name`` is taken and ``force`` is False.
-        TypeError: ``converter`` is neither a callable nor a ``'module:function'`` string.
-    """
-    if name in CONVERTERS and not force:
-        raise KeyError(f'converter {name!r} is already registered ({CONVERTERS[name]!r}); pass '
-                       f'force=True to replace it')
-    if not callable(converter) and not (isinstance(converter, str) and ':' in converter):
-        raise TypeError(f"converter must be a callable or 'module:function', got {converter!r}")
-    CONVERTERS[name] = converter
-
-
-def _converter(name: str) -> ConverterFn:
-    target = CONVERTERS[name]
-    if callable(target):
-        return target
-    module_name, _, attr = target.partition(':')
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as error:
-        raise ImportError(f'converter {name!r} -> {target!r} cannot be imported: {error}') \
-            from error
-
-
 def _conversion_is_current(converted: str, stamp: Mapping[str, Any], *, log: bool) -> bool:
     """Whether ``converted`` exists and was made from the download and converter of ``stamp``."""
     if not osp.isfile(converted):
@@ -271,17 +228,9 @@ def _convert_once(info: ModelInfo, download: str) -> str:
     with cache_lock(converted, f'converting {download}'):
         if _conversion_is_current(converted, stamp, log=True):  # maybe written while we waited
             return converted
-        print_log(f'converting {download} for {info.name} with the {info.converter!r} converter',
+        print_log(f'converting {download} for {info.name} from the {info.converter!r} format',
                   logger='current')
-        state_dict = _converter(info.converter)(load_local_checkpoint(download,
-                                                                      map_location='cpu'))
-        if not isinstance(state_dict, Mapping) or not state_dict or not all(
-                isinstance(k, str) and torch.is_tensor(v) for k, v in state_dict.items()):
-            raise TypeError(f'converter {info.converter!r} must return a non-empty dict of '
-                            f'tensors for {download}, got {type(state_dict).__name__}')
-        partial = converted + '.part'
-        torch.save(dict(state_dict=dict(state_dict), meta=stamp), partial)
-        os.replace(partial, converted)
+        convert_and_check(info.converter, download, converted, check=False, meta=stamp)
     return converted
 
 

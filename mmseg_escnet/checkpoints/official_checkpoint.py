@@ -1,19 +1,45 @@
-"""What every official-checkpoint converter needs: a safe read and a strict fit to a config.
+"""What every official format needs: a safe read, the conversion's result, a strict comparison.
 
-Used by ``tools/model_converters/catseg2mmseg.py`` and ``sed2mmseg.py``.
+The format modules (:mod:`.catseg_official`, :mod:`.sed_official`, :mod:`.clip_official`) return
+a :class:`Converted`; :func:`.convert.convert_and_check` reads, converts, checks and saves.
 """
 import pickle
 import re
-from typing import Dict, List, Mapping, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 from torch import Tensor
 
 from .download import local_checkpoint_path
-from .safe_loading import checkpoint_file_problem, load_local_checkpoint, pickle_globals
+from .safe_loading import (CheckpointIntegrityError, checkpoint_file_problem,
+                           load_local_checkpoint, pickle_globals)
+from .state_dict_fit import key_differences
 
-__all__ = ['detectron2_state_dict', 'float32', 'html_page_problem', 'load_official_checkpoint',
-           'pickle_globals', 'refused_pickle_error', 'short_list', 'state_dict_problems']
+__all__ = ['Converted', 'detectron2_state_dict', 'float32', 'html_page_problem',
+           'load_official_checkpoint', 'pickle_globals', 'refused_pickle_error', 'short_list',
+           'state_dict_problems']
+
+
+@dataclass
+class Converted:
+    """An official checkpoint under our parameter names.
+
+    Attributes:
+        state_dict (dict[str, Tensor]): Our model's weights, floating tensors as float32.
+        summary (str): What the conversion found, for the converters' one-line report (e.g.
+            ``'ViT-B/16, 1 constant buffers dropped'``).
+        architecture (str, optional): The architecture read from the tensor shapes; it picks the
+            default config to check against and is written to ``meta``.
+        meta (dict): Format-specific entries of the written ``meta`` (plain Python types).
+        dropped (dict[str, Tensor]): Official entries left out because our modules rebuild them
+            (constant buffers), under their official names.
+    """
+    state_dict: Dict[str, Tensor]
+    summary: str
+    architecture: Optional[str] = None
+    meta: Dict[str, Any] = field(default_factory=dict)
+    dropped: Dict[str, Tensor] = field(default_factory=dict)
 
 
 def short_list(keys: List[str], limit: int = 10) -> str:
@@ -69,7 +95,10 @@ def refused_pickle_error(src: str, path: str, what: str, err: Exception) -> Valu
 
 
 def load_official_checkpoint(src: str, what: str) -> Mapping:
-    """Read a checkpoint file safely (tensors and plain Python types only).
+    """Read a checkpoint file with the safe loader (tensors and plain Python types only).
+
+    :func:`~.safe_loading.load_local_checkpoint` without MMEngine's types: the file's integrity
+    is checked first (its SHA-256 sidecar or zip CRCs), a refusal says what the file is.
 
     Args:
         src (str): Local path or http(s) URL.
@@ -83,13 +112,16 @@ def load_official_checkpoint(src: str, what: str) -> Mapping:
         ValueError: If the file is an HTML page (a failed download), empty, cut short or not a
             torch checkpoint, an mmseg/MMEngine training checkpoint (no conversion needed), holds
             Python objects besides tensors (named), or does not hold a dict.
+        CheckpointIntegrityError: If the file does not match its SHA-256 sidecar or zip CRCs.
     """
     path = local_checkpoint_path(src, what=what)
     problem = html_page_problem(path) or checkpoint_file_problem(path)
     if problem is not None:
         raise ValueError(f'{src}: {problem}')
-    try:
-        obj = torch.load(path, map_location='cpu', weights_only=True)
+    try:  # tensors and plain types only: no allow-listed MMEngine types in a third-party file
+        obj = load_local_checkpoint(path, map_location='cpu', mmengine_types=False)
+    except CheckpointIntegrityError:
+        raise  # names the file and its sidecar
     except pickle.UnpicklingError as err:
         if 'Weights only load failed' not in str(err):
             raise ValueError(f'{src}: not a torch checkpoint file ({err})') from err
@@ -138,10 +170,9 @@ def state_dict_problems(state: Mapping[str, Tensor], reference: Mapping[str, Ten
                         ) -> List[str]:
     """Missing keys, unexpected keys and shape mismatches of ``state`` against ``reference``."""
     problems = []
-    missing = [k for k in reference if k not in state]
-    unexpected = [k for k in state if k not in reference]
-    mismatched = [f'{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}'
-                  for k, v in reference.items() if k in state and state[k].shape != v.shape]
+    missing, unexpected, reshaped = key_differences(reference, state)
+    mismatched = [f'{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(reference[k].shape)}'
+                  for k in reshaped]
     for what, keys in (('missing keys', missing), ('unexpected keys', unexpected),
                        ('shape mismatch', mismatched)):
         if keys:

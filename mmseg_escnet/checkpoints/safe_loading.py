@@ -8,9 +8,10 @@ a few Python objects besides tensors (``HistoryBuffer`` in ``message_hub``, NumP
 
 The fix here keeps the safe unpickler and allow-lists exactly the types that MMEngine itself writes,
 (``load_from``, ``--resume``, ``tools/test.py`` go through MMEngine's local-file scheme, which
-:mod:`mmseg_escnet.engine.checkpoint_schemes` points here). Anything else in
+:func:`mmseg_escnet.register_checkpoint_loaders` points here). Anything else in
 a file is still refused, with an error that names the offending globals instead of a bare
-``UnpicklingError``. :mod:`mmseg_escnet.engine.checkpoint_schemes` makes MMEngine use it.
+``UnpicklingError``. :mod:`mmseg_escnet.engine.checkpoint_schemes` makes MMEngine use it, once
+registered (explicitly: importing the package does not).
 
 Integrity: a checkpoint written by the training Runner has a sidecar ``<name>.sha256`` (the
 ``sha256sum`` format, written by :class:`~mmseg_escnet.engine.SafeCheckpointHook`). Every load
@@ -290,7 +291,7 @@ def pickle_globals(path: str) -> List[str]:
 
 
 def load_local_checkpoint(filename: str, map_location: Optional[Union[str, Callable]] = None, *,
-                          mmap: bool = False) -> Any:
+                          mmap: bool = False, mmengine_types: bool = True) -> Any:
     """Load a local checkpoint with ``weights_only=True`` and MMEngine's own types allow-listed.
 
     The one place where this package unpickles a checkpoint (TorchScript and safetensors files
@@ -301,6 +302,10 @@ def load_local_checkpoint(filename: str, map_location: Optional[Union[str, Calla
         map_location (str | Callable, optional): Same as :func:`torch.load`.
         mmap (bool): Memory-map the tensors (zip checkpoints only): reading a few entries of a
             large file, such as SAM's decoder or a checkpoint's meta, costs no memory.
+        mmengine_types (bool): Allow-list the types MMEngine's Runner writes
+            (:func:`trusted_checkpoint_globals`). False for third-party files, which hold
+            tensors and plain Python types only (official checkpoints, see
+            :func:`.official_checkpoint.load_official_checkpoint`).
 
     Returns:
         The unpickled checkpoint (usually a dict).
@@ -320,7 +325,7 @@ def load_local_checkpoint(filename: str, map_location: Optional[Union[str, Calla
     if problem is not None:
         raise ValueError(f'checkpoint {filename} {problem}')
     verify_checkpoint_integrity(filename, crc=not mmap)
-    with torch.serialization.safe_globals(trusted_checkpoint_globals()):
+    with torch.serialization.safe_globals(trusted_checkpoint_globals() if mmengine_types else []):
         try:
             return torch.load(filename, map_location=map_location, weights_only=True,
                               mmap=mmap and zipfile.is_zipfile(filename))

@@ -1,7 +1,23 @@
-"""Key mapping from an official SED (detectron2) decoder state dict to mmseg_escnet modules.
+"""Official SED (detectron2) checkpoints -> our SED model's state dict.
 
 Xie et al., "SED: A Simple Encoder-Decoder for Open-Vocabulary Semantic Segmentation",
-CVPR 2024 (arXiv:2311.15537); official code https://github.com/xb534/SED.
+CVPR 2024 (arXiv:2311.15537); official code https://github.com/xb534/SED. The released
+checkpoints (ConvNeXt-B and ConvNeXt-L, links in its README) are detectron2 files
+``{'model': state_dict, ...}``. Every entry is accounted for:
+
+==============================================  ==============================================
+official key                                    our key
+==============================================  ==============================================
+``sem_seg_head.predictor.clip_model.<name>``    ``backbone.clip_model.<name>``
+                                                (``CLIPConvNeXtBackbone``: open_clip names)
+``sem_seg_head.predictor.transformer.<name>``   ``neck.conv1.*`` / ``decode_head.*``
+                                                (:func:`map_sed_decoder_key`)
+``sem_seg_head.predictor.clip_model.attn_mask`` dropped: the text causal mask, a constant
+anything else                                   refused (``ValueError`` listing the keys)
+==============================================  ==============================================
+
+SED builds and then deletes a detectron2 backbone and registers its pixel mean/std buffers as
+non-persistent, so an official checkpoint has neither.
 
 The official ``Aggregator`` (``sem_seg_head.predictor.transformer.*``) splits into our neck
 (``SEDCostNeck``: ``conv1``) and decode head (``SEDHead``: everything else). Names are kept,
@@ -19,19 +35,39 @@ except in the decoder ConvNeXt blocks, which are mmpretrain's ``ConvNeXtBlock``:
     decoder{n}.cnext.{norm.*,gamma}                  decode_head.<same>
     head0, head1, head2, head                        decode_head.<same>
 
-Keys outside the prefix (the CLIP model) are left to the CLIP converter; an unknown key below
-the prefix (e.g. ``text_guidance_projection`` of a text-guided variant, which no SED config
-uses) is an error.
+An unknown key below the prefix (e.g. ``text_guidance_projection`` of a text-guided variant,
+which no SED config uses) is an error. :func:`convert_sed` is the format's converter in
+:mod:`.convert` (``sed_official``, used by the model zoo and
+``tools/model_converters/sed2mmseg.py``).
 """
 import re
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Optional
 
 import torch
+from torch import Tensor
 
-__all__ = ['OFFICIAL_SED_PREFIX', 'map_sed_decoder_key', 'sed_decoder_to_mmseg']
+from .official_checkpoint import Converted, detectron2_state_dict, float32, short_list
+
+__all__ = ['OFFICIAL_SED_PREFIX', 'OFFICIAL_SED_CLIP_PREFIX', 'SED_ARCHITECTURES', 'SED_CONFIGS',
+           'map_sed_decoder_key', 'sed_decoder_to_mmseg', 'sed_architecture', 'convert_sed',
+           'convert_sed_checkpoint']
 
 #: Prefix of the official ``Aggregator`` parameters in a SED checkpoint.
 OFFICIAL_SED_PREFIX = 'sem_seg_head.predictor.transformer.'
+#: Prefix of the CLIP model in an official SED checkpoint.
+OFFICIAL_SED_CLIP_PREFIX = 'sem_seg_head.predictor.clip_model.'
+#: Width of the ConvNeXt stem -> (architecture, open_clip model name) of the released models.
+SED_ARCHITECTURES = {128: ('ConvNeXt-B', 'convnext_base_w_320'),
+                     192: ('ConvNeXt-L', 'convnext_large_d_320')}
+_STEM = 'visual.trunk.stem.0.weight'
+_DROPPED = re.compile(re.escape(OFFICIAL_SED_CLIP_PREFIX) + r'(transformer\.resblocks\.\d+\.)?'
+                      r'attn_mask$')
+_REQUIRED = (OFFICIAL_SED_CLIP_PREFIX + _STEM,
+             OFFICIAL_SED_CLIP_PREFIX + 'token_embedding.weight',
+             OFFICIAL_SED_PREFIX + 'conv1.weight', OFFICIAL_SED_PREFIX + 'head.weight')
+#: Config checked against by default, by open_clip model name (relative to the repository root).
+SED_CONFIGS = {'convnext_base_w_320': 'configs/sed_convnext_base.py',
+               'convnext_large_d_320': 'configs/sed_convnext_large.py'}
 
 _PARAM = r'\.(weight|bias)'
 #: (pattern on the key below the prefix, part) for names kept as they are.
@@ -111,3 +147,70 @@ def sed_decoder_to_mmseg(state_dict: Mapping[str, torch.Tensor], *, neck_prefix:
         raise KeyError(f'unknown SED decoder keys (not parameters of the official Aggregator as '
                        f'SED configures it): {unknown}')
     return converted
+
+
+def sed_architecture(state_dict: Mapping[str, Tensor]) -> Optional[str]:
+    """The open_clip model name of a converted SED state dict (None for another trunk width)."""
+    stem = state_dict.get('backbone.clip_model.' + _STEM)
+    entry = SED_ARCHITECTURES.get(None if stem is None else stem.shape[0])
+    return entry[1] if entry else None
+
+
+def convert_sed(checkpoint: Mapping) -> Converted:
+    """Convert an official SED (detectron2) checkpoint; also say which ConvNeXt it holds.
+
+    Args:
+        checkpoint (Mapping): A detectron2 checkpoint ``{'model': state_dict, ...}`` (other
+            entries such as ``iteration`` or ``optimizer`` are ignored) or a bare official
+            state dict.
+
+    Returns:
+        Converted: ``backbone.clip_model.*``, ``neck.*`` and ``decode_head.*``, floating tensors
+        as float32; the architecture is the open_clip model name of a released checkpoint
+        (:data:`SED_ARCHITECTURES`) or ``'custom'``; the dropped text causal mask, if any.
+
+    Raises:
+        TypeError: If ``checkpoint`` is not a mapping.
+        ValueError: For entries that are not named tensors, missing parts of SED, or keys that
+            are not part of SED (listed).
+    """
+    state = detectron2_state_dict(checkpoint, 'SED')
+    missing = [k for k in _REQUIRED if k not in state]
+    if missing:
+        raise ValueError(f'not a complete SED checkpoint: missing {missing}')
+    converted: Dict[str, Tensor] = {}
+    dropped: Dict[str, Tensor] = {}
+    unknown = []
+    for key, value in state.items():
+        if _DROPPED.match(key):
+            dropped[key] = value
+        elif key.startswith(OFFICIAL_SED_CLIP_PREFIX):
+            converted['backbone.clip_model.' + key[len(OFFICIAL_SED_CLIP_PREFIX):]] = value
+        elif key.startswith(OFFICIAL_SED_PREFIX):
+            try:
+                converted[map_sed_decoder_key(key)] = value
+            except KeyError:
+                unknown.append(key)
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f'{len(unknown)} entries are not part of SED: {short_list(unknown, 12)}')
+    arch = sed_architecture(converted) or 'custom'
+    return Converted(float32(converted), arch, architecture=arch, dropped=dropped)
+
+
+def convert_sed_checkpoint(checkpoint: Mapping) -> Dict[str, Tensor]:
+    """Convert an official SED (detectron2) checkpoint into our model's full state dict.
+
+    Args:
+        checkpoint (Mapping): See :func:`convert_sed`.
+
+    Returns:
+        dict[str, Tensor]: ``backbone.clip_model.*``, ``neck.*`` and ``decode_head.*``,
+        floating tensors as float32.
+
+    Raises:
+        TypeError: If ``checkpoint`` is not a mapping.
+        ValueError: See :func:`convert_sed`.
+    """
+    return convert_sed(checkpoint).state_dict

@@ -11,7 +11,7 @@ from typing import List, Mapping, Tuple
 import torch.nn as nn
 
 __all__ = ['CheckpointMismatchError', 'check_state_dict_fits', 'checkpoint_state_dict',
-           'state_dict_differences']
+           'key_differences', 'state_dict_differences']
 
 
 class CheckpointMismatchError(ValueError):
@@ -41,15 +41,24 @@ def _listed(names: List[str], limit: int = 3) -> str:
     return ', '.join(names[:limit]) + more
 
 
+def key_differences(reference: Mapping, state: Mapping
+                    ) -> Tuple[List[str], List[str], List[str]]:
+    """Keys of ``reference`` missing from ``state``, keys of ``state`` not in ``reference``, and
+    the keys of both whose shapes differ (in ``reference``'s order)."""
+    missing = [k for k in reference if k not in state]
+    unexpected = [k for k in state if k not in reference]
+    reshaped = [k for k, v in reference.items() if k in state and hasattr(state[k], 'shape')
+                and tuple(state[k].shape) != tuple(v.shape)]
+    return missing, unexpected, reshaped
+
+
 def state_dict_differences(model: nn.Module, state: Mapping
                            ) -> Tuple[List[str], List[str], List[str]]:
     """Keys missing from ``state``, keys the model does not have, and shape mismatches."""
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f'{k} {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model'
-              for k, v in own.items()
-              if k in state and hasattr(state[k], 'shape') and tuple(state[k].shape) != tuple(v.shape)]
+    missing, unexpected, reshaped = key_differences(own, state)
+    shapes = [f'{k} {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model'
+              for k in reshaped]
     return missing, unexpected, shapes
 
 

@@ -15,7 +15,6 @@ the official code names it (read from cvlab-kaist/CAT-Seg: ``cat_seg_model.py``,
   ``attn_mask`` as a persistent buffer.
 """
 import re
-import importlib.util
 import os.path as osp
 from collections import OrderedDict
 
@@ -28,7 +27,7 @@ from mmengine.runner.checkpoint import load_checkpoint
 from mmseg.registry import MODELS
 
 import mmseg_escnet  # noqa: F401
-from mmseg_escnet.checkpoints.catseg_checkpoint import (check_architecture, clip_architecture,
+from mmseg_escnet.checkpoints.clip_architecture import (check_architecture, clip_architecture,
                                                         clip_architecture_from_config)
 from mmseg_escnet.checkpoints import convert_catseg_checkpoint
 from mmseg_escnet.models.decode_heads.catseg_head import CATSegHead
@@ -37,7 +36,6 @@ from mmseg_escnet.models.necks.catseg_aggregator import CATSegAggregator
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TINY_CFG = osp.join(ROOT, 'configs', 'catseg_tiny_synthetic.py')
 VITB_CFG = osp.join(ROOT, 'configs', 'catseg_vitb16.py')
-CONVERTER = osp.join(ROOT, 'tools', 'model_converters', 'catseg2mmseg.py')
 CLIP = 'sem_seg_head.predictor.clip_model.'
 AGG = 'sem_seg_head.predictor.transformer.'
 QKV = ('q_proj_weight', 'k_proj_weight', 'v_proj_weight')
@@ -106,11 +104,8 @@ def detectron2_checkpoint(state_dict: dict) -> dict:
 
 
 @pytest.fixture(scope='module')
-def tool():
-    spec = importlib.util.spec_from_file_location('catseg2mmseg', CONVERTER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def tool(load_script):
+    return load_script('tools/model_converters/catseg2mmseg.py')
 
 
 @pytest.fixture(scope='module')
@@ -337,10 +332,9 @@ def test_conformance_aggregator_keys(conformance, model):
         len(aggregator) - len(masks) + 4  # + upsample1/2 weight and bias
 
     neck = CATSegAggregator(
-        text_guidance_dim=cfg['text_guidance_dim'],
-        text_guidance_proj_dim=cfg['text_guidance_proj_dim'],
-        appearance_guidance_dim=cfg['appearance_guidance_dim'],
-        appearance_guidance_proj_dim=cfg['appearance_guidance_proj_dim'],
+        embed_dim=cfg['text_guidance_dim'],
+        text_guidance_dim=cfg['text_guidance_proj_dim'],
+        appearance_guidance_dim=cfg['appearance_guidance_proj_dim'],
         num_layers=cfg['num_layers'], num_heads=cfg['nheads'], hidden_dim=cfg['hidden_dim'],
         pooling_size=tuple(cfg['pooling_size']),
         feature_resolution=tuple(cfg['feature_resolution']), window_size=cfg['window_size'],

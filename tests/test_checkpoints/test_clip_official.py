@@ -246,3 +246,25 @@ def test_url_download_into_the_checkpoint_cache(ref, files, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(backbone.encode_image(ref['image']), ref['expected'][0],
                                    atol=1e-5, rtol=0)
+
+
+def test_model_name_reference_is_the_backbone_clip():
+    """clip2mmseg's --model-name checks against open_clip's shapes (meta device), which are
+    CLIPBackbone's: same keys (q/k/v packed), same shapes, same patch grid."""
+    from mmseg_escnet.checkpoints.clip_official import open_clip_reference
+    reference, grid = open_clip_reference('ViT-B-16')
+    backbone = CLIPBackbone('ViT-B-16', out_indices=(), finetune='frozen')
+    ours = merge_qkv(backbone.clip_model.state_dict())
+    assert {k: tuple(v.shape) for k, v in reference.items()} == \
+        {k: tuple(v.shape) for k, v in ours.items()}
+    assert grid == backbone.pretrain_grid
+    with pytest.raises(ValueError, match=r"unknown open_clip architecture 'ViT-Nope'"):
+        open_clip_reference('ViT-Nope')
+
+
+def test_model_name_mismatch_is_named(files, load_script, tmp_path):
+    tool = load_script('tools/model_converters/clip2mmseg.py')
+    with pytest.raises(ValueError, match=r'ViT-tiny\.pt: ViT-B-16: weights do not match the '
+                       r'configured CLIP architecture: shape mismatch for .*missing keys'):
+        tool.convert(files['torchscript'], str(tmp_path / 'out.pth'), model_name='ViT-B-16')
+    assert not (tmp_path / 'out.pth').exists()

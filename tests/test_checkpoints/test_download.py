@@ -411,6 +411,8 @@ def test_file_url(tmp_path, cache):
 
 def test_checkpoint_loader_verifies_http(server, tmp_path):
     """``load_checkpoint``/``load_from``/``init_cfg`` URLs go through the verified cache."""
+    import mmseg_escnet
+    mmseg_escnet.register_checkpoint_loaders()  # what our tools and configs do
     model = nn.Linear(3, 2)
     torch.save({'state_dict': model.state_dict(), 'meta': {'iter': 1}}, tmp_path / 'w.pth')
     data = (tmp_path / 'w.pth').read_bytes()

@@ -21,12 +21,13 @@ from mmengine.model import BaseModule
 from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
 
-from mmseg_escnet.checkpoints import model_zoo
+import mmseg_escnet
+from mmseg_escnet.checkpoints import Converted
+from mmseg_escnet.checkpoints.convert import FORMATS, OfficialFormat, get_format, register_format
 from mmseg_escnet.checkpoints.download import (cache_path, default_cache_dir, download_checkpoint,
                                                file_sha256)
-from mmseg_escnet.checkpoints.model_zoo import (CONVERTERS, fetch_weights, get_model, list_models,
-                                                load_model_index, register_converter,
-                                                resolve_checkpoint_arg)
+from mmseg_escnet.checkpoints.model_zoo import (fetch_weights, get_model, list_models,
+                                                load_model_index, resolve_checkpoint_arg)
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TINY_CONFIG = osp.join(ROOT, 'configs', 'catseg_tiny_synthetic.py')
@@ -36,14 +37,18 @@ CALLS = []
 def _test_converter(checkpoint):
     """A 'third-party' checkpoint {'model': {'lin.w', 'lin.b'}} -> Net's names, values x 2."""
     CALLS.append(sorted(checkpoint['model']))
-    return {'fc.weight': checkpoint['model']['lin.w'] * 2,
-            'fc.bias': checkpoint['model']['lin.b'] * 2}
+    return Converted({'fc.weight': checkpoint['model']['lin.w'] * 2,
+                      'fc.bias': checkpoint['model']['lin.b'] * 2}, 'linear')
+
+
+TEST_FORMAT = OfficialFormat('test_linear', 'linear', _test_converter)
 
 
 @pytest.fixture(autouse=True)
 def registered_test_converter(monkeypatch):
-    monkeypatch.setitem(CONVERTERS, 'test_linear', _test_converter)
+    monkeypatch.setitem(FORMATS, 'test_linear', TEST_FORMAT)
     CALLS.clear()
+    mmseg_escnet.register_checkpoint_loaders()  # zoo:// through MMEngine
 
 
 class Net(BaseModule):
@@ -145,7 +150,10 @@ def test_converter_runs_once_and_is_reused(zoo, linear):
     assert CALLS == [['lin.b', 'lin.w']]
     saved = torch.load(path, map_location='cpu', weights_only=True)
     assert torch.equal(saved['state_dict']['fc.weight'], linear.fc.weight.data * 2)
-    assert saved['meta']['converter'] == 'test_linear'
+    assert saved['meta']['converter'] == saved['meta']['format'] == 'test_linear'
+    assert saved['meta']['source'] == zoo.url('third_party.pth')  # the stamp wins
+    with open(path + '.sha256') as f:  # the training checkpoints' sidecar, checked on load
+        assert f.read().split() == [file_sha256(path), osp.basename(path)]
     assert fetch_weights('converted_linear') == path
     other = Net()
     load_checkpoint(other, 'zoo://converted_linear', map_location='cpu')
@@ -240,13 +248,15 @@ def test_index_errors(tmp_path, monkeypatch):
         load_model_index(index)
 
 
-def test_register_converter():
+def test_register_format(monkeypatch):
     with pytest.raises(KeyError, match="'test_linear' is already registered"):
-        register_converter('test_linear', _test_converter)
-    with pytest.raises(TypeError, match="callable or 'module:function'"):
-        register_converter('other', 'no_colon')
-    register_converter('test_linear', 'os.path:join', force=True)
-    assert model_zoo._converter('test_linear') is osp.join
+        register_format(TEST_FORMAT)
+    with pytest.raises(TypeError, match='expected an OfficialFormat, got function'):
+        register_format(_test_converter)
+    with pytest.raises(KeyError, match=r"unknown official checkpoint format 'other'; known: \["):
+        get_format('other')
+    other = OfficialFormat('test_linear', 'other', _test_converter)
+    assert register_format(other, force=True) is other and get_format('test_linear') is other
 
 
 def test_repository_index():

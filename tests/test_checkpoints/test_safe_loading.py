@@ -7,8 +7,14 @@ import torch
 from mmengine.logging import HistoryBuffer
 from mmengine.runner.checkpoint import CheckpointLoader
 
-import mmseg_escnet  # noqa: F401  (installs the loader)
+import mmseg_escnet
 from mmseg_escnet.checkpoints.safe_loading import load_local_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def our_loaders():
+    """MMEngine's CheckpointLoader reads local files with our loader (as our tools make it)."""
+    mmseg_escnet.register_checkpoint_loaders()
 
 
 class NotAllowed:

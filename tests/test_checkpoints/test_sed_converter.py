@@ -5,7 +5,6 @@ tests/test_models/test_sed/test_sed_conformance.py, the CLIP tower's (open_clip'
 tests/test_models/test_backbones/test_clip_convnext.py; here a whole checkpoint written under those
 names is converted and loaded strictly into a config.
 """
-import importlib.util
 import os.path as osp
 
 import pytest
@@ -15,11 +14,10 @@ from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
 import mmseg_escnet  # noqa: F401
-from mmseg_escnet.checkpoints.model_zoo import _converter
-from mmseg_escnet.checkpoints.sed_checkpoint import convert_sed_checkpoint
+from mmseg_escnet.checkpoints.convert import get_format
+from mmseg_escnet.checkpoints.sed_official import convert_sed
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-CONVERTER = osp.join(ROOT, 'tools', 'model_converters', 'sed2mmseg.py')
 TINY = osp.join(ROOT, 'configs', 'sed_tiny_synthetic.py')
 DECODER = 'sem_seg_head.predictor.transformer.'
 CLIP = 'sem_seg_head.predictor.clip_model.'
@@ -29,11 +27,8 @@ OFFICIAL_CNEXT = {'depthwise_conv': 'dwconv', 'pointwise_conv1': 'pwconv1',
 
 
 @pytest.fixture(scope='module')
-def tool():
-    spec = importlib.util.spec_from_file_location('sed2mmseg', CONVERTER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def tool(load_script):
+    return load_script('tools/model_converters/sed2mmseg.py')
 
 
 @pytest.fixture(scope='module')
@@ -68,7 +63,7 @@ def test_round_trip_through_the_tool(tool, ours, tmp_path):
     assert meta['num_tensors'] == len(ours) and meta['architecture'] == 'custom'
     assert converted['state_dict'].keys() == ours.keys()
     assert all(torch.equal(converted['state_dict'][k], v) for k, v in ours.items())
-    assert _converter('sed_official') is convert_sed_checkpoint  # the model zoo's converter
+    assert get_format('sed_official').convert is convert_sed  # the model zoo's converter
 
 
 @pytest.mark.parametrize('edit, match', [
