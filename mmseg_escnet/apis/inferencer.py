@@ -38,8 +38,8 @@ from mmseg.structures import SegDataSample
 from torch import nn
 
 from ..checkpoints.state_dict_fit import check_state_dict_fits, checkpoint_state_dict
+from ..engine.checkpoint_schemes import install as register_checkpoint_loaders
 from ..models.segmentors.class_sparse import dense_probabilities
-from ..models.text.class_embedder import build_vocabulary
 from ..text import Vocabulary
 from ..visualization import make_palette, render_segmentation
 from .image_io import (MAX_IMAGE_PIXELS, list_images, read_image, resize_label_map,
@@ -120,6 +120,7 @@ class OpenVocabInferencer(MMSegInferencer):
             device = 'cuda' if torch.cuda.is_available() else 'cpu'
         check_device(device)
         self._namer: Optional[OutputNamer] = None  # output names of the current call
+        register_checkpoint_loaders()  # weights: zoo://, verified URLs, safe local loading
         super().__init__(model=cfg, weights=weights, device=device, scope=scope)
         self.show_progress = show_progress
         if vocabulary is None:
@@ -173,7 +174,7 @@ class OpenVocabInferencer(MMSegInferencer):
     @property
     def vocabulary(self) -> Vocabulary:
         """The vocabulary the model segments with."""
-        return self.model.test_text.vocabulary
+        return self.model.vocabulary
 
     @property
     def classes(self) -> List[str]:
@@ -202,10 +203,13 @@ class OpenVocabInferencer(MMSegInferencer):
         if isinstance(vocabulary, str) and not vocabulary.strip():
             raise ValueError('the vocabulary is empty: got an empty string instead of class '
                              'names, a vocabulary file or a built-in vocabulary name')
-        vocabulary = build_vocabulary(vocabulary, self.vocabulary_options())
+        overrides = self._prompt_overrides()
+        if overrides and not isinstance(vocabulary, Vocabulary):  # the model prompts the rest
+            vocabulary = ({**overrides, **vocabulary} if isinstance(vocabulary, dict) else
+                          dict(classes=vocabulary, **overrides))
         self.model.set_vocabulary(vocabulary, which='test')
         self._sync_meta()
-        return vocabulary
+        return self.vocabulary
 
     def vocabulary_options(self) -> dict:
         """How a vocabulary given by names, a file or a dict without them is prompted.
@@ -215,11 +219,13 @@ class OpenVocabInferencer(MMSegInferencer):
             the model's own (its training vocabulary's; the segmentor gives the same defaults to
             every test vocabulary, so the test loop prompts alike).
         """
-        options = dict(self.model.test_text.defaults)
-        options.update({key: value for key, value in
-                        (('synonyms', self.synonyms), ('templates', self.templates))
-                        if value is not None})
-        return options
+        return {**self.model.vocabulary_options(), **self._prompt_overrides()}
+
+    def _prompt_overrides(self) -> dict:
+        """This inferencer's ``synonyms``/``templates``, where given."""
+        return {key: value for key, value in
+                (('synonyms', self.synonyms), ('templates', self.templates))
+                if value is not None}
 
     def _sync_meta(self) -> None:
         """Class names and palette of the vocabulary into the model and the visualiser."""

@@ -2,6 +2,7 @@
 class embeddings they give as a vocabulary's ``'descriptions'`` templates."""
 import json
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -168,8 +169,9 @@ def test_class_embedding_is_the_renormalised_mean_of_normalised_description_embe
     def encode_text(tokens):  # (n, 1) -> (n, 8), deliberately not normalised
         return weights[tokens[:, 0]] * 3.0
 
-    embedder = ClassEmbedder(vocab).eval()
-    emb = embedder(encode_text, tokenize)  # (T, 1, C)
+    encoder = SimpleNamespace(encode_text=encode_text, tokenize=tokenize)  # any such object
+    embedder = ClassEmbedder(vocab, text_encoder=encoder).eval()
+    emb = embedder()  # (T, 1, C)
     assert emb.shape == (2, 1, 8)
     for t, (name, desc) in enumerate([('sky', SKY), ('pot', POT)]):
         texts = list(desc.values()) + [f'a {name}.']

@@ -170,7 +170,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     ignore = _evaluator_index(cfg, args.split, 'ignore_index')
     ignore = dataset.metainfo.get('ignore_index', 255) if ignore is None else ignore
     background = _evaluator_index(cfg, args.split, 'background_index')
-    names = model.test_text.vocabulary.names
+    names = model.vocabulary.names  # the test vocabulary (eval mode)
 
     pairs: List[dict] = []
     pruned: Dict[int, int] = {}

@@ -1,24 +1,60 @@
-"""Class text embeddings with token and eval-mode caching.
+"""Class text embeddings, computed by the embedder's own text encoder and cached safely.
 
 :class:`ClassEmbedder` turns a :class:`Vocabulary` into the ``(T, P, C)`` class
 embeddings that CAT-Seg-style models correlate with dense image features:
 
-1. every prompt ``template.format(synonym)`` is tokenised once per vocabulary;
-2. the prompts are encoded in chunks by the caller's ``encode_text`` and each
-   embedding is L2-normalised;
+1. every prompt ``template.format(synonym)`` is tokenised once per vocabulary
+   by the text encoder's ``tokenize``;
+2. the prompts are encoded in chunks by its ``encode_text`` and each embedding
+   is L2-normalised;
 3. per (class, template) the synonym embeddings are averaged and the mean is
    L2-normalised again.
 
-In training mode the embeddings are recomputed on every call with gradients
-(CAT-Seg fine-tunes CLIP's text attention), unless the caller says the text
-encoder is frozen (SED). In eval mode, or frozen, they are computed once under
-``torch.no_grad`` and cached. Unlike CAT-Seg, whose eval cache is never
-reset, the cache is dropped when the module returns to training mode and when the
-encoder's weights, device, dtype or identity change. The embeddings of the last
-``cache_size`` vocabularies are kept, so switching back to one costs no encoding.
+**The text encoder.** The embedder is given its text encoder once, when it is
+built (the segmentor gives its CLIP backbone): any object with
+``encode_text((n, L) tokens) -> (n, C)`` and ``tokenize(list of N str) -> (N, L)``.
+The embedder holds a plain reference, not a submodule, so:
+
+* the encoder's weights stay in the backbone's state dict (the embedder's is
+  empty) and ``model.to()``/``.half()``/``.train()`` reach them once, through the
+  backbone;
+* ``copy.deepcopy(model)`` gives the copy's embedder the copy's backbone
+  (deepcopy's memo maps the shared reference); a deep copy of the embedder
+  alone copies its encoder with it.
+
+**What is cached.** In training mode a trainable text tower's embeddings are
+recomputed on every call, with gradients (CAT-Seg fine-tunes CLIP's text
+attention). A frozen text tower (SED: the encoder's ``text_trainable`` is False;
+an encoder without that attribute is frozen when none of its parameters
+requires gradients) is encoded once under ``torch.no_grad`` and cached, in
+training as in eval mode; so is any encoder in eval mode. The embeddings of the
+last ``cache_size`` vocabularies are kept, so switching back to one (a web
+demo, an inferencer) costs no encoding.
+
+**When the cache is dropped.** No object identity is involved. The cache is
+valid for one *state* of the encoder's weights: the storage address, version
+counter, device and dtype of each of its parameters (when the text tower is
+frozen, the parameters that train, the image tower's, are left out, so that
+training steps keep the text cache). Every call compares the current state
+with the cached one and drops every cached vocabulary when they differ:
+
+* in-place writes (an optimizer step, ``load_state_dict``'s copy) bump the
+  version counter;
+* ``to()``/``half()``/``cuda()`` and ``load_state_dict(assign=True)`` allocate
+  new storage while the old one is alive, so the address changes (and the
+  device or dtype);
+* a new vocabulary is a new cache entry (entries are keyed by the vocabulary's
+  fingerprint, the tokens' device and the autocast state, so embeddings computed
+  under mixed precision are never returned outside it).
+
+Entering training mode (``train()``) and the segmentor's ``load_state_dict``
+post-hook also drop the cache explicitly. Writes through ``param.data``, which
+bypass version counters, are not seen: call :meth:`ClassEmbedder.clear_cache`
+after them. An encoder that is not an ``nn.Module`` has no visible weights: its
+embeddings are cached in eval mode until :meth:`~ClassEmbedder.clear_cache`.
 """
 from collections import OrderedDict
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Protocol, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -60,31 +96,39 @@ def build_vocabulary(vocabulary: VocabularySpec,
     return Vocabulary(vocabulary, **defaults)
 
 
-def _encoder_module(encode_text: Callable) -> Optional[nn.Module]:
-    """The module behind ``encode_text`` (itself or a bound method's owner)."""
-    if isinstance(encode_text, nn.Module):
-        return encode_text
-    owner = getattr(encode_text, '__self__', None)
-    return owner if isinstance(owner, nn.Module) else None
+class TextEncoder(Protocol):
+    """What :class:`ClassEmbedder` needs of its text encoder (e.g. a CLIP backbone)."""
+
+    def encode_text(self, tokens: Tensor) -> Tensor:
+        """``(n, L)`` tokens -> ``(n, C)`` embeddings (not necessarily normalised)."""
+
+    def tokenize(self, texts: List[str]) -> Tensor:
+        """``N`` strings -> ``(N, L)`` tokens."""
 
 
-def _encoder_identity(encode_text: Callable) -> Tuple[int, ...]:
-    """An identity for ``encode_text`` that is stable across bound-method lookups."""
-    owner = getattr(encode_text, '__self__', None)
-    func = getattr(encode_text, '__func__', None)
-    if owner is not None and func is not None:
-        return (id(owner), id(func))
-    return (id(encode_text), )
+#: One parameter's part of the weights state: storage address, version counter, device, dtype.
+_ParamState = Tuple[int, int, torch.device, torch.dtype]
+
+
+def _autocast_state(device_type: str) -> Tuple:
+    """The autocast dtype active for ``device_type`` (empty when autocast is off)."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # a device type without autocast (e.g. 'meta')
+        return ()
+    if enabled:
+        return (torch.get_autocast_dtype(device_type), )
+    return ()
 
 
 @MODELS.register_module()
 class ClassEmbedder(nn.Module):
-    """Computes and caches the L2-normalised class text embeddings.
+    """Computes and caches the L2-normalised class text embeddings of a vocabulary.
 
-    The module has no parameters: the text encoder is passed to
-    :meth:`forward` as a callable, so it stays owned (and checkpointed) by the
-    backbone. The token tensor and the eval-mode embeddings are plain
-    attributes, not buffers, so they never enter a state dict.
+    The module has no parameters and an empty state dict: its text encoder is a plain
+    reference (not a submodule) to a module owned and checkpointed elsewhere (the segmentor's
+    backbone), and the tokens and cached embeddings are plain attributes, not buffers. See the
+    module docstring for when the cache is dropped.
 
     Args:
         vocabulary: a :class:`Vocabulary`, a dict of its keyword arguments
@@ -92,25 +136,35 @@ class ClassEmbedder(nn.Module):
             vocabulary name, a ``.txt``/``.json`` path or a list of class names.
         defaults (dict, optional): ``synonyms``/``templates`` for every vocabulary given
             without them (see :func:`build_vocabulary`).
-        cache_size (int): Eval-mode embeddings of this many recent vocabularies are kept, so
+        cache_size (int): Embeddings of this many recent vocabularies are kept, so
             switching back to one (a web demo, an inferencer) does not encode it again.
+        text_encoder (optional): the text encoder, an object with ``encode_text`` and
+            ``tokenize`` (see :class:`TextEncoder`); None: give it later with
+            :meth:`set_text_encoder` (built from a config).
     """
 
     def __init__(self, vocabulary: VocabularySpec, defaults: Optional[dict] = None,
-                 cache_size: int = 4) -> None:
+                 cache_size: int = 4, text_encoder: Optional[TextEncoder] = None) -> None:
         super().__init__()
         if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 1:
             raise ValueError(f'cache_size must be a positive int, got {cache_size!r}')
         self.cache_size = cache_size
-        # (cache key) -> (T, P, C) embeddings of recent vocabularies, most recent last
+        # (fingerprint, device, autocast) -> (T, P, C) embeddings, most recently used last;
+        # all computed with the weights state self._weights
         self._recent: 'OrderedDict[Tuple, Tensor]' = OrderedDict()
+        self._weights: Optional[Tuple[_ParamState, ...]] = None
         self.defaults = dict(defaults or {})
         self._vocabulary = build_vocabulary(vocabulary, self.defaults)
+        self._fingerprint: Optional[str] = None  # of the tokenised vocabulary
         self._tokens: Optional[Tensor] = None  # (N, L) as returned by the tokenizer
         self._device_tokens: Optional[Tensor] = None  # (N, L) on the encoder's device
         self._group_index: Optional[Tensor] = None  # (N,) flat (class * P + template) index
-        self._cache: Optional[Tensor] = None  # (T, P, C), eval mode only
-        self._cache_key: Optional[Tuple] = None
+        self._group_sizes: Optional[Tensor] = None  # (T * P,) prompts per (class, template)
+        # object.__setattr__: a module given here must not become a submodule (its weights
+        # would enter this module's state dict, and to()/train() would reach it twice)
+        object.__setattr__(self, '_text_encoder', None)
+        if text_encoder is not None:
+            self.set_text_encoder(text_encoder)
 
     @property
     def vocabulary(self) -> Vocabulary:
@@ -127,45 +181,105 @@ class ClassEmbedder(nn.Module):
         """Number of prompt templates (or description channels) P."""
         return self._vocabulary.num_prompts
 
+    @property
+    def text_encoder(self) -> Optional[TextEncoder]:
+        """The text encoder (None until one is given)."""
+        return self._text_encoder
+
+    def set_text_encoder(self, text_encoder: TextEncoder) -> None:
+        """Use ``text_encoder`` from now on; drops the cached tokens and embeddings.
+
+        Args:
+            text_encoder: an object with ``encode_text((n, L) tokens) -> (n, C)`` and
+                ``tokenize(list of N str) -> (N, L)`` (e.g. a ``CLIPBackbone``). It is held
+                by reference, not registered as a submodule.
+
+        Raises:
+            TypeError: if ``encode_text`` or ``tokenize`` is missing or not callable.
+        """
+        missing = [name for name in ('encode_text', 'tokenize')
+                   if not callable(getattr(text_encoder, name, None))]
+        if missing:
+            raise TypeError(f'a text encoder needs callable encode_text and tokenize; '
+                            f'{type(text_encoder).__name__} lacks {" and ".join(missing)}')
+        object.__setattr__(self, '_text_encoder', text_encoder)
+        self.clear_cache(tokens=True)
+
     def set_vocabulary(self, vocabulary: VocabularySpec) -> None:
-        """Swap the vocabulary; drops the cached tokens and embeddings.
+        """Swap the vocabulary; drops its tokens (the recent embeddings stay valid).
 
         Args:
             vocabulary: anything accepted by the constructor.
         """
         self._vocabulary = build_vocabulary(vocabulary, self.defaults)
-        self._cache = None  # the recent vocabularies' embeddings stay valid
-        self._cache_key = None
-        self._tokens = None
-        self._device_tokens = None
-        self._group_index = None
+        self._drop_tokens()
 
     def clear_cache(self, tokens: bool = False) -> None:
-        """Drop the cached eval embeddings (and, if ``tokens``, the tokens).
+        """Drop the cached embeddings of every vocabulary (and, if ``tokens``, the tokens).
 
-        Call this after changing the text encoder's weights in place while the
-        module stays in eval mode (e.g. loading a checkpoint between two
-        evaluations without a ``train()`` call in between).
+        Weight changes are detected on their own (see the module docstring); call this after
+        writing the encoder's weights through ``param.data``, or to free the memory.
 
         Args:
             tokens (bool): also drop the token tensor.
         """
-        self._cache = None
-        self._cache_key = None
         self._recent.clear()
+        self._weights = None
         if tokens:
-            self._tokens = None
-            self._device_tokens = None
-            self._group_index = None
+            self._drop_tokens()
+
+    def _drop_tokens(self) -> None:
+        self._fingerprint = None
+        self._tokens = None
+        self._device_tokens = None
+        self._group_index = None
+        self._group_sizes = None
 
     def train(self, mode: bool = True) -> 'ClassEmbedder':
-        """Set the mode; entering training mode drops the eval cache."""
+        """Set the mode; entering training mode drops the cached embeddings."""
         super().train(mode)
         if mode:
             self.clear_cache()
         return self
 
-    def _tokenize(self, tokenize: Callable[[List[str]], Tensor]) -> None:
+    def _require_encoder(self) -> TextEncoder:
+        if self._text_encoder is None:
+            raise RuntimeError('this ClassEmbedder has no text encoder: give text_encoder= when '
+                               'building it, or call set_text_encoder()')
+        return self._text_encoder
+
+    def _encoder_module(self) -> Optional[nn.Module]:
+        encoder = self._text_encoder
+        return encoder if isinstance(encoder, nn.Module) else None
+
+    def _text_frozen(self) -> bool:
+        """Whether the text tower does not train (its embeddings are cached in training too)."""
+        trainable = getattr(self._text_encoder, 'text_trainable', None)
+        if trainable is not None:
+            return not trainable
+        module = self._encoder_module()
+        return module is not None and not any(p.requires_grad for p in module.parameters())
+
+    def _weights_state(self, frozen: bool) -> Tuple[_ParamState, ...]:
+        """Address, version, device and dtype of every parameter that can change the text
+        embeddings: all of the encoder's, except the trainable ones of a frozen text tower."""
+        module = self._encoder_module()
+        if module is None:
+            return ()
+        return tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in module.parameters()
+                     if not (frozen and p.requires_grad))
+
+    def _encoder_device(self) -> Optional[torch.device]:
+        """Device of the encoder's first parameter (or buffer); None without either."""
+        module = self._encoder_module()
+        if module is None:
+            return None
+        first = next(iter(module.parameters()), None)
+        if first is None:
+            first = next(iter(module.buffers()), None)
+        return None if first is None else first.device
+
+    def _tokenize(self) -> None:
         """Tokenise every prompt once and build the synonym grouping index."""
         prompts = self._vocabulary.prompts()  # [T][P][S_t]
         flat: List[str] = []
@@ -175,7 +289,7 @@ class ClassEmbedder(nn.Module):
             for p, per_template in enumerate(per_class):
                 flat.extend(per_template)
                 groups.extend([t * num_templates + p] * len(per_template))
-        tokens = tokenize(flat)
+        tokens = self._require_encoder().tokenize(flat)
         if not isinstance(tokens, Tensor):
             raise TypeError(f'tokenize must return a Tensor, got {type(tokens).__name__}')
         if tokens.dim() != 2 or tokens.shape[0] != len(flat):
@@ -189,6 +303,7 @@ class ClassEmbedder(nn.Module):
         for group in groups:
             sizes[group] += 1
         self._group_sizes = torch.tensor(sizes, dtype=torch.long)
+        self._fingerprint = self._vocabulary.fingerprint
 
     def _tokens_on(self, device: Optional[torch.device]) -> Tensor:
         """The token tensor on ``device`` (moved once and kept there)."""
@@ -198,18 +313,17 @@ class ClassEmbedder(nn.Module):
             self._device_tokens = self._tokens.to(device)
         return self._device_tokens
 
-    def _encode(self, encode_text: Callable[[Tensor], Tensor], tokens: Tensor,
-                chunk_size: int) -> Tensor:
+    def _encode(self, tokens: Tensor, chunk_size: int) -> Tensor:
         """Encode, normalise and average the prompts.
 
         Args:
-            encode_text: maps ``(n, L)`` tokens to ``(n, C)`` embeddings.
             tokens (Tensor): ``(N, L)`` tokens of all prompts.
             chunk_size (int): prompts per ``encode_text`` call.
 
         Returns:
             Tensor: ``(T, P, C)`` L2-normalised class embeddings.
         """
+        encode_text = self._require_encoder().encode_text
         chunks = []
         for start in range(0, tokens.shape[0], chunk_size):
             part = tokens[start:start + chunk_size]
@@ -230,65 +344,52 @@ class ClassEmbedder(nn.Module):
         # (T*P, C) -> (T, P, C)
         return mean.view(self.num_classes, self.num_templates, -1)
 
-    def forward(self,
-                encode_text: Callable[[Tensor], Tensor],
-                tokenize: Callable[[List[str]], Tensor],
-                chunk_size: int = 256,
-                device: Optional[Union[str, torch.device]] = None,
-                frozen: bool = False) -> Tensor:
-        """Class embeddings of the current vocabulary.
+    def forward(self, chunk_size: int = 256) -> Tensor:
+        """Class embeddings of the current vocabulary, by the embedder's text encoder.
+
+        The tokens go to the device of the encoder's first parameter (or buffer), else stay
+        where ``tokenize`` put them.
 
         Args:
-            encode_text: the text encoder, mapping ``(n, L)`` tokens to
-                ``(n, C)`` embeddings (e.g. ``clip_model.encode_text``).
-            tokenize: maps a list of ``N`` strings to ``(N, L)`` tokens (e.g.
-                ``open_clip.get_tokenizer('ViT-B-16')``). Called once per
-                vocabulary; the tokenizer is assumed not to change.
-            chunk_size (int): prompts per ``encode_text`` call, bounding the
-                activation memory in eval mode.
-            device: where the tokens go. Defaults to the device of the first
-                parameter or buffer of the module behind ``encode_text`` (the
-                module itself or a bound method's owner), else the tokens stay
-                where ``tokenize`` put them.
-            frozen (bool): the text encoder does not train (SED): the embeddings
-                are cached in training mode too, as in eval mode.
+            chunk_size (int): prompts per ``encode_text`` call, bounding the activation memory.
 
         Returns:
-            Tensor: ``(T, P, C)`` class embeddings, L2-normalised over ``C``.
-            In eval mode the cached tensor itself is returned: do not modify it
-            in place.
+            Tensor: ``(T, P, C)`` class embeddings, L2-normalised over ``C``. When cached (eval
+            mode, or a frozen text tower) the cached tensor itself is returned, without
+            gradients: do not modify it in place.
+
+        Raises:
+            ValueError: for a bad ``chunk_size``, or an encoder or tokenizer returning
+                tensors of the wrong shape.
+            RuntimeError: if no text encoder was given.
         """
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f'chunk_size must be a positive int, got {chunk_size!r}')
-        module = _encoder_module(encode_text)
-        first = None
-        if module is not None:
-            first = next(iter(module.parameters()), None)
-            if first is None:
-                first = next(iter(module.buffers()), None)
-        if device is None and first is not None:
-            device = first.device
-        device = torch.device(device) if device is not None else None
-
+        self._require_encoder()
         if self._tokens is None:
-            self._tokenize(tokenize)
-        tokens = self._tokens_on(device)
+            self._tokenize()
+        tokens = self._tokens_on(self._encoder_device())
 
+        frozen = self._text_frozen()
         if self.training and not frozen:
-            return self._encode(encode_text, tokens, chunk_size)
+            return self._encode(tokens, chunk_size)
 
-        key = (self._vocabulary.fingerprint, tokens.device,
-               first.dtype if first is not None else None, _encoder_identity(encode_text))
-        if self._cache is None or self._cache_key != key:
-            self._cache = self._recent.pop(key, None)  # a recent vocabulary: no encoding
-            if self._cache is None:
-                with torch.no_grad():
-                    self._cache = self._encode(encode_text, tokens, chunk_size)
-            self._cache_key = key
-            self._recent[key] = self._cache
+        weights = self._weights_state(frozen)
+        if weights != self._weights:  # new weights, device or dtype: nothing cached is valid
+            self._recent.clear()
+            self._weights = weights
+        key = (self._fingerprint, tokens.device, _autocast_state(tokens.device.type))
+        cached = self._recent.get(key)
+        if cached is None:
+            with torch.no_grad():
+                cached = self._encode(tokens, chunk_size)
+            self._recent[key] = cached
             while len(self._recent) > self.cache_size:
                 self._recent.popitem(last=False)
-        return self._cache
+        else:
+            self._recent.move_to_end(key)
+        return cached
 
     def extra_repr(self) -> str:
-        return f'vocabulary={self._vocabulary!r}'
+        encoder = 'None' if self._text_encoder is None else type(self._text_encoder).__name__
+        return f'vocabulary={self._vocabulary!r}, text_encoder={encoder}'
