@@ -4,6 +4,5 @@
 _base_ = ['./escnet_vitb16.py']
 model = dict(
     clip_resolution=336,
-    backbone=dict(model_name='ViT-L-14-336', out_indices=(7, 15)),
-    neck=dict(text_dim=768),
-    decode_head=dict(clip_width=1024))
+    backbone=dict(model_name='ViT-L-14-336', out_indices=(7, 15)))
+# the neck's and head's CLIP widths (768, 1024) follow from the backbone (models/segmentors/model_sizes.py)

@@ -21,6 +21,6 @@ model = dict(
         out_chans=32,
         checkpoint=None,
         frozen=False),  # random SAM: it learns too
-    fusion=dict(type='SAMCLIPFusion', sam_dim=32, clip_dim=32, mode='pixel', hidden_dim=16,
+    fusion=dict(type='SAMCLIPFusion', sam_dim=32, mode='pixel', hidden_dim=16,
                 init_weight=0.5,
                 zero_init_adapter=False))  # random CLIP: no cost volume to protect; SAM gets a gradient

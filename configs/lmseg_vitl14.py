@@ -3,7 +3,6 @@
 _base_ = ['./lmseg_vitb16.py']
 model = dict(
     clip_resolution=336,
-    backbone=dict(model_name='ViT-L-14-336', out_indices=(7, 15)),
-    fusion=dict(clip_dim=768),
-    neck=dict(text_guidance_dim=768, appearance_guidance_dim=768),
-    decode_head=dict(clip_width=1024))
+    backbone=dict(model_name='ViT-L-14-336', out_indices=(7, 15)))
+# the fusion's, neck's and head's CLIP widths (768, 1024) follow from the backbone
+# (models/segmentors/model_sizes.py)

@@ -7,5 +7,5 @@ model = dict(
         # SED's open_clip config has dropout 0.1 in the MLP projection head (open_clip's: 0);
         # drop path 0.1 is in both
         vision_overrides=dict(timm_drop=0.1),
-        pretrained='laion2b_s29b_b131k_ft_soup'),
-    decode_head=dict(decoder_guidance_dims=(768, 384, 192)))  # res4, res3, res2 of ConvNeXt-L
+        pretrained='laion2b_s29b_b131k_ft_soup'))
+# the head's skip widths (768, 384, 192: res4, res3, res2 of ConvNeXt-L) follow from the backbone

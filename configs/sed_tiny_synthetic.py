@@ -23,18 +23,15 @@ model = dict(
         trunk_cfg=dict(depths=(1, 1, 2, 1), dims=(16, 24, 32, 48)),
         finetune='full',  # random CLIP: everything learns
         pretrained=None),
-    neck=dict(_delete_=True, type='SEDCostNeck', prompt_channel=len(templates), hidden_dim=32,
-              pad_len=0),
+    neck=dict(_delete_=True, type='SEDCostNeck', hidden_dim=32, pad_len=0),
     decode_head=dict(
         _delete_=True,
         type='SEDHead',
         hidden_dim=32,
-        prompt_channel=len(templates),
-        decoder_dims=(32, 16, 16),
-        decoder_guidance_dims=(32, 24, 16),  # res4, res3, res2 of the tiny trunk
+        decoder_dims=(32, 16, 16),  # skip widths and prompt_channel: derived
         decoder_guidance_proj_dims=(8, 8, 8),
         num_heads=2,
         kernel_sizes=(9, 9, 9),
-        train_pooling_size=(2, 2),
+        pooling_size=(2, 2),
         test_pooling_size=(1, 1),
         num_classes=5))

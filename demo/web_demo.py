@@ -71,7 +71,7 @@ class WebSegmenter:
 
     Args:
         inferencer (OpenVocabInferencer): The model. Every call sets its vocabulary and its
-            model's ``test_cfg`` (the configured one is the base of both modes).
+            model's inference settings (the configured ones are the base of both modes).
         out_dir (str, optional): Folder where a copy of each label map goes (a subfolder per
             run; the last :data:`KEEP_RUNS` are kept). The page never serves it.
         max_pixels (int, optional): Larger images are refused (None: ``MAX_IMAGE_PIXELS``).
@@ -99,7 +99,7 @@ class WebSegmenter:
         self.max_pixels = max_pixels
         self.max_classes = max_classes
         inferencer.model.test_text.cache_size = cache_size
-        self.base_test_cfg = dict(inferencer.model.test_cfg or {})
+        self.base_settings = inferencer.model.inference_settings
         self._runs = 0
 
     def vocabulary(self, text: Optional[str]):
@@ -166,17 +166,14 @@ class WebSegmenter:
         except (OSError, ValueError) as err:
             raise InputError(str(err).replace(path, name or osp.basename(path))) from None
 
-    def test_cfg(self, mode: str) -> dict:
-        """The model's ``test_cfg`` for ``mode``: the configured keys if the config tests in that
-        mode, else the protocol's defaults (``sliding_global``: 384 px crops of the image squashed
-        to 640 x 640, overlap 0.333, plus a global view); the class filter in both modes."""
-        from mmseg_escnet.models.segmentors.open_vocab_encoder_decoder import TEST_CFG_KEYS
+    def settings(self, mode: str):
+        """The model's inference settings for ``mode``: the configured ones if the config tests
+        in that mode, else the protocol's defaults (``sliding_global``: 384 px crops of the image
+        squashed to 640 x 640, overlap 0.333, plus a global view); the class filter in both
+        modes."""
         if mode not in MODES:
             raise InputError(f'unknown mode {mode!r}; choose one of {", ".join(MODES)}')
-        same_mode = self.base_test_cfg.get('mode', 'whole') == mode
-        cfg = {k: v for k, v in self.base_test_cfg.items()
-               if k in TEST_CFG_KEYS[mode] and (same_mode or k == 'class_filter')}
-        return dict(cfg, mode=mode)
+        return self.base_settings.replace(mode=mode)
 
     def __call__(self, image_path: Optional[str], text: Optional[str], mode: str,
                  name: Optional[str] = None,
@@ -197,7 +194,7 @@ class WebSegmenter:
         """
         report = progress or (lambda fraction, desc: None)
         report(0.0, 'checking the input')
-        test_cfg = self.test_cfg(mode)
+        settings = self.settings(mode)
         vocabulary = self.vocabulary(text)
         self.check_image(image_path, name)
         with self.gate.admit():  # Busy when the queue is full
@@ -208,7 +205,7 @@ class WebSegmenter:
                 self.gate.check_time()
                 report(0.1, f'segmenting with {len(vocabulary)} classes ({mode})')
                 self.inferencer.set_vocabulary(vocabulary)  # a recent one keeps its embeddings
-                self.inferencer.model.test_cfg = test_cfg
+                self.inferencer.model.set_inference_settings(settings)
                 result = self.inferencer(image, return_vis=True)  # stopped at the time limit
                 del image
                 self._runs += 1

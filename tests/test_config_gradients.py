@@ -75,11 +75,10 @@ def tiny_model_cfg(model: Config, sam_checkpoint: str) -> Config:
                                      layers=2)))
     neck = model.neck
     if neck.type == 'CATSegAggregator':
-        neck.update(text_guidance_dim=WIDTH, text_guidance_proj_dim=WIDTH,
-                    appearance_guidance_dim=WIDTH, appearance_guidance_proj_dim=WIDTH,
+        neck.update(embed_dim=WIDTH, text_guidance_dim=WIDTH, appearance_guidance_dim=WIDTH,
                     num_heads=2, hidden_dim=WIDTH)
     else:
-        neck.update(text_dim=WIDTH, hidden_dim=WIDTH, sam_dim=WIDTH, sam_num_heads=2,
+        neck.update(embed_dim=WIDTH, hidden_dim=WIDTH, sam_dim=WIDTH, sam_num_heads=2,
                     sam_mlp_dim=64, num_heads=2, appearance_guidance_dim=WIDTH,
                     text_guidance_dim=WIDTH)
         if neck.get('sam_checkpoint') is not None:

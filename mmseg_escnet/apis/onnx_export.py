@@ -90,12 +90,11 @@ class FixedVocabularySegmentor(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         model.eval()
-        mode = (model.test_cfg or {}).get('mode', 'whole')
-        if mode != 'whole':
-            raise ValueError(f"only test_cfg.mode='whole' exports (one view), got {mode!r}: "
-                             'use --mode whole')
-        class_filter = model.test_class_filter()
-        rule = None if class_filter is None else class_filter['type']
+        settings = model.inference_settings
+        if settings.mode != 'whole':
+            raise ValueError(f"only test_cfg.mode='whole' exports (one view), got "
+                             f'{settings.mode!r}: use --mode whole')
+        rule = None if settings.class_filter is None else settings.class_filter.type
         if rule not in EXPORTABLE_FILTERS:
             raise ValueError(f'class_filter {rule!r} keeps a data-dependent number of classes '
                              "and does not export; use 'topk' or none")

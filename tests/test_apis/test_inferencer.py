@@ -97,12 +97,13 @@ def test_scores_match_probabilities_and_logits(catseg):
 def test_a_class_filter_gives_class_sparse_outputs(catseg):
     """With ``topk`` k = 2, only 2 classes have probabilities; the others are reported as 0."""
     image = _image(40, 60, seed=3)
-    catseg.model.test_cfg['class_filter'] = dict(type='topk', k=2)
+    settings = catseg.model.inference_settings
+    catseg.model.set_inference_settings(settings.replace(class_filter=dict(type='topk', k=2)))
     try:
         pred = _predict(catseg, image)
         sample = catseg(image, return_datasamples=True)
     finally:
-        del catseg.model.test_cfg['class_filter']
+        catseg.model.set_inference_settings(settings)
     kept = sample.metainfo['seg_logits_classes'].tolist()
     assert len(kept) == 2 and sample.seg_logits.shape == (40, 60)
     assert sample.seg_logits.data.shape[0] == 2

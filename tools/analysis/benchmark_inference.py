@@ -93,10 +93,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     for image in images[1:]:
         inferencer(image)
     per_image = (time.perf_counter() - start) / args.runs
-    test_cfg = dict(inferencer.model.test_cfg or {})
-    mode = test_cfg.get('mode', 'whole')
+    settings = inferencer.model.inference_settings
+    mode = settings.mode
     if mode == 'sliding_global':
-        mode += f' (views_per_batch={test_cfg.get("views_per_batch", 0)})'
+        mode += f' (views_per_batch={settings.views_per_batch})'
     result = dict(config=args.config, classes=len(inferencer.vocabulary), mode=mode,
                   device=device, threads=torch.get_num_threads(), first_image_s=first,
                   per_image_s=per_image, peak_memory_gb=peak_memory_gb(device))

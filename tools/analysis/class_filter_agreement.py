@@ -27,12 +27,11 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-from mmengine.config import ConfigDict
 from PIL import Image
 
 from mmseg_escnet.apis import OpenVocabInferencer
-from mmseg_escnet.models.layers.cost_volume import check_class_filter
 from mmseg_escnet.models.segmentors.class_sparse import kept_classes
+from mmseg_escnet.models.structures import ClassFilter
 from mmseg_escnet.text import Vocabulary
 from mmseg_escnet.utils import ensure_writable_dir, run_cli, write_json
 
@@ -42,9 +41,7 @@ def parse_filter(text: str) -> dict:
     kind, _, k = text.partition(':')
     if not k.isdigit():
         raise ValueError(f'a filter is TYPE:K (e.g. topk:32), got {text!r}')
-    rule = dict(type=kind, k=int(k))
-    check_class_filter(rule)
-    return rule
+    return ClassFilter.from_cfg(dict(type=kind, k=int(k))).to_cfg()
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -76,7 +73,8 @@ def padded_vocabulary(classes: Sequence[str], size: int) -> List[str]:
 
 def _segment(inferencer: OpenVocabInferencer, images: List[str], rule: Optional[dict]):
     """Label maps of every image with ``rule``; seconds per image after the first."""
-    inferencer.model.test_cfg['class_filter'] = rule
+    model = inferencer.model
+    model.set_inference_settings(model.inference_settings.replace(class_filter=rule))
     labels, start = [], None
     for i, image in enumerate(images):
         if i == 1:
@@ -98,8 +96,6 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, dict]:
     inferencer = OpenVocabInferencer(args.config, args.checkpoint)
     classes = list(inferencer.classes)
     inferencer.set_vocabulary(padded_vocabulary(classes, args.num_classes))
-    if inferencer.model.test_cfg is None:
-        inferencer.model.test_cfg = ConfigDict(mode='whole')
     truth = None
     if args.annotations:
         truth = [np.array(Image.open(osp.join(

@@ -44,6 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import mmseg_escnet  # noqa: F401  (registers our modules)
 from mmseg_escnet.models.layers.official_cost import official_cost
 from mmseg_escnet.models.necks.ppg import PseudoPromptGenerator, PseudoPrompts
+from mmseg_escnet.models.segmentors.inference_settings import InferenceSettings
 from mmseg_escnet.text import Vocabulary
 from mmseg_escnet.text.descriptions import ATTRIBUTES, DescriptionSet, save_descriptions
 from mmseg_escnet.utils import ensure_writable_dir, positive_int, run_cli, write_json
@@ -79,9 +80,9 @@ def _prepare(cfg: Config, num_classes: Optional[int]) -> Config:
     templates = model.test_vocabulary.get('templates', model.vocabulary.get('templates'))
     if isinstance(templates, dict):  # descriptions: as many prompts per class as a real file
         model.test_vocabulary.templates = dict(templates, file=_placeholder_descriptions(names))
-    rule = ((model.get('test_cfg') or {}).get('class_filter') or {}).get('type')
-    if rule in ('pixel_topk', 'sed_cer'):
-        raise ValueError(f'class_filter type {rule!r} keeps a data-dependent number of classes: '
+    rule = InferenceSettings.from_cfg(model.get('test_cfg')).class_filter
+    if rule is not None and rule.type in ('pixel_topk', 'sed_cer'):
+        raise ValueError(f'class_filter type {rule.type!r} keeps a data-dependent number of classes: '
                          'count without it (--cfg-options model.test_cfg.class_filter=None) for '
                          'the upper bound, or measure it with tools/analysis/'
                          'class_filter_agreement.py')
@@ -161,16 +162,16 @@ def count(cfg: Config, num_classes: Optional[int] = None,
             params = sum(p.numel() for p in model.parameters())
             with FlopCounterMode(display=False) as text_counter:
                 text = model.text_embeddings()  # cached for the image path
-            mode = (model.test_cfg or {}).get('mode', 'whole')
-            size = shape or (model.test_cfg.get('out_size', (640, 640))
-                             if mode == 'sliding_global' else model.clip_resolution)
+            settings = model.inference_settings
+            size = shape or (settings.out_size if settings.mode == 'sliding_global'
+                             else model.clip_resolution)
             size = (size, size) if isinstance(size, int) else tuple(size)
             crops = 1
-            if mode == 'slide':
+            if settings.mode == 'slide':
                 # mmseg's slide checks its coverage with .item(), which shapes alone cannot
                 # answer: count one crop in 'whole' mode, times the number of crops
-                crops, size = _slide_crops(model.test_cfg, size), tuple(model.test_cfg.crop_size)
-                model.test_cfg = dict(mode='whole', class_filter=model.test_cfg.get('class_filter'))
+                crops, size = _slide_crops(settings, size), settings.crop_size
+                model.set_inference_settings(settings.replace(mode='whole'))
             images = torch.zeros(1, 3, *size)
             meta = dict(img_shape=size, ori_shape=size, pad_shape=size,
                         padding_size=[0, 0, 0, 0])
@@ -186,10 +187,10 @@ def count(cfg: Config, num_classes: Optional[int] = None,
                 modules={name: crops * g for name, g in _modules(counter, model).items()})
 
 
-def _slide_crops(test_cfg, size: Tuple[int, int]) -> int:
+def _slide_crops(settings: InferenceSettings, size: Tuple[int, int]) -> int:
     """The number of crops of mmseg's ``slide`` inference on a (H, W) image."""
     grids = [max(side - crop + stride - 1, 0) // stride + 1
-             for side, crop, stride in zip(size, test_cfg.crop_size, test_cfg.stride)]
+             for side, crop, stride in zip(size, settings.crop_size, settings.stride)]
     return grids[0] * grids[1]
 
 

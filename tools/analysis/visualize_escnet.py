@@ -153,8 +153,8 @@ def network_image(model: torch.nn.Module, inputs: torch.Tensor) -> np.ndarray:
 def pruned_reason(model: torch.nn.Module, trace: PromptTrace) -> str:
     """Why the model dropped classes for the image (class filter or top-``pad_len`` pruning)."""
     kept = len(trace.kept_classes(0))
-    rule = model.test_class_filter()
-    why = (f'test_cfg.class_filter {dict(rule)}' if rule is not None else
+    rule = model.inference_settings.class_filter
+    why = (f'test_cfg.class_filter {rule.to_cfg()}' if rule is not None else
            f'top-{model.neck.pad_len} class pruning')
     return f'the model kept {kept} of {trace.num_classes} classes: {why}'
 

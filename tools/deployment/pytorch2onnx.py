@@ -121,8 +121,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     inferencer = OpenVocabInferencer(model, weights=checkpoint, vocabulary=vocab, device='cpu',
                                      **prompting_overrides(args))
     model = inferencer.model
-    model.test_cfg = dict(mode=args.mode,
-                          class_filter=(model.test_cfg or {}).get('class_filter'))
+    model.set_inference_settings(model.inference_settings.replace(mode=args.mode))
     wrapper = FixedVocabularySegmentor(model)
     shape = tuple(args.shape or model.clip_resolution)
     export_onnx(wrapper, args.out, shape=shape)

@@ -7,8 +7,7 @@ sam_checkpoint = 'https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b89
 model = dict(
     neck=dict(
         _delete_=True,
-        type='ESCNeck',
-        text_dim=512,
+        type='ESCNeck',               # embed_dim, prompt_channel: from the backbone and vocabulary
         num_blocks=4,                 # N ESC blocks (paper §4.3)
         hidden_dim=256,               # VLF width = SAM dim (parameter budget, docs/escnet.md)
         sam_dim=256,
@@ -32,11 +31,10 @@ model = dict(
         test_pooling_size=(1, 1),
         feature_resolution=(24, 24),
         window_size=12,
-        prompt_channel=1,
         pad_len=256,
         embed_kernel_size=1,          # paper: 1x1 (CAT-Seg: 7x7)
         prompt_source='refined',      # block k > 1 prompts from the refined correlation (Fig. 2)
         class_chunk_size=None),       # e.g. 64 to bound memory with large vocabularies
     # §3.6: CAT-Seg's U-Net decoder with bilinear upsampling, on the 256-wide cost volume
-    decode_head=dict(type='CATSegHead', clip_width=768, hidden_dim=256, upsample_mode='bilinear',
+    decode_head=dict(type='CATSegHead', hidden_dim=256, upsample_mode='bilinear',
                      num_classes=171))

@@ -23,9 +23,8 @@ model = dict(
         frozen=True),
     fusion=dict(
         type='SAMCLIPFusion',
-        sam_dim=256,
-        clip_dim=512,
+        sam_dim=256,              # clip_dim: the backbone's embed_dim (derived)
         mode='scalar',            # w = sigmoid(theta) (arXiv v1); 'pixel': per-pixel w (v2)
         init_weight=0.5,
-        zero_init_adapter=True),  # training starts from CLIP's own cost volume
-    neck=dict(prompt_channel=1))  # one embedding per class
+        zero_init_adapter=True))  # training starts from CLIP's own cost volume
+# one embedding per class (reduce='mean'): the neck's prompt_channel 1 is derived

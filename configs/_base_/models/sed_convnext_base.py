@@ -25,17 +25,17 @@ model = dict(
         model_name='convnext_base_w_320',
         finetune='visual',  # image tower trained (at x0.01, see the schedule), text frozen
         pretrained='laion_aesthetic_s13b_b82k'),  # open_clip tag, a local file or a URL
-    neck=dict(type='SEDCostNeck', prompt_channel=80, hidden_dim=128, pad_len=0),
+    # prompt_channel (80, the templates) and the head's skip widths (512, 256, 128: res4, res3,
+    # res2 of ConvNeXt-B) follow from the vocabulary and the backbone (model_sizes.py)
+    neck=dict(type='SEDCostNeck', hidden_dim=128, pad_len=0),
     decode_head=dict(
         type='SEDHead',
         hidden_dim=128,
-        prompt_channel=80,
         decoder_dims=(64, 32, 16),
-        decoder_guidance_dims=(512, 256, 128),  # res4, res3, res2 of ConvNeXt-B
         decoder_guidance_proj_dims=(32, 16, 8),
         num_heads=4,
         kernel_sizes=(9, 9, 9),
-        train_pooling_size=(2, 2),
+        pooling_size=(2, 2),
         test_pooling_size=(1, 1),  # eval.sh: POOLING_SIZES [1, 1]
         num_classes=171,
         ignore_index=255,

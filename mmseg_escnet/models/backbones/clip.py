@@ -232,6 +232,12 @@ class CLIPBackbone(OpenCLIPBackboneBase):
         return self.clip_model.visual.conv1.out_channels
 
     @property
+    def skip_dims(self) -> Tuple[int, ...]:
+        """Channels of the skip features :meth:`forward` returns after ``dense``, shallower first
+        (the width of every block in ``out_indices``)."""
+        return (self.width, ) * len(self.out_indices)
+
+    @property
     def patch_size(self) -> int:
         """Side of the square patches."""
         return self.clip_model.visual.patch_size[0]

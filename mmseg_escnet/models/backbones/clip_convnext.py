@@ -237,6 +237,12 @@ class CLIPConvNeXtBackbone(OpenCLIPBackboneBase):
         return tuple(info['num_chs'] for info in self.clip_model.visual.trunk.feature_info)
 
     @property
+    def skip_dims(self) -> Tuple[int, int, int]:
+        """Channels of the skip features :meth:`forward` returns after ``dense``: res2, res3,
+        res4 (shallower first)."""
+        return self.stage_dims[:3]
+
+    @property
     def stride(self) -> int:
         """Output stride of ``dense`` and res5."""
         return _STAGE_STRIDES[-1]

@@ -15,7 +15,8 @@ import torch.nn as nn
 from mmseg.registry import MODELS
 from mmseg.utils import SampleList
 
-from ..layers.class_chunks import check_class_chunk_size, map_class_chunks
+from ..layers.class_chunks import fold_classes, map_class_chunks
+from ..layers.guidance_projection import map_guidance_projections
 from ..layers.upsampling import Up
 from ..structures import DecodeInputs
 from .per_class_bce_head import PerClassBCEHead
@@ -26,6 +27,8 @@ __all__ = ['CATSegHead']
 @MODELS.register_module()
 class CATSegHead(PerClassBCEHead):
     """Per-class U-Net decoder of an aggregated cost volume, guided by CLIP skip features.
+
+    The cost volume is in the layout (B, C, T, h, w) of :mod:`mmseg_escnet.models.structures`.
 
     Args:
         clip_width (int): channels of the intermediate CLIP block outputs (768 for ViT-B,
@@ -52,6 +55,9 @@ class CATSegHead(PerClassBCEHead):
             loss is CAT-Seg's BCE, see :meth:`loss_by_feat`).
     """
 
+    #: Arguments the segmentor fills from the model: the width of the ViT's skip features.
+    derived_sizes: Dict[str, str] = {'clip_width': 'skip_width'}
+
     def __init__(self, *, clip_width: int = 768, upsample_dims: Sequence[int] = (256, 128),
                  upsample_scales: Sequence[int] = (2, 4),
                  decoder_guidance_proj_dims: Sequence[int] = (32, 16),
@@ -65,24 +71,18 @@ class CATSegHead(PerClassBCEHead):
                 == num_stages) or num_stages == 0:
             raise ValueError('upsample_dims, upsample_scales, decoder_guidance_proj_dims and '
                              'decoder_dims must have the same non-zero length')
-        super().__init__(in_channels=hidden_dim, channels=decoder_dims[-1],
-                         num_classes=num_classes, ignore_index=ignore_index,
-                         align_corners=align_corners, init_cfg=init_cfg, **kwargs)
-        self.hidden_dim = hidden_dim
-        self.num_stages = num_stages
+        super().__init__(hidden_dim=hidden_dim, decoder_dims=decoder_dims,
+                         class_chunk_size=class_chunk_size, num_classes=num_classes,
+                         ignore_index=ignore_index, align_corners=align_corners,
+                         init_cfg=init_cfg, **kwargs)
         self.upsample_mode = upsample_mode
-        self.class_chunk_size = check_class_chunk_size(class_chunk_size)
         self.with_cp = with_cp
 
         for i, (dim, scale) in enumerate(zip(upsample_dims, upsample_scales)):
             self.add_module(f'upsample{i + 1}',
                             nn.ConvTranspose2d(clip_width, dim, kernel_size=scale, stride=scale))
-        self.decoder_guidance_projection = nn.ModuleList([
-            nn.Sequential(
-                nn.Conv2d(dim, proj, kernel_size=3, stride=1, padding=1),
-                nn.ReLU(),
-            ) for dim, proj in zip(upsample_dims, decoder_guidance_proj_dims)
-        ])
+        self.decoder_guidance_projection = map_guidance_projections(upsample_dims,
+                                                                    decoder_guidance_proj_dims)
         in_dims = [hidden_dim, *decoder_dims[:-1]]
         for i, (cin, cout, guid) in enumerate(zip(in_dims, decoder_dims,
                                                   decoder_guidance_proj_dims)):
@@ -144,12 +144,11 @@ class CATSegHead(PerClassBCEHead):
         Returns:
             torch.Tensor: (B, t, H, W) logits.
         """
-        b, c, t, h, w = cost.shape
-        x = cost.transpose(1, 2).reshape(b * t, c, h, w)  # (B, C, t, h, w) -> (B*t, C, h, w)
+        x = fold_classes(cost)  # (B, C, t, h, w) -> (B*t, C, h, w)
         for i, guidance in enumerate(projected_guidance):
             x = getattr(self, f'decoder{i + 1}')(x, guidance)  # (B*t, C_i, H_i, W_i)
         logits = self.head(x)  # (B*t, 1, H, W)
-        return logits.view(b, t, *logits.shape[-2:])  # -> (B, t, H, W)
+        return logits.view(cost.shape[0], -1, *logits.shape[-2:])  # -> (B, t, H, W)
 
     def forward(self, inputs: DecodeInputs) -> torch.Tensor:
         """Decode the neck output.

@@ -4,13 +4,14 @@ Both official codes (cvlab-kaist/CAT-Seg, xb534/SED) decode every class with the
 head and train it with a binary cross-entropy against one-hot targets, the ignored pixels counting
 as negatives of every class.
 """
-from typing import Optional
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.utils import SampleList
 
+from ..layers.class_chunks import check_class_chunk_size
 from ..structures import PRUNED_LOGIT
 
 __all__ = ['PerClassBCEHead']
@@ -19,9 +20,15 @@ __all__ = ['PerClassBCEHead']
 class PerClassBCEHead(BaseDecodeHead):
     """mmseg's ``BaseDecodeHead`` without its classifier and loss modules.
 
+    The heads read the cost volume in the layout (B, C, T, h, w) of
+    :mod:`mmseg_escnet.models.structures`.
+
     Args:
-        in_channels (int): channels of the cost volume the head reads.
-        channels (int): channels before the head's own 1-channel conv.
+        hidden_dim (int): channels C of the cost volume the head reads (mmseg's
+            ``in_channels``).
+        decoder_dims (Sequence[int]): output channels of the decoder stages, one per stage; the
+            last feeds the head's own 1-channel conv (mmseg's ``channels``).
+        class_chunk_size (int, optional): classes decoded at once (None: all).
         num_classes (int): a placeholder for mmseg (the vocabulary sets T).
         ignore_index (int): label of ignored pixels.
         align_corners (bool): of the bilinear resizes.
@@ -29,17 +36,25 @@ class PerClassBCEHead(BaseDecodeHead):
         **kwargs: the rest of ``BaseDecodeHead``'s arguments, except ``loss_decode``.
     """
 
-    def __init__(self, *, in_channels: int, channels: int, num_classes: int,
-                 ignore_index: int, align_corners: bool, init_cfg: Optional[dict],
-                 **kwargs) -> None:
+    #: Constructor arguments the segmentor fills from the model: argument -> size name
+    #: (``'embed_dim'``, ``'num_prompts'``, ``'skip_width'`` or ``'skip_dims'``; see the necks'
+    #: :attr:`~mmseg_escnet.models.necks.cost_opening.CostVolumeNeck.derived_sizes`).
+    derived_sizes: Dict[str, str] = {}
+
+    def __init__(self, *, hidden_dim: int, decoder_dims: Sequence[int],
+                 class_chunk_size: Optional[int], num_classes: int, ignore_index: int,
+                 align_corners: bool, init_cfg: Optional[dict], **kwargs) -> None:
         if 'loss_decode' in kwargs:
             raise TypeError(f'{type(self).__name__} computes its own BCE loss; loss_decode is '
                             'not supported')
         kwargs.setdefault('dropout_ratio', 0.0)
         # loss_decode=[] builds no (unused) mmseg loss module.
-        super().__init__(in_channels=in_channels, channels=channels, num_classes=num_classes,
-                         ignore_index=ignore_index, align_corners=align_corners,
-                         init_cfg=init_cfg, loss_decode=[], **kwargs)
+        super().__init__(in_channels=hidden_dim, channels=decoder_dims[-1],
+                         num_classes=num_classes, ignore_index=ignore_index,
+                         align_corners=align_corners, init_cfg=init_cfg, loss_decode=[], **kwargs)
+        self.hidden_dim = hidden_dim
+        self.num_stages = len(decoder_dims)
+        self.class_chunk_size = check_class_chunk_size(class_chunk_size)
         del self.conv_seg  # the decoder ends in its own 1-channel ``head`` conv
 
     def one_hot_targets(self, batch_data_samples: SampleList, num_classes: int,

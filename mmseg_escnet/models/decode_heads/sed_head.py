@@ -30,11 +30,12 @@ from mmseg.registry import MODELS
 from mmseg.utils import SampleList
 from torch import Tensor
 
-from ..layers.class_chunks import check_class_chunk_size
-from ..layers.cost_volume import check_class_filter, pixel_top_k_union, select_pooling
+from ..layers.class_chunks import map_class_chunks, on_class_maps
+from ..layers.cost_volume import pixel_top_k_union, select_pooling
+from ..layers.guidance_projection import map_guidance_projections
 from ..layers.linear_class_attention import PoolSize
-from ..layers.sed_blocks import SEDUp, apply_per_class
-from ..structures import PRUNED_LOGIT, DecodeInputs
+from ..layers.sed_blocks import SEDUp
+from ..structures import PRUNED_LOGIT, ClassFilter, DecodeInputs
 from .per_class_bce_head import PerClassBCEHead
 
 __all__ = ['SEDHead']
@@ -61,7 +62,7 @@ class SEDHead(PerClassBCEHead):
             ``Aggregator`` argument of this name holds their input widths, (P, d_0, d_1)).
         num_heads (int): class-attention heads.
         kernel_sizes (tuple[int, ...]): ConvNeXt depthwise kernel per stage.
-        train_pooling_size (tuple[int, int]): class-attention pooling in training mode.
+        pooling_size (tuple[int, int]): class-attention pooling in training mode.
         test_pooling_size (tuple[int, int], optional): in eval mode (None: the training one).
         detach_guidance (bool): stop the gradient into the encoder skips (SED does).
         class_chunk_size (int, optional): run the per-class convolutions (ConvNeXt blocks,
@@ -77,6 +78,9 @@ class SEDHead(PerClassBCEHead):
 
     #: The test-time class filters this head applies itself (the segmentor checks it).
     class_filters = ('sed_cer', )
+    #: Arguments the segmentor fills from the model (see ``derived_sizes`` of the necks).
+    derived_sizes: Dict[str, str] = {'prompt_channel': 'num_prompts',
+                                     'decoder_guidance_dims': 'skip_dims'}
 
     def __init__(self, *, hidden_dim: int = 128, prompt_channel: int = 80,
                  decoder_dims: Sequence[int] = (64, 32, 16),
@@ -84,7 +88,7 @@ class SEDHead(PerClassBCEHead):
                  decoder_guidance_proj_dims: Sequence[int] = (32, 16, 8),
                  decoder_corr_guidance_dims: Optional[Sequence[int]] = None,
                  num_heads: int = 4, kernel_sizes: Sequence[int] = (9, 9, 9),
-                 train_pooling_size: PoolSize = (2, 2), test_pooling_size: PoolSize = (1, 1),
+                 pooling_size: PoolSize = (2, 2), test_pooling_size: PoolSize = (1, 1),
                  detach_guidance: bool = True, class_chunk_size: Optional[int] = None,
                  num_classes: int = 171, ignore_index: int = 255, align_corners: bool = False,
                  init_cfg: Optional[dict] = None, **kwargs) -> None:
@@ -114,28 +118,24 @@ class SEDHead(PerClassBCEHead):
         if any(c % num_heads for c in in_dims):
             raise ValueError(f'the stage input channels {in_dims} must be divisible by '
                              f'num_heads ({num_heads})')
-        for name, size in (('train_pooling_size', train_pooling_size),
+        for name, size in (('pooling_size', pooling_size),
                            ('test_pooling_size', test_pooling_size)):
             pair = (size, size) if isinstance(size, int) else size
             if size is not None and (len(pair) != 2 or not all(
                     isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in pair)):
                 raise ValueError(f'{name} must be None, a positive int or a pair of them, got '
                                  f'{size!r}')
-        super().__init__(in_channels=hidden_dim, channels=decoder_dims[-1],
-                         num_classes=num_classes, ignore_index=ignore_index,
-                         align_corners=align_corners, init_cfg=init_cfg, **kwargs)
-        self.hidden_dim = hidden_dim
+        super().__init__(hidden_dim=hidden_dim, decoder_dims=decoder_dims,
+                         class_chunk_size=class_chunk_size, num_classes=num_classes,
+                         ignore_index=ignore_index, align_corners=align_corners,
+                         init_cfg=init_cfg, **kwargs)
         self.prompt_channel = prompt_channel
-        self.num_stages = num_stages
-        self.train_pooling_size = train_pooling_size
+        self.pooling_size = pooling_size
         self.test_pooling_size = test_pooling_size
         self.detach_guidance = detach_guidance
-        self.class_chunk_size = check_class_chunk_size(class_chunk_size)
 
-        self.decoder_guidance_projection = nn.ModuleList([
-            nn.Sequential(nn.Conv2d(dim, proj, kernel_size=3, stride=1, padding=1), nn.ReLU())
-            for dim, proj in zip(decoder_guidance_dims, decoder_guidance_proj_dims)
-        ])
+        self.decoder_guidance_projection = map_guidance_projections(decoder_guidance_dims,
+                                                                    decoder_guidance_proj_dims)
         corr_in = [prompt_channel, *decoder_corr_guidance_dims[:-1]]
         self.decoder_corr_guidance_projection = nn.ModuleList([
             nn.Sequential(nn.ConvTranspose2d(cin, cout, kernel_size=2, stride=2), nn.ReLU())
@@ -147,7 +147,7 @@ class SEDHead(PerClassBCEHead):
             self.add_module(f'decoder{i + 1}',
                             SEDUp(in_channels=cin, out_channels=cout, guidance_channels=proj,
                                   corr_guidance_channels=corr_dim, num_heads=num_heads,
-                                  kernel_size=kernel, pooling_size=train_pooling_size))
+                                  kernel_size=kernel, pooling_size=pooling_size))
             self.add_module(f'head{i}', nn.Conv2d(cin, 1, kernel_size=3, stride=1, padding=1))
         self.head = nn.Conv2d(decoder_dims[-1], 1, kernel_size=3, stride=1, padding=1)
 
@@ -181,9 +181,7 @@ class SEDHead(PerClassBCEHead):
             tuple: logits (B, T, 2**S h, 2**S w) and, if ``with_aux``, the auxiliary logits
             [(B, T, h, w), (B, T, 2h, 2w), ...] of the S stage inputs (else []).
         """
-        x = cost.transpose(1, 2)  # (B, C, T, h, w) -> (B, T, C, h, w)
-        corr = corr.transpose(1, 2)  # (B, P, T, h, w) -> (B, T, P, h, w)
-        pooling = self._pooling_size()
+        x, pooling = cost, self._pooling_size()
         aux = []
         for i in range(self.num_stages):
             if with_aux:
@@ -212,13 +210,12 @@ class SEDHead(PerClassBCEHead):
         pooling = self._pooling_size()
         logits, kept = [], []
         for b in range(cost.shape[0]):
-            x = cost[b:b + 1].transpose(1, 2)  # (1, C, T, h, w) -> (1, T, C, h, w)
-            x_corr = corr[b:b + 1].transpose(1, 2)  # (1, P, T, h, w) -> (1, T, P, h, w)
-            index = torch.arange(x.shape[1], device=x.device)
+            x, x_corr = cost[b:b + 1], corr[b:b + 1]  # (1, C, T, h, w), (1, P, T, h, w)
+            index = torch.arange(x.shape[2], device=x.device)
             stages = []
             for i in range(self.num_stages):
                 keep = pixel_top_k_union(self._aux_logits(i, x), k)  # (t',)
-                x, x_corr, index = x[:, keep], x_corr[:, keep], index[keep]
+                x, x_corr, index = x[:, :, keep], x_corr[:, :, keep], index[keep]
                 stages.append(index)
                 x, x_corr = self._stage(i, x, x_corr, guidance[i][b:b + 1], pooling)
             live = self._logits(x)  # (1, t', H, W)
@@ -230,36 +227,40 @@ class SEDHead(PerClassBCEHead):
 
     def _pooling_size(self) -> PoolSize:
         """The class-attention pooling of the current mode."""
-        return select_pooling(self.training, self.train_pooling_size, self.test_pooling_size)
+        return select_pooling(self.training, self.pooling_size, self.test_pooling_size)
 
     def _stage(self, i: int, x: Tensor, corr: Tensor, guidance: Tensor, pooling: PoolSize
                ) -> Tuple[Tensor, Tensor]:
         """Stage i: the next cost-map skip, then ``decoder{i+1}``.
 
         Args:
-            x (Tensor): (B, T, C_i, h_i, w_i).
-            corr (Tensor): (B, T, Gc_{i-1}, h_i, w_i) previous cost-map skip (i = 0: the raw
+            x (Tensor): (B, C_i, T, h_i, w_i).
+            corr (Tensor): (B, Gc_{i-1}, T, h_i, w_i) previous cost-map skip (i = 0: the raw
                 correlation).
             guidance (Tensor): (B, G_i, 2h_i, 2w_i) projected encoder skip.
             pooling (tuple[int, int] | int): class-attention pooling.
 
         Returns:
-            tuple: x (B, T, C_{i+1}, 2h_i, 2w_i) and the cost-map skip (B, T, Gc_i, 2h_i, 2w_i).
+            tuple: x (B, C_{i+1}, T, 2h_i, 2w_i) and the cost-map skip (B, Gc_i, T, 2h_i, 2w_i).
         """
-        corr = apply_per_class(self.decoder_corr_guidance_projection[i], [corr],
-                               self.class_chunk_size)
+        corr = self._per_class(self.decoder_corr_guidance_projection[i], corr)
         x = getattr(self, f'decoder{i + 1}')(x, guidance, corr, pooling_size=pooling,
                                              class_chunk_size=self.class_chunk_size)
         return x, corr
 
     def _aux_logits(self, i: int, x: Tensor) -> Tensor:
-        """``head{i}`` on the detached stage input (B, T, C_i, h, w): (B, T, h, w)."""
-        return apply_per_class(getattr(self, f'head{i}'), [x.detach()],
-                               self.class_chunk_size)[:, :, 0]
+        """``head{i}`` on the detached stage input (B, C_i, T, h, w): (B, T, h, w)."""
+        return self._per_class(getattr(self, f'head{i}'), x.detach())[:, 0]
 
     def _logits(self, x: Tensor) -> Tensor:
-        """The final ``head`` on (B, T, C, H, W): (B, T, H, W)."""
-        return apply_per_class(self.head, [x], self.class_chunk_size)[:, :, 0]
+        """The final ``head`` on (B, C, T, H, W): (B, T, H, W)."""
+        return self._per_class(self.head, x)[:, 0]
+
+    def _per_class(self, module: nn.Module, x: Tensor) -> Tensor:
+        """A 2-D ``module`` on every class map of (B, C, T, h, w), in chunks of
+        ``class_chunk_size`` classes: (B, C', T, h', w')."""
+        return map_class_chunks(lambda chunk: on_class_maps(module, chunk), x,
+                                self.class_chunk_size)
 
     # -- the mmseg interface ---------------------------------------------------------------------
     def forward(self, inputs: DecodeInputs) -> SEDOutput:
@@ -289,16 +290,18 @@ class SEDHead(PerClassBCEHead):
         return (logits, aux) if self.training else logits
 
     @staticmethod
-    def _cer_k(class_filter: Optional[dict]) -> Optional[int]:
-        """k of a ``'sed_cer'`` class filter (None for no filter or one the neck applied).
+    def _cer_k(class_filter: Optional[ClassFilter]) -> Optional[int]:
+        """k of a ``'sed_cer'`` class filter (None for none).
 
         Raises:
-            ValueError: for a malformed filter (e.g. ``k`` not an int >= 1).
+            ValueError: for a filter of another stage (the segmentor gives the head only its own).
         """
-        class_filter = check_class_filter(class_filter)
-        if class_filter is None or class_filter['type'] != 'sed_cer':
+        if class_filter is None:
             return None
-        return class_filter['k']
+        if class_filter.type not in SEDHead.class_filters:
+            raise ValueError(f'SEDHead applies class filters {SEDHead.class_filters}, got '
+                             f'{class_filter.type!r} (a neck-stage filter)')
+        return class_filter.k
 
     def _check_inputs(self, inputs: DecodeInputs) -> None:
         """Raise ValueError if the inputs do not fit this head."""

@@ -7,12 +7,18 @@ chunks of classes and concatenating the results gives the same output with the p
 activation memory of one chunk at inference. In training, autograd keeps every chunk's
 activations for the backward pass unless ``with_cp`` checkpoints each chunk (its activations
 are recomputed during the backward pass): then training too needs the memory of one chunk.
+
+The tensors are in the cost-volume layout (B, C, T, h, w) of
+:mod:`mmseg_escnet.models.structures`; :func:`on_class_maps` runs a 2-D operation on every class
+map by folding the class axis into the batch, images major.
 """
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence, Union
 
 import torch
+from torch import Tensor
 
-__all__ = ['check_class_chunk_size', 'map_class_chunks', 'maybe_checkpoint']
+__all__ = ['check_class_chunk_size', 'map_class_chunks', 'maybe_checkpoint', 'fold_classes',
+           'unfold_classes', 'on_class_maps']
 
 
 def check_class_chunk_size(chunk_size: Optional[int]) -> Optional[int]:
@@ -40,30 +46,60 @@ def maybe_checkpoint(fn: Callable, *args, with_cp: bool = False):
     return fn(*args)
 
 
-def map_class_chunks(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+def fold_classes(x: Tensor) -> Tensor:
+    """Fold the class axis into the batch: (B, C, T, h, w) -> (B*T, C, h, w), images major."""
+    b, c, t, h, w = x.shape
+    return x.transpose(1, 2).reshape(b * t, c, h, w)
+
+
+def unfold_classes(x: Tensor, batch: int) -> Tensor:
+    """Undo :func:`fold_classes`: (B*T, C, h, w) -> (B, C, T, h, w) for ``batch`` = B."""
+    return x.view(batch, -1, *x.shape[1:]).transpose(1, 2)
+
+
+def on_class_maps(fn: Callable[..., Tensor], *xs: Tensor) -> Tensor:
+    """Run a 2-D operation on every class map of cost-layout tensors.
+
+    Args:
+        fn (callable): maps (B*T, C_i, h_i, w_i) tensors, images major, to one
+            (B*T, C', h', w') tensor, e.g. a convolution.
+        *xs (Tensor): (B, C_i, T, h_i, w_i) each, the same B and T.
+
+    Returns:
+        Tensor: (B, C', T, h', w').
+    """
+    # (B, C_i, T, h_i, w_i) -> (B*T, C_i, h_i, w_i) -> fn -> (B*T, C', h', w') -> (B, C', T, h', w')
+    return unfold_classes(fn(*[fold_classes(x) for x in xs]), xs[0].shape[0])
+
+
+def map_class_chunks(fn: Callable[..., Tensor], x: Union[Tensor, Sequence[Tensor]],
                      chunk_size: Optional[int], dim: int = 2,
-                     out_dim: Optional[int] = None, with_cp: bool = False) -> torch.Tensor:
+                     out_dim: Optional[int] = None, with_cp: bool = False) -> Tensor:
     """Apply ``fn`` to chunks of ``x`` along the class axis and concatenate the results.
 
-    ``fn`` must map a tensor with t classes on axis ``dim`` to a tensor with t classes on axis
+    ``fn`` must map tensors with t classes on axis ``dim`` to a tensor with t classes on axis
     ``out_dim`` and act on every class independently; then the result equals ``fn(x)``.
 
     Args:
-        fn (callable): per-class operation, e.g. (B, C, t, H, W) -> (B, C', t, H', W').
-        x (torch.Tensor): input with the T classes on axis ``dim``, e.g. (B, C, T, H, W).
+        fn (callable): per-class operation, e.g. (B, C, t, H, W) -> (B, C', t, H', W'); given a
+            sequence ``x``, it takes one chunk of each of its tensors.
+        x (Tensor | Sequence[Tensor]): input(s) with the T classes on axis ``dim``, e.g.
+            (B, C, T, H, W) (the same T in all).
         chunk_size (int, optional): classes per chunk (the last chunk may be smaller);
-            None, or a value >= T, calls ``fn(x)`` once. Validated where it is configured
+            None, or a value >= T, calls ``fn`` once. Validated where it is configured
             (:func:`check_class_chunk_size`).
-        dim (int): class axis of the input.
+        dim (int): class axis of the input(s).
         out_dim (int, optional): class axis of the output (default ``dim``).
         with_cp (bool): checkpoint every chunk (recompute its activations in backward).
 
     Returns:
-        torch.Tensor: ``fn`` output for all T classes, concatenated along ``out_dim``.
+        Tensor: ``fn`` output for all T classes, concatenated along ``out_dim``.
     """
-    if chunk_size is None or chunk_size >= x.shape[dim]:
-        return maybe_checkpoint(fn, x, with_cp=with_cp)
+    xs = (x, ) if isinstance(x, Tensor) else tuple(x)
+    if chunk_size is None or chunk_size >= xs[0].shape[dim]:
+        return maybe_checkpoint(fn, *xs, with_cp=with_cp)
     out_dim = dim if out_dim is None else out_dim
     # (..., T, ...) -> chunks (..., <=chunk_size, ...) -> fn -> concatenated (..., T, ...)
-    return torch.cat([maybe_checkpoint(fn, chunk, with_cp=with_cp)
-                      for chunk in x.split(chunk_size, dim=dim)], dim=out_dim)
+    chunks = zip(*[t.split(chunk_size, dim=dim) for t in xs])
+    return torch.cat([maybe_checkpoint(fn, *chunk, with_cp=with_cp) for chunk in chunks],
+                     dim=out_dim)

@@ -10,8 +10,9 @@ Every model of the family starts the same way (CAT-Seg §3.2; ESC-Net Eq. 1)::
     and guides its aggregation with
       -> text_guidance: the prompts' mean embedding, projected        (B, T', G)
 
-The necks own the modules (under the parameter names of their official checkpoints) and call
-these functions; :class:`~mmseg_escnet.models.structures.AggregatedCost` is what they return.
+The necks own the modules (under the parameter names of their official checkpoints); their shared
+opening (:mod:`mmseg_escnet.models.necks.cost_opening`) calls these functions, in the cost-volume
+layout of :mod:`mmseg_escnet.models.structures`.
 """
 from typing import Optional, Tuple
 
@@ -20,11 +21,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..structures import ClassFilter
+from .class_chunks import on_class_maps
 from .linear_class_attention import PoolSize
 
-__all__ = ['correlation', 'CLASS_FILTERS', 'HEAD_CLASS_FILTERS', 'check_class_filter',
-           'filter_classes', 'pixel_top_k_union', 'keep_classes', 'select_classes', 'embed_cost',
-           'text_guidance', 'select_pooling']
+__all__ = ['correlation', 'filter_classes', 'pixel_top_k_union', 'keep_classes',
+           'select_classes', 'embed_cost', 'text_guidance', 'select_pooling']
 
 
 def correlation(img_feats: Tensor, text_feats: Tensor) -> Tensor:
@@ -42,34 +44,7 @@ def correlation(img_feats: Tensor, text_feats: Tensor) -> Tensor:
     return torch.einsum('bchw,btpc->bpthw', img, text)
 
 
-#: Test-time class filters (``test_cfg.class_filter``), see :func:`filter_classes`; the last,
-#: SED's category early rejection, is applied by a decode head with auxiliary heads (SED's)
-#: before each of its stages, not here.
-CLASS_FILTERS = ('topk', 'pixel_topk', 'sed_cer')
-HEAD_CLASS_FILTERS = ('sed_cer', )
-
-
-def check_class_filter(class_filter: Optional[dict]) -> Optional[dict]:
-    """Validate a ``test_cfg.class_filter``: None, ``dict(type='topk', k=32)`` or
-    ``dict(type='pixel_topk', k=8)``.
-
-    Raises:
-        ValueError: naming the bad type, key or value.
-    """
-    if class_filter is None:
-        return None
-    if not isinstance(class_filter, dict) or class_filter.get('type') not in CLASS_FILTERS:
-        raise ValueError(f'class_filter must be None or a dict with type in {CLASS_FILTERS}, '
-                         f'got {class_filter!r}')
-    unknown = set(class_filter) - {'type', 'k'}
-    k = class_filter.get('k')
-    if unknown or isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"class_filter needs exactly 'type' and an int k >= 1, got "
-                         f'{dict(class_filter)!r}')
-    return class_filter
-
-
-def filter_classes(corr: Tensor, class_filter: Optional[dict]) -> Optional[Tensor]:
+def filter_classes(corr: Tensor, class_filter: Optional[ClassFilter]) -> Optional[Tensor]:
     """The classes a test-time filter keeps, from the initial correlation.
 
     * ``topk`` (LMSeg's category filtering): the k classes with the highest image-level score,
@@ -81,17 +56,22 @@ def filter_classes(corr: Tensor, class_filter: Optional[dict]) -> Optional[Tenso
 
     Args:
         corr (Tensor): (B, P, T, h, w) correlation.
-        class_filter (dict, optional): see :func:`check_class_filter`.
+        class_filter (ClassFilter, optional): a filter of the neck stage
+            (:class:`~mmseg_escnet.models.structures.ClassFilter`).
 
     Returns:
-        Tensor, optional: (B, T') kept classes, ascending; None when all are kept (or the
-        filter is one a decode head applies).
+        Tensor, optional: (B, T') kept classes, ascending; None when all are kept.
+
+    Raises:
+        ValueError: for a filter a decode head applies (``stage == 'head'``).
     """
-    if (class_filter is None or class_filter['type'] in HEAD_CLASS_FILTERS
-            or class_filter['k'] >= corr.shape[2]):
+    if class_filter is not None and class_filter.stage != 'neck':
+        raise ValueError(f'class_filter {class_filter.type!r} is applied by the decode head, '
+                         'not on the correlation')
+    if class_filter is None or class_filter.k >= corr.shape[2]:
         return None
-    k = class_filter['k']
-    if class_filter['type'] == 'topk':
+    k = class_filter.k
+    if class_filter.type == 'topk':
         score = corr.transpose(1, 2).flatten(2).max(dim=-1).values  # (B, T)
         return score.topk(k, dim=-1).indices.sort(dim=-1).values  # (B, k)
     kept = pixel_top_k_union(corr.mean(dim=1), k)  # (B, P, T, h, w) -> (B, T, h, w) -> (T',)
@@ -128,7 +108,7 @@ def keep_classes(corr: Tensor, text_feats: Tensor, class_index: Optional[Tensor]
 
 
 def select_classes(corr: Tensor, text_feats: Tensor, *, pad_len: int,
-                   class_filter: Optional[dict] = None
+                   class_filter: Optional[ClassFilter] = None
                    ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
     """The classes the aggregation works on: a test-time filter, then CAT-Seg's pruning of a
     vocabulary larger than ``pad_len`` to its top ``pad_len`` classes by maximal correlation.
@@ -137,7 +117,7 @@ def select_classes(corr: Tensor, text_feats: Tensor, *, pad_len: int,
         corr (Tensor): (B, P, T, h, w) correlation.
         text_feats (Tensor): (B, T, P, C) class embeddings.
         pad_len (int): Classes the class attention takes; 0 keeps all.
-        class_filter (dict, optional): see :func:`filter_classes`.
+        class_filter (ClassFilter, optional): a neck-stage filter, see :func:`filter_classes`.
 
     Returns:
         tuple: ``corr`` (B, P, T', h, w), ``text_feats`` (B, T', P, C), and ``class_index``
@@ -146,7 +126,7 @@ def select_classes(corr: Tensor, text_feats: Tensor, *, pad_len: int,
     class_index = filter_classes(corr, class_filter)
     corr, text_feats = keep_classes(corr, text_feats, class_index)
     if 0 < pad_len < text_feats.shape[1]:
-        pruned = filter_classes(corr, dict(type='topk', k=pad_len))  # (B, pad_len)
+        pruned = filter_classes(corr, ClassFilter('topk', pad_len))  # (B, pad_len)
         corr, text_feats = keep_classes(corr, text_feats, pruned)
         class_index = pruned if class_index is None else class_index.gather(1, pruned)
     return corr, text_feats, class_index
@@ -162,10 +142,8 @@ def embed_cost(embed: nn.Module, corr: Tensor) -> Tensor:
     Returns:
         Tensor: (B, hidden, T, h, w).
     """
-    b, _, t, h, w = corr.shape
     # (B, P, T, h, w) -> (B*T, P, h, w) -> embed -> (B*T, hidden, h, w) -> (B, hidden, T, h, w)
-    cost = embed(corr.transpose(1, 2).reshape(b * t, -1, h, w))
-    return cost.view(b, t, -1, h, w).transpose(1, 2)
+    return on_class_maps(embed, corr)
 
 
 def text_guidance(projection: Optional[nn.Module], text_feats: Tensor) -> Optional[Tensor]:

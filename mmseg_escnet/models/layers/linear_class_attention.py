@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .class_chunks import fold_classes, unfold_classes
 from .official_cost import guidance_for_classes
 
 __all__ = ['LinearAttention', 'GuidedLinearAttention', 'ClassTransformerLayer']
@@ -211,8 +212,7 @@ class ClassTransformerLayer(nn.Module):
         pool = self.pooling_size if pooling_size is None else self._as_pair(pooling_size)
 
         # (B, C, T, H, W) -> (B*T, C, H, W) -> pool -> (B*T, C, h', w')
-        xp = x.transpose(1, 2).reshape(b * t, c, h, w)
-        xp = F.avg_pool2d(xp, kernel_size=pool, stride=pool)
+        xp = F.avg_pool2d(fold_classes(x), kernel_size=pool, stride=pool)
         hp, wp = xp.shape[-2:]
         xp = xp.view(b, t, c, hp, wp).permute(0, 3, 4, 1, 2)  # (B, h', w', T, C)
 
@@ -240,4 +240,4 @@ class ClassTransformerLayer(nn.Module):
         xp = xp.view(b, hp, wp, length, c)[:, :, :, :t].permute(0, 3, 4, 1, 2)
         xp = xp.reshape(b * t, c, hp, wp)
         xp = F.interpolate(xp, size=(h, w), mode='bilinear', align_corners=True)
-        return x + xp.view(b, t, c, h, w).transpose(1, 2)  # (B, C, T, H, W)
+        return x + unfold_classes(xp, b)  # (B*T, C, H, W) -> (B, C, T, H, W)

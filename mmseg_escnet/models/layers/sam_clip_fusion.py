@@ -44,6 +44,9 @@ class SAMCLIPFusion(BaseModule):
         init_cfg (dict, optional): mmengine init config.
     """
 
+    #: Arguments the segmentor fills from the model (``models/segmentors/model_sizes.py``).
+    derived_sizes = {'clip_dim': 'embed_dim'}
+
     def __init__(self, *, sam_dim: int = 256, clip_dim: int = 512, mode: str = 'scalar',
                  init_weight: float = 0.5, hidden_dim: int = 64, zero_init_adapter: bool = True,
                  init_cfg: Optional[dict] = None) -> None:

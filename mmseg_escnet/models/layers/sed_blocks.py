@@ -4,7 +4,8 @@ Xie et al., "SED: A Simple Encoder-Decoder for Open-Vocabulary Semantic Segmenta
 CVPR 2024 (arXiv:2311.15537); official code https://github.com/xb534/SED
 (``sed/modeling/transformer/model.py``: ``Up``; ``convnext.py``: ``ConvNextBlock``).
 
-A stage takes the per-class cost features of every class and image, (B, T, C, h, w), and
+A stage takes the per-class cost features of every class and image in the cost-volume layout
+(B, C, T, h, w) of :mod:`mmseg_escnet.models.structures`, and
 
 * aggregates them spatially with a ConvNeXt block (dwconv k x k, LN eps 1e-6, C -> 4C, GELU,
   4C -> C, layer scale initialised to 1.0, residual), applied to every class alone;
@@ -20,7 +21,8 @@ Parameter names (``cnext``, ``attention``, ``up``, ``conv.double_conv``) follow 
 code, except inside the ConvNeXt block, mmpretrain's (``depthwise_conv``, ``pointwise_conv1/2``
 for the official ``dwconv``, ``pwconv1/2``).
 """
-from typing import Callable, Optional, Sequence
+from functools import partial
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -28,11 +30,12 @@ import torch.nn.functional as F
 from mmpretrain.models.backbones.convnext import ConvNeXtBlock
 from torch import Tensor
 
+from .class_chunks import map_class_chunks, on_class_maps
 from .linear_class_attention import ClassTransformerLayer, PoolSize
 from .official_cost import guidance_for_classes
 from .upsampling import DoubleConv
 
-__all__ = ['sed_convnext_block', 'apply_per_class', 'SEDUp']
+__all__ = ['sed_convnext_block', 'SEDUp']
 
 
 def sed_convnext_block(channels: int, kernel_size: int) -> ConvNeXtBlock:
@@ -50,30 +53,6 @@ def sed_convnext_block(channels: int, kernel_size: int) -> ConvNeXtBlock:
                          norm_cfg=dict(type='LN2d', eps=1e-6), act_cfg=dict(type='GELU'),
                          mlp_ratio=4., linear_pw_conv=True, drop_path_rate=0.,
                          layer_scale_init_value=1.0)
-
-
-def apply_per_class(fn: Callable[..., Tensor], tensors: Sequence[Tensor],
-                    chunk_size: Optional[int]) -> Tensor:
-    """Apply a per-class operation to class-major tensors, optionally in chunks of classes.
-
-    Args:
-        fn (callable): maps tensors (N, ...) of N = B * t class maps (images major) to one
-            (N, ...) tensor, acting on every class map independently.
-        tensors (Sequence[Tensor]): (B, T, ...) each, the same B and T.
-        chunk_size (int, optional): classes per call (None or >= T: one call).
-
-    Returns:
-        Tensor: (B, T, ...) the outputs of ``fn``; equal to one call on all classes.
-    """
-    b, t = tensors[0].shape[:2]
-    if chunk_size is None or chunk_size >= t:
-        out = fn(*[x.flatten(0, 1) for x in tensors])  # (B, T, ...) -> (B*T, ...)
-        return out.view(b, t, *out.shape[1:])  # (B*T, ...) -> (B, T, ...)
-    outs = []
-    for chunks in zip(*[x.split(chunk_size, dim=1) for x in tensors]):
-        out = fn(*[x.flatten(0, 1) for x in chunks])  # (B, t, ...) -> (B*t, ...)
-        outs.append(out.view(b, -1, *out.shape[1:]))  # (B*t, ...) -> (B, t, ...)
-    return torch.cat(outs, dim=1)
 
 
 class SEDUp(nn.Module):
@@ -121,24 +100,26 @@ class SEDUp(nn.Module):
         """Aggregate, upsample and fuse.
 
         Args:
-            x (Tensor): (B, T, C, h, w) per-class features.
+            x (Tensor): (B, C, T, h, w) per-class features.
             guidance (Tensor): (B, G, 2h, 2w) projected encoder skip of the B images.
-            corr_guidance (Tensor): (B, T, Gc, 2h, 2w) cost-map skip of every class.
+            corr_guidance (Tensor): (B, Gc, T, 2h, 2w) cost-map skip of every class.
             pooling_size (tuple[int, int] | int, optional): class-attention pooling override.
             class_chunk_size (int, optional): classes per chunk of the per-class parts.
 
         Returns:
-            Tensor: (B, T, C_out, 2h, 2w).
+            Tensor: (B, C_out, T, 2h, 2w).
         """
         assert guidance.shape[1] == self.guidance_channels, guidance.shape
-        assert corr_guidance.shape[:3] == (*x.shape[:2], self.corr_guidance_channels)
-        x = apply_per_class(self.cnext, [x], class_chunk_size)  # (B, T, C, h, w)
-        # (B, T, C, h, w) -> (B, C, T, h, w) -> class attention -> (B, T, C, h, w)
-        x = self.attention(x.transpose(1, 2), None, pooling_size=pooling_size).transpose(1, 2)
-        return apply_per_class(lambda xc, cc: self._fuse(xc, guidance, cc), [x, corr_guidance],
-                               class_chunk_size)
+        assert corr_guidance.shape[:3] == (x.shape[0], self.corr_guidance_channels, x.shape[2])
+        # (B, C, T, h, w) -> ConvNeXt block per class -> class attention -> (B, C, T, h, w)
+        x = map_class_chunks(lambda xc: on_class_maps(self.cnext, xc), x, class_chunk_size)
+        x = self.attention(x, None, pooling_size=pooling_size)
+        # (B, C, T, h, w), (B, Gc, T, 2h, 2w) -> (B, C_out, T, 2h, 2w)
+        fuse = partial(self._fuse, guidance=guidance)
+        return map_class_chunks(lambda xc, cc: on_class_maps(fuse, xc, cc), (x, corr_guidance),
+                                class_chunk_size)
 
-    def _fuse(self, x: Tensor, guidance: Tensor, corr_guidance: Tensor) -> Tensor:
+    def _fuse(self, x: Tensor, corr_guidance: Tensor, *, guidance: Tensor) -> Tensor:
         """Upsample class maps and fuse them with the skips.
 
         The first conv of the DoubleConv sees ``[up(x) ; encoder skip ; cost skip]`` (the
@@ -147,8 +128,8 @@ class SEDUp(nn.Module):
 
         Args:
             x (Tensor): (B*t, C, h, w), images major.
-            guidance (Tensor): (B, G, 2h, 2w).
             corr_guidance (Tensor): (B*t, Gc, 2h, 2w).
+            guidance (Tensor): (B, G, 2h, 2w).
 
         Returns:
             Tensor: (B*t, C_out, 2h, 2w).

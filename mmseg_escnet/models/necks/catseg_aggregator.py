@@ -10,14 +10,13 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
-from ..layers.cost_volume import (correlation, embed_cost, select_classes, select_pooling,
-                                  text_guidance)
+from ..layers.guidance_projection import map_guidance_projection, text_guidance_projection
 from ..layers.guided_swin import GuidedSwinBlockPair
 from ..layers.linear_class_attention import ClassTransformerLayer, PoolSize
-from ..structures import AggregatedCost
+from ..structures import AggregatedCost, ClassFilter
+from .cost_opening import CostVolumeNeck, cost_embedding
 
 __all__ = ['CATSegAggregatorLayer', 'CATSegAggregator']
 
@@ -68,20 +67,21 @@ class CATSegAggregatorLayer(nn.Module):
 
 
 @MODELS.register_module()
-class CATSegAggregator(BaseModule):
+class CATSegAggregator(CostVolumeNeck):
     """Cost volume between dense CLIP image features and class text embeddings, aggregated.
 
-    Steps: cosine correlation (B, P, T, h, w) -> optional top-``pad_len`` class pruning ->
-    ``conv1`` (7x7, P -> hidden) per class -> appearance guidance (3x3 conv + ReLU) and text
-    guidance (mean over prompts, L2 norm, Linear + ReLU) -> ``num_layers`` x
-    (guided Swin pair, class transformer).
+    Steps: the shared opening (:mod:`.cost_opening`: cosine correlation (B, P, T, h, w),
+    optional top-``pad_len`` class pruning, ``conv1`` (7x7, P -> hidden) per class, appearance
+    guidance (``guidance_projection``: 3x3 conv + ReLU) and text guidance (mean over prompts,
+    L2 norm, ``text_guidance_projection``: Linear + ReLU)), then ``num_layers`` x
+    (guided Swin pair, class transformer), in the layout (B, C, T, h, w) of
+    :mod:`mmseg_escnet.models.structures`.
 
     Args:
-        text_guidance_dim (int): channels C of the text embeddings (0: no text guidance).
-        text_guidance_proj_dim (int): projected text-guidance channels.
-        appearance_guidance_dim (int): channels of the appearance guidance input
-            (0: no appearance guidance).
-        appearance_guidance_proj_dim (int): projected appearance-guidance channels.
+        embed_dim (int): CLIP embedding width C of the image features and text embeddings.
+        text_guidance_dim (int): projected text-guidance channels (0: no text guidance).
+        appearance_guidance_dim (int): projected appearance-guidance channels (0: no
+            appearance guidance).
         num_layers (int): aggregator layers.
         num_heads (int): attention heads.
         hidden_dim (int): cost-volume channels.
@@ -96,73 +96,50 @@ class CATSegAggregator(BaseModule):
         init_cfg (dict, optional): mmengine initialisation config.
     """
 
-    def __init__(self, *, text_guidance_dim: int = 512, text_guidance_proj_dim: int = 128,
-                 appearance_guidance_dim: int = 512, appearance_guidance_proj_dim: int = 128,
-                 num_layers: int = 2, num_heads: int = 4, hidden_dim: int = 128,
-                 pooling_size: PoolSize = (2, 2), test_pooling_size: PoolSize = None,
+    def __init__(self, *, embed_dim: int = 512, text_guidance_dim: int = 128,
+                 appearance_guidance_dim: int = 128, num_layers: int = 2, num_heads: int = 4,
+                 hidden_dim: int = 128, pooling_size: PoolSize = (2, 2),
+                 test_pooling_size: PoolSize = None,
                  feature_resolution: Sequence[int] = (24, 24), window_size: int = 12,
                  prompt_channel: int = 1, pad_len: Optional[int] = 256,
                  init_cfg: Optional[dict] = None) -> None:
-        super().__init__(init_cfg=init_cfg)
-        if len(feature_resolution) != 2:
-            raise ValueError(f'feature_resolution must be (h, w), got {feature_resolution!r}')
-        self.pooling_size = pooling_size
-        self.test_pooling_size = test_pooling_size
-        self.feature_resolution = tuple(feature_resolution)
-        self.pad_len = pad_len or 0
-        app_proj = appearance_guidance_proj_dim if appearance_guidance_dim > 0 else 0
-        text_proj = text_guidance_proj_dim if text_guidance_dim > 0 else 0
-
+        super().__init__(embed_dim=embed_dim, prompt_channel=prompt_channel, pad_len=pad_len,
+                         feature_resolution=feature_resolution, pooling_size=pooling_size,
+                         test_pooling_size=test_pooling_size, init_cfg=init_cfg)
         self.layers = nn.ModuleList([
-            CATSegAggregatorLayer(hidden_dim=hidden_dim, appearance_guidance_dim=app_proj,
-                                  text_guidance_dim=text_proj, num_heads=num_heads,
+            CATSegAggregatorLayer(hidden_dim=hidden_dim,
+                                  appearance_guidance_dim=appearance_guidance_dim,
+                                  text_guidance_dim=text_guidance_dim, num_heads=num_heads,
                                   input_resolution=self.feature_resolution,
                                   window_size=window_size, pooling_size=pooling_size,
                                   pad_len=self.pad_len) for _ in range(num_layers)
         ])
-        self.prompt_channel = prompt_channel  # P, checked against the vocabulary at build
-        # the CLIP widths this neck takes, checked against the backbone at build
-        self.clip_dims = {name: dim for name, dim in (('text_guidance_dim', text_guidance_dim),
-                                                      ('appearance_guidance_dim',
-                                                       appearance_guidance_dim)) if dim > 0}
-        self.conv1 = nn.Conv2d(prompt_channel, hidden_dim, kernel_size=7, stride=1, padding=3)
-        self.guidance_projection = nn.Sequential(
-            nn.Conv2d(appearance_guidance_dim, app_proj, kernel_size=3, stride=1, padding=1),
-            nn.ReLU(),
-        ) if app_proj > 0 else None
-        self.text_guidance_projection = nn.Sequential(
-            nn.Linear(text_guidance_dim, text_proj),
-            nn.ReLU(),
-        ) if text_proj > 0 else None
+        self.conv1 = cost_embedding(prompt_channel, hidden_dim, kernel_size=7)
+        self.guidance_projection = map_guidance_projection(embed_dim, appearance_guidance_dim)
+        self.text_guidance_projection = text_guidance_projection(embed_dim, text_guidance_dim)
 
     def forward(self, img_feats: torch.Tensor, text_feats: torch.Tensor,
                 appearance_guidance: Optional[torch.Tensor],
-                class_filter: Optional[dict] = None) -> AggregatedCost:
+                class_filter: Optional[ClassFilter] = None) -> AggregatedCost:
         """Build and aggregate the cost volume.
 
         Args:
             img_feats (torch.Tensor): (B, C, h, w) dense CLIP image features.
             text_feats (torch.Tensor): (B, T, P, C) L2-normalised class text embeddings.
-            appearance_guidance (torch.Tensor, optional): (B, Ca, h, w) appearance guidance
-                (CAT-Seg passes ``img_feats`` again); ignored if appearance_guidance_dim is 0.
-            class_filter (dict, optional): test-time class filter (``test_cfg.class_filter``,
-                :func:`~mmseg_escnet.models.layers.cost_volume.filter_classes`): everything
-                after the correlation runs on the kept classes only.
+            appearance_guidance (torch.Tensor, optional): (B, C, h, w) appearance guidance
+                (CAT-Seg passes ``img_feats`` again; None: ``img_feats``); ignored if
+                appearance_guidance_dim is 0.
+            class_filter (ClassFilter, optional): the neck's test-time class filter, passed on to
+                :meth:`~.cost_opening.CostVolumeNeck.open_cost`: everything after the
+                correlation runs on the kept classes only.
 
         Returns:
             AggregatedCost: ``cost`` (B, hidden_dim, T', h, w) and ``class_index`` (None, or
             (B, T') with the classes kept when T > pad_len).
         """
-        assert tuple(img_feats.shape[-2:]) == self.feature_resolution, img_feats.shape
-        corr = correlation(img_feats, text_feats)  # (B, P, T, h, w)
-        corr, text_feats, class_index = select_classes(corr, text_feats, pad_len=self.pad_len,
-                                                      class_filter=class_filter)
-        cost = embed_cost(self.conv1, corr)  # (B, hidden, T', h, w)
-        app_guidance = None
-        if self.guidance_projection is not None:
-            app_guidance = self.guidance_projection(appearance_guidance)  # (B, Ga', h, w)
-        guidance = text_guidance(self.text_guidance_projection, text_feats)  # (B, T', Gt')
-        pooling_size = select_pooling(self.training, self.pooling_size, self.test_pooling_size)
+        opening = self.open_cost(img_feats, text_feats, appearance_guidance, class_filter)
+        cost = opening.cost  # (B, hidden, T', h, w)
         for layer in self.layers:
-            cost = layer(cost, app_guidance, guidance, pooling_size=pooling_size)
-        return AggregatedCost(cost=cost, class_index=class_index)
+            cost = layer(cost, opening.appearance_guidance, opening.text_guidance,
+                         pooling_size=opening.pooling_size)
+        return AggregatedCost(cost=cost, class_index=opening.class_index)

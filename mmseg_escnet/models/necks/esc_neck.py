@@ -30,15 +30,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.logging import print_log
-from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
 from ...checkpoints.sam_official import escnet_sam_weights, load_sam_checkpoint
 from ...checkpoints.state_dict_fit import check_state_dict_fits
 from ..layers.class_chunks import check_class_chunk_size
-from ..layers.cost_volume import (correlation, embed_cost, select_classes, select_pooling,
-                                  text_guidance)
-from ..structures import AggregatedCost
+from ..layers.guidance_projection import text_guidance_projection
+from ..structures import AggregatedCost, ClassFilter
+from .cost_opening import CostVolumeNeck, cost_embedding
 from .ppg import PseudoPromptGenerator, PseudoPrompts
 from .sam_block import SAMBlock, build_prompt_encoder, encode_prompts, unused_prompt_parameters
 from .vlf import VisionLanguageFusion
@@ -63,11 +62,16 @@ class BlockPrompts(NamedTuple):
 
 
 @MODELS.register_module()
-class ESCNeck(BaseModule):
+class ESCNeck(CostVolumeNeck):
     """ESC-Net's N ESC blocks between the CLIP encoders and the decoder.
 
+    The shared opening (:mod:`.cost_opening`) gives the embedded cost (``corr_embed``), the
+    projected visual feature F_v (``visual_proj``) and the text guidance
+    (``text_guidance_projection``); the cost volume is in the layout (B, C, T, h, w) of
+    :mod:`mmseg_escnet.models.structures`.
+
     Args:
-        text_dim (int): CLIP embedding dim C of the dense image and the text features.
+        embed_dim (int): CLIP embedding width C of the dense image and the text features.
         num_blocks (int): Number N of ESC blocks (paper: 4).
         hidden_dim (int): Channels of the embedded correlation (VLF width).
         sam_dim (int): SAM's transformer dim S (256 for every official SAM).
@@ -85,8 +89,8 @@ class ESCNeck(BaseModule):
             temperature, smooth, normalize, use_points, use_boxes, use_masks, ...). The
             prompt-encoder parameters that the chosen prompt types never reach are frozen.
         num_heads (int): Heads of the VLF attentions.
-        appearance_guidance_dim (int): Channels of the VLF's visual guidance.
-        text_guidance_dim (int): Channels of the VLF's text guidance.
+        appearance_guidance_dim (int): Projected channels of the VLF's visual guidance (0: none).
+        text_guidance_dim (int): Projected channels of the VLF's text guidance (0: none).
         pooling_size (tuple): Class-attention pooling in training; ``test_pooling_size`` in eval.
         test_pooling_size (tuple, optional): Eval-mode pooling (None: same as training).
         feature_resolution (tuple): CLIP grid (h, w).
@@ -108,7 +112,11 @@ class ESCNeck(BaseModule):
         init_cfg (dict, optional): mmengine init config.
     """
 
-    def __init__(self, *, text_dim: int = 512, num_blocks: int = 4, hidden_dim: int = 256,
+    #: Official parameter names of the cost embedding and of the F_v projection.
+    cost_embed_name = 'corr_embed'
+    appearance_projection_name = 'visual_proj'
+
+    def __init__(self, *, embed_dim: int = 512, num_blocks: int = 4, hidden_dim: int = 256,
                  sam_dim: int = 256, sam_num_heads: int = 8, sam_mlp_dim: int = 2048,
                  use_sam: bool = True, sam_init: str = 'pretrained',
                  sam_checkpoint: Optional[str] = None, sam_layer_map: str = 'mod',
@@ -121,7 +129,9 @@ class ESCNeck(BaseModule):
                  prompt_source: str = 'refined',
                  class_chunk_size: Optional[int] = None, with_cp: bool = False,
                  init_cfg: Optional[dict] = None) -> None:
-        super().__init__(init_cfg=init_cfg)
+        super().__init__(embed_dim=embed_dim, prompt_channel=prompt_channel, pad_len=pad_len,
+                         feature_resolution=feature_resolution, pooling_size=pooling_size,
+                         test_pooling_size=test_pooling_size, init_cfg=init_cfg)
         if sam_init not in SAM_INITS:
             raise ValueError(f'sam_init must be one of {SAM_INITS}, got {sam_init!r}')
         if sam_layer_map not in ('mod', 'clamp'):
@@ -137,10 +147,6 @@ class ESCNeck(BaseModule):
                              "pointwise inverse: use embed_kernel_size=1 or prompt_source='initial'")
         check_class_chunk_size(class_chunk_size)
         self.prompt_source = prompt_source
-        self.feature_resolution = tuple(feature_resolution)
-        self.pad_len = pad_len or 0
-        self.pooling_size = pooling_size
-        self.test_pooling_size = test_pooling_size
         self.use_sam = use_sam
         self.sam_init = sam_init
         self.sam_checkpoint = sam_checkpoint
@@ -148,13 +154,9 @@ class ESCNeck(BaseModule):
         self.class_chunk_size = class_chunk_size
         self.with_cp = with_cp
 
-        self.prompt_channel = prompt_channel  # P, checked against the vocabulary at build
-        self.clip_dims = dict(text_dim=text_dim)  # checked against the backbone at build
-        self.corr_embed = nn.Conv2d(prompt_channel, hidden_dim, kernel_size=embed_kernel_size,
-                                    padding=embed_kernel_size // 2)
-        self.visual_proj = nn.Conv2d(text_dim, sam_dim, kernel_size=1)
-        self.text_guidance_projection = nn.Sequential(nn.Linear(text_dim, text_guidance_dim),
-                                                      nn.ReLU())
+        self.corr_embed = cost_embedding(prompt_channel, hidden_dim, embed_kernel_size)
+        self.visual_proj = nn.Conv2d(embed_dim, sam_dim, kernel_size=1)
+        self.text_guidance_projection = text_guidance_projection(embed_dim, text_guidance_dim)
         if use_sam:
             self.ppg = PseudoPromptGenerator(**(ppg or {}))
             if not (self.ppg.use_points or self.ppg.use_boxes or self.ppg.use_masks):
@@ -171,7 +173,7 @@ class ESCNeck(BaseModule):
                 if name.startswith(unused):
                     param.requires_grad_(False)
             self.sam_blocks = nn.ModuleList([
-                SAMBlock(text_dim=text_dim, embed_dim=sam_dim, num_heads=sam_num_heads,
+                SAMBlock(text_dim=embed_dim, embed_dim=sam_dim, num_heads=sam_num_heads,
                          mlp_dim=sam_mlp_dim, skip_first_layer_pe=self._sam_layer(k) == 0)
                 for k in range(num_blocks)
             ])
@@ -237,7 +239,7 @@ class ESCNeck(BaseModule):
 
     def forward(self, img_feats: torch.Tensor, text_feats: torch.Tensor,
                 appearance_guidance: Optional[torch.Tensor] = None,
-                class_filter: Optional[dict] = None) -> AggregatedCost:
+                class_filter: Optional[ClassFilter] = None) -> AggregatedCost:
         """Run the ESC blocks.
 
         Args:
@@ -245,9 +247,9 @@ class ESCNeck(BaseModule):
             text_feats (torch.Tensor): (B, T, P, C) L2-normalised class embeddings F_l.
             appearance_guidance (torch.Tensor, optional): (B, C, h, w) features refined by the SAM
                 blocks; defaults to ``img_feats`` (the segmentor passes the dense features).
-            class_filter (dict, optional): test-time class filter (``test_cfg.class_filter``,
-                :func:`~mmseg_escnet.models.layers.cost_volume.filter_classes`): PPG, SAM blocks,
-                VLFs and the decoder run on the kept classes only.
+            class_filter (ClassFilter, optional): the neck's test-time class filter, passed on
+                to :meth:`~.cost_opening.CostVolumeNeck.open_cost`: PPG, SAM blocks, VLFs and the
+                decoder run on the kept classes only.
 
         Returns:
             AggregatedCost: ``cost`` (B, hidden, T', h, w) and ``class_index`` (None or (B, T')
@@ -259,7 +261,7 @@ class ESCNeck(BaseModule):
     def forward_with_prompts(
             self, img_feats: torch.Tensor, text_feats: torch.Tensor,
             appearance_guidance: Optional[torch.Tensor] = None,
-            class_filter: Optional[dict] = None,
+            class_filter: Optional[ClassFilter] = None,
             record: bool = True) -> Tuple[AggregatedCost, List[BlockPrompts]]:
         """:meth:`forward`, also returning what every block's PPG read and made.
 
@@ -272,20 +274,13 @@ class ESCNeck(BaseModule):
             (blocks of the ``'initial'`` source share the first one's tensors; empty without
             SAM blocks).
         """
-        assert tuple(img_feats.shape[-2:]) == self.feature_resolution, img_feats.shape
-        if appearance_guidance is None:
-            appearance_guidance = img_feats
-        corr = correlation(img_feats, text_feats)                     # (B, P, T, h, w)
-        corr, text_feats, class_index = select_classes(corr, text_feats, pad_len=self.pad_len,
-                                                      class_filter=class_filter)
-        cost = embed_cost(self.corr_embed, corr)                      # (B, hidden, T', h, w)
-        guidance = text_guidance(self.text_guidance_projection, text_feats)  # (B, T', Gt)
-        text = F.normalize(text_feats.mean(dim=2), dim=-1)            # (B, T', C)
-        visual = self.visual_proj(appearance_guidance)                # (B, S, h, w)
-        pooling_size = select_pooling(self.training, self.pooling_size, self.test_pooling_size)
+        opening = self.open_cost(img_feats, text_feats, appearance_guidance, class_filter)
+        cost = opening.cost                                           # (B, hidden, T', h, w)
+        text = F.normalize(opening.text_feats.mean(dim=2), dim=-1)    # (B, T', C)
+        visual = opening.appearance_guidance                          # (B, S, h, w)
 
         records: List[BlockPrompts] = []
-        score = corr.mean(dim=1)                      # (B, P, T, h, w) -> (B, T, h, w): Eq. 1
+        score = opening.corr.mean(dim=1)              # (B, P, T, h, w) -> (B, T, h, w): Eq. 1
         last = len(self.vlf_blocks) - 1
         for k, vlf in enumerate(self.vlf_blocks):
             if self.use_sam:
@@ -295,7 +290,7 @@ class ESCNeck(BaseModule):
                 visual = self.sam_blocks[k](visual, image_pe, sparse, dense, text,
                                             class_chunk_size=self.class_chunk_size,
                                             with_cp=self.with_cp)
-            cost = vlf(cost, visual, guidance, pooling_size=pooling_size,
+            cost = vlf(cost, visual, opening.text_guidance, pooling_size=opening.pooling_size,
                        class_chunk_size=self.class_chunk_size, with_cp=self.with_cp)
             if not self.use_sam:
                 continue
@@ -307,7 +302,7 @@ class ESCNeck(BaseModule):
                                             refined=refined))
             if reads_next:
                 score = refined                       # (B, T, h, w): block k + 1's PPG input
-        return AggregatedCost(cost=cost, class_index=class_index), records
+        return AggregatedCost(cost=cost, class_index=opening.class_index), records
 
     def _prompt(self, score: torch.Tensor) -> Tuple[PseudoPrompts, torch.Tensor, torch.Tensor,
                                                      torch.Tensor]:

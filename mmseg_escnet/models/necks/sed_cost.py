@@ -9,27 +9,25 @@ raw correlation, which the decoder
 The parameter name ``conv1`` equals the official one below
 ``sem_seg_head.predictor.transformer.``.
 """
-from typing import Optional
+from typing import Dict, Optional
 
-import torch.nn as nn
-from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 from torch import Tensor
 
-from ..layers.cost_volume import correlation, embed_cost, select_classes
-from ..structures import AggregatedCost
+from ..structures import AggregatedCost, ClassFilter
+from .cost_opening import CostVolumeNeck, cost_embedding
 
 __all__ = ['SEDCostNeck']
 
 
 @MODELS.register_module()
-class SEDCostNeck(BaseModule):
+class SEDCostNeck(CostVolumeNeck):
     """Cosine cost volume of dense CLIP features and class prompts, embedded per class.
 
-    Steps: ``corr[b, p, t] = <l2n(img), l2n(text[t, p])>`` (no temperature), an optional
-    test-time class filter and top-``pad_len`` pruning
-    (:func:`~mmseg_escnet.models.layers.cost_volume.select_classes`; SED prunes nothing), then
-    ``conv1`` (7 x 7, P -> hidden) on every class.
+    The shared opening (:mod:`.cost_opening`) without guidances:
+    ``corr[b, p, t] = <l2n(img), l2n(text[t, p])>`` (no temperature), an optional test-time class
+    filter and top-``pad_len`` pruning (SED prunes nothing), then ``conv1`` (7 x 7, P -> hidden)
+    on every class, in the layout (B, C, T, h, w) of :mod:`mmseg_escnet.models.structures`.
 
     Args:
         prompt_channel (int): number P of prompt templates per class (SED: 80).
@@ -39,21 +37,19 @@ class SEDCostNeck(BaseModule):
         init_cfg (dict, optional): mmengine initialisation config.
     """
 
+    #: SED takes no CLIP width (no guidance projection): only P is filled from the model.
+    derived_sizes: Dict[str, str] = {'prompt_channel': 'num_prompts'}
+    appearance_projection_name = None
+
     def __init__(self, *, prompt_channel: int = 80, hidden_dim: int = 128,
                  pad_len: Optional[int] = 0, init_cfg: Optional[dict] = None) -> None:
-        super().__init__(init_cfg=init_cfg)
-        if prompt_channel < 1 or hidden_dim < 1:
-            raise ValueError(f'prompt_channel ({prompt_channel}) and hidden_dim ({hidden_dim}) '
-                             'must be positive')
-        if pad_len is not None and pad_len < 0:
-            raise ValueError(f'pad_len must be >= 0 or None, got {pad_len}')
-        self.prompt_channel = prompt_channel
+        super().__init__(embed_dim=None, prompt_channel=prompt_channel, pad_len=pad_len,
+                         init_cfg=init_cfg)
         self.hidden_dim = hidden_dim
-        self.pad_len = pad_len or 0
-        self.conv1 = nn.Conv2d(prompt_channel, hidden_dim, kernel_size=7, stride=1, padding=3)
+        self.conv1 = cost_embedding(prompt_channel, hidden_dim, kernel_size=7)
 
     def forward(self, img_feats: Tensor, text_feats: Tensor, appearance: Optional[Tensor] = None,
-                class_filter: Optional[dict] = None) -> AggregatedCost:
+                class_filter: Optional[ClassFilter] = None) -> AggregatedCost:
         """Build and embed the cost volume.
 
         Args:
@@ -61,22 +57,14 @@ class SEDCostNeck(BaseModule):
             text_feats (Tensor): (B, T, P, C) class prompt embeddings.
             appearance (Tensor, optional): ignored (the common neck call passes the dense
                 features again; SED uses no appearance guidance).
-            class_filter (dict, optional): test-time class filter (``test_cfg.class_filter``);
-                ``'topk'``/``'pixel_topk'`` act here, ``'sed_cer'`` in the decode head.
+            class_filter (ClassFilter, optional): the neck's test-time class filter, passed on
+                to :meth:`~.cost_opening.CostVolumeNeck.open_cost` (``'sed_cer'`` acts in the
+                decode head).
 
         Returns:
             AggregatedCost: ``cost`` (B, hidden_dim, T', h, w), ``class_index`` (None, or
             (B, T') the kept classes) and ``corr`` (B, P, T', h, w) the raw correlation.
         """
-        if img_feats.dim() != 4 or text_feats.dim() != 4 or \
-                text_feats.shape[-1] != img_feats.shape[1]:
-            raise ValueError(f'expected img_feats (B, C, h, w) and text_feats (B, T, P, C), got '
-                             f'{tuple(img_feats.shape)} and {tuple(text_feats.shape)}')
-        if text_feats.shape[2] != self.prompt_channel:
-            raise ValueError(f'text_feats has {text_feats.shape[2]} prompts per class, '
-                             f'prompt_channel is {self.prompt_channel}')
-        corr = correlation(img_feats, text_feats)  # (B, P, T, h, w)
-        corr, _, class_index = select_classes(corr, text_feats, pad_len=self.pad_len,
-                                              class_filter=class_filter)
-        cost = embed_cost(self.conv1, corr)  # (B, hidden, T', h, w)
-        return AggregatedCost(cost=cost, class_index=class_index, corr=corr)
+        opening = self.open_cost(img_feats, text_feats, class_filter=class_filter)
+        return AggregatedCost(cost=opening.cost, class_index=opening.class_index,
+                              corr=opening.corr)

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from ..layers.class_chunks import map_class_chunks
+from ..layers.guidance_projection import map_guidance_projection
 from ..layers.guided_swin import GuidedSwinBlockPair
 from ..layers.linear_class_attention import ClassTransformerLayer, PoolSize
 
@@ -36,7 +37,7 @@ class VisionLanguageFusion(nn.Module):
         hidden_dim (int): channels of the cost volume.
         visual_dim (int): channels of the visual feature F'_v (SAM dim 256).
         appearance_guidance_dim (int): channels of the projected visual guidance seen by the
-            Swin queries/keys (0: no visual guidance, ``visual`` must then be None).
+            Swin queries/keys (0: no visual guidance, ``visual`` is then ignored).
         text_guidance_dim (int): channels of the (already projected) text guidance seen by the
             class attention (0: no text guidance).
         num_heads (int): heads of both attentions.
@@ -59,10 +60,7 @@ class VisionLanguageFusion(nn.Module):
             raise ValueError(f'visual_dim must be positive when appearance_guidance_dim > 0, '
                              f'got {visual_dim}')
         self.input_resolution = tuple(input_resolution)
-        self.guidance_projection = nn.Sequential(
-            nn.Conv2d(visual_dim, appearance_guidance_dim, kernel_size=3, stride=1, padding=1),
-            nn.ReLU(),
-        ) if appearance_guidance_dim > 0 else None
+        self.guidance_projection = map_guidance_projection(visual_dim, appearance_guidance_dim)
         self.swin_block = GuidedSwinBlockPair(dim=hidden_dim, guidance_dim=appearance_guidance_dim,
                                               input_resolution=self.input_resolution,
                                               num_heads=num_heads, window_size=window_size)
@@ -78,7 +76,7 @@ class VisionLanguageFusion(nn.Module):
         Args:
             cost (torch.Tensor): (B, hidden_dim, T, h, w) embedded cost volume.
             visual (torch.Tensor, optional): (B, visual_dim, h, w) SAM-refined visual
-                feature F'_v, shared by all classes.
+                feature F'_v, shared by all classes (ignored with no visual guidance).
             text_guidance (torch.Tensor, optional): (B, T, text_guidance_dim) text guidance,
                 already projected by the caller.
             pooling_size (tuple[int, int] | int, optional): class-attention pooling for this
@@ -93,9 +91,9 @@ class VisionLanguageFusion(nn.Module):
             torch.Tensor: (B, hidden_dim, T, h, w) refined cost volume.
         """
         assert cost.dim() == 5 and tuple(cost.shape[-2:]) == self.input_resolution, cost.shape
-        assert (visual is None) == (self.guidance_projection is None)
         guidance = None
         if self.guidance_projection is not None:
+            assert visual is not None, 'the visual guidance is missing'
             guidance = self.guidance_projection(visual)  # (B, Ga, h, w)
         # (a) spatial aggregation, classes independent: (B, C, t, h, w) -> (B, C, t, h, w)
         cost = map_class_chunks(lambda chunk: self.swin_block(chunk, guidance), cost,

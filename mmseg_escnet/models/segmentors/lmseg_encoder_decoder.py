@@ -23,6 +23,7 @@ from mmseg.registry import MODELS
 from mmseg.utils import ConfigType
 from torch import Tensor
 
+from .model_sizes import fill_sizes, model_sizes
 from .open_vocab_encoder_decoder import OpenVocabEncoderDecoder
 
 
@@ -42,7 +43,8 @@ class LMSegEncoderDecoder(OpenVocabEncoderDecoder):
     def __init__(self, *, sam_encoder: ConfigType, fusion: ConfigType, **kwargs) -> None:
         super().__init__(**kwargs)
         self.sam_encoder = MODELS.build(sam_encoder)
-        self.fusion = MODELS.build(fusion)
+        sizes = model_sizes(self.backbone, self.train_text.vocabulary)
+        self.fusion = MODELS.build(fill_sizes(fusion, sizes, 'fusion'))
         sam_dim = self.fusion.adapter.in_channels
         if sam_dim != self.sam_encoder.out_channels:
             raise ValueError(f'fusion.sam_dim ({sam_dim}) must equal the SAM encoder\'s output '

@@ -24,27 +24,21 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from mmseg.models.segmentors import EncoderDecoder
+from mmseg.models.segmentors import BaseSegmentor, EncoderDecoder
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 from mmseg.utils import ConfigType, OptConfigType, OptMultiConfig
 from torch import Tensor
 
 from ...text import Vocabulary
-from ..layers.cost_volume import HEAD_CLASS_FILTERS, check_class_filter
-from ..structures import DecodeInputs
+from ..structures import ClassFilter, DecodeInputs
 from ..text import ClassEmbedder
 from .class_sparse import flip_back, postprocess_sparse, set_prediction
-from .sliding_global_inference import parse_protocol_cfg, sliding_global_inference
+from .inference_settings import InferenceSettings, ReadOnlyConfig
+from .model_sizes import fill_sizes, model_sizes
+from .sliding_global_inference import sliding_global_inference
 
 VocabularyLike = Union[str, Sequence[str], dict, Vocabulary]
-#: The ``test_cfg`` keys of each inference mode.
-TEST_CFG_KEYS = {
-    'whole': {'mode', 'class_filter', 'resize_probabilities'},
-    'slide': {'mode', 'class_filter', 'crop_size', 'stride'},
-    'sliding_global': {'mode', 'class_filter', 'kernel', 'overlap', 'out_size',
-                       'views_per_batch'},
-}
 
 
 @MODELS.register_module()
@@ -55,7 +49,10 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
         backbone (dict): Config of a CLIP backbone (e.g. ``CLIPBackbone``). It must provide
             ``forward(x) -> (dense, *block_outputs)``, ``encode_text`` and ``tokenize``.
         neck (dict): Config of the aggregation neck (e.g. ``CATSegAggregator``).
-        decode_head (dict): Config of the decode head (e.g. ``CATSegHead``).
+        decode_head (dict): Config of the decode head (e.g. ``CATSegHead``). The arguments of
+            the neck and head that follow from the backbone and the vocabulary (their class's
+            ``derived_sizes``: CLIP widths, prompts per class) are filled in here; a configured
+            value that differs fails, naming both (:mod:`.model_sizes`).
         vocabulary (str | list | dict): Training vocabulary: a built-in name (``'coco_stuff171'``), a
             path to a ``.txt``/``.json`` class list, a list of names, or ``Vocabulary`` kwargs
             (``dict(classes=..., synonyms='first', templates='catseg')``).
@@ -75,7 +72,9 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
             after the initial correlation on the kept classes only; the others never win, and
             ``seg_logits`` hold only the kept classes (:mod:`.class_sparse`).
             ``resize_probabilities=True`` (``whole`` mode) resizes sigmoid probabilities instead
-            of logits, as SED does. Unknown keys are refused.
+            of logits, as SED does. Unknown keys are refused. It is parsed once into
+            :attr:`inference_settings` (:mod:`.inference_settings`); change it with
+            :meth:`set_inference_settings` (assigning ``model.test_cfg`` does the same).
     """
 
     def __init__(self,
@@ -90,23 +89,29 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
                  test_cfg: OptConfigType = None,
                  data_preprocessor: OptConfigType = None,
                  init_cfg: OptMultiConfig = None) -> None:
-        super().__init__(backbone=backbone, decode_head=decode_head, neck=neck, train_cfg=train_cfg,
-                         test_cfg=test_cfg, data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        if isinstance(clip_resolution, int):
-            clip_resolution = (clip_resolution, clip_resolution)
-        self.clip_resolution = tuple(clip_resolution)
-        self.test_class_filter()  # a bad filter or test_cfg key fails when the model is built
-        self.text_chunk_size = text_chunk_size
-        self.train_text = ClassEmbedder(vocabulary)
+        # EncoderDecoder.__init__'s steps, with the neck's and head's sizes derived in between
+        BaseSegmentor.__init__(self, data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        self.backbone = MODELS.build(backbone)
+        # the embedders hold the backbone as their text encoder by reference (no new state-dict
+        # keys); their caches follow its weights without object identities (models/text)
+        self.train_text = ClassEmbedder(vocabulary, text_encoder=self.backbone)
         # a test vocabulary given without templates/synonyms is prompted like the training one
         # (SED's 80 templates are the neck's input channels)
         trained = self.train_text.vocabulary
         self.test_text = ClassEmbedder(vocabulary if test_vocabulary is None else test_vocabulary,
                                        defaults=dict(templates=trained.templates,
-                                                     synonyms=trained.synonym_policy))
-        for embedder in (self.train_text, self.test_text):
-            self._check_prompt_channels(embedder.vocabulary)
-        self._check_clip_dims()
+                                                     synonyms=trained.synonym_policy),
+                                       text_encoder=self.backbone)
+        sizes = model_sizes(self.backbone, trained)
+        self.neck = MODELS.build(fill_sizes(neck, sizes, 'neck'))
+        self._init_decode_head(fill_sizes(decode_head, sizes, 'decode_head'))
+        self.train_cfg = train_cfg
+        self.test_cfg = test_cfg  # parsed and checked (set_inference_settings)
+        if isinstance(clip_resolution, int):
+            clip_resolution = (clip_resolution, clip_resolution)
+        self.clip_resolution = tuple(clip_resolution)
+        self.text_chunk_size = text_chunk_size
+        self._check_prompt_channels(self.test_text.vocabulary)
         # New weights make cached text embeddings stale, even without a train() in between.
         self.register_load_state_dict_post_hook(self._clear_text_caches)
 
@@ -114,6 +119,16 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
     def _clear_text_caches(module: 'OpenVocabEncoderDecoder', incompatible_keys) -> None:
         module.train_text.clear_cache()
         module.test_text.clear_cache()
+
+    def vocabulary_options(self) -> dict:
+        """How :meth:`set_vocabulary` prompts a test vocabulary given without prompting.
+
+        Returns:
+            dict: ``templates`` and ``synonyms`` (the synonym policy) of the training
+            vocabulary, given to every test vocabulary set by names, a file, or a dict without
+            those keys; a dict's own keys and a :class:`Vocabulary` take precedence.
+        """
+        return dict(self.test_text.defaults)
 
     # -- vocabulary ------------------------------------------------------------------------------
     def _init_decode_head(self, decode_head: ConfigType) -> None:
@@ -140,20 +155,6 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
     def out_channels(self) -> int:
         """Same as :attr:`num_classes` (used by mmseg's slide inference)."""
         return self.num_classes
-
-    def _check_clip_dims(self) -> None:
-        """Refuse a neck whose CLIP widths (``clip_dims``) are not the backbone's embedding width.
-
-        Raises:
-            ValueError: naming the neck's arguments and the backbone's ``embed_dim``.
-        """
-        embed_dim = getattr(self.backbone, 'embed_dim', None)
-        dims = getattr(getattr(self, 'neck', None), 'clip_dims', {})
-        wrong = {name: dim for name, dim in dims.items() if dim != embed_dim}
-        if isinstance(embed_dim, int) and wrong:
-            parts = ', '.join(f'neck.{name}={dim}' for name, dim in wrong.items())
-            raise ValueError(f'{parts} but the backbone embeds images and text in '
-                             f'backbone.embed_dim={embed_dim} channels: set them to {embed_dim}')
 
     def _check_prompt_channels(self, vocabulary: Vocabulary) -> None:
         """Refuse a vocabulary whose prompts per class (P) are not the model's input channels.
@@ -206,36 +207,54 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
 
         Recomputed with gradients in training when CLIP's text tower trains (CAT-Seg fine-tunes its
         attention); cached in eval mode, and in training when the text tower is frozen (SED), until
-        the vocabulary or the weights change or the model goes back to training.
+        the vocabulary or the backbone's weights, device or dtype change, or the model goes back
+        to training. The embedders encode with the backbone they were built with.
         """
-        frozen = not getattr(self.backbone, 'text_trainable', True)
-        return self.class_embedder(self.backbone.encode_text, self.backbone.tokenize,
-                                   chunk_size=self.text_chunk_size, frozen=frozen)
+        return self.class_embedder(chunk_size=self.text_chunk_size)
 
-    def test_class_filter(self) -> Optional[dict]:
-        """The checked ``test_cfg.class_filter`` (None: no filter), after checking ``test_cfg``.
+    # -- inference settings ----------------------------------------------------------------------
+    @property
+    def inference_settings(self) -> InferenceSettings:
+        """The checked ``test_cfg`` (:class:`InferenceSettings`)."""
+        return self._inference_settings
+
+    def set_inference_settings(self, settings: Union[InferenceSettings, dict, None]
+                               ) -> InferenceSettings:
+        """Change how the model predicts in eval mode (the one place that does).
+
+        Args:
+            settings (InferenceSettings | dict | None): the new settings, or a ``test_cfg``
+                dict (None: ``whole`` without a filter). For a change of some keys, pass
+                ``model.inference_settings.replace(mode=..., ...)``.
+
+        Returns:
+            InferenceSettings: the settings now in use.
 
         Raises:
-            KeyError: for a ``test_cfg`` key the mode does not take.
-            ValueError: for an unknown rule, bad ``k``, or a rule the decode head cannot apply
-                (``'sed_cer'`` needs SED's auxiliary heads).
+            KeyError, ValueError: for a bad ``test_cfg`` (:meth:`InferenceSettings.from_cfg`), or a
+                class filter of the head stage (``'sed_cer'``) that the decode head cannot apply
+                (it needs SED's auxiliary heads); the previous settings are kept.
         """
-        test_cfg = self.test_cfg or {}
-        allowed = TEST_CFG_KEYS.get(test_cfg.get('mode', 'whole'))
-        if allowed is None:
-            raise ValueError(f"test_cfg.mode must be one of {sorted(TEST_CFG_KEYS)}, got "
-                             f"{test_cfg.get('mode')!r}")
-        unknown = set(test_cfg) - allowed
-        if unknown:
-            raise KeyError(f"test_cfg for mode {test_cfg.get('mode', 'whole')!r} has unknown keys "
-                           f'{sorted(unknown)}; allowed: {sorted(allowed)}')
-        class_filter = check_class_filter(test_cfg.get('class_filter'))
-        if class_filter is not None and class_filter['type'] in HEAD_CLASS_FILTERS and \
-                class_filter['type'] not in getattr(self.decode_head, 'class_filters', ()):
-            raise ValueError(f"class_filter type {class_filter['type']!r} needs a decode head "
-                             f'that applies it (SEDHead); {type(self.decode_head).__name__} '
-                             "does not: use 'pixel_topk', the same rule on the correlation")
-        return class_filter
+        settings = InferenceSettings.from_cfg(settings)
+        head = getattr(self, 'decode_head', None)
+        rule = settings.class_filter
+        if head is not None and rule is not None and rule.stage == 'head' and \
+                rule.type not in getattr(head, 'class_filters', ()):
+            raise ValueError(f'class_filter type {rule.type!r} needs a decode head that applies '
+                             f'it (SEDHead); {type(head).__name__} does not: use '
+                             "'pixel_topk', the same rule on the correlation")
+        self._inference_settings = settings
+        return settings
+
+    @property
+    def test_cfg(self) -> ReadOnlyConfig:
+        """The inference settings as a read-only ``test_cfg`` mapping (with attribute access)."""
+        return ReadOnlyConfig(self._inference_settings.to_cfg())
+
+    @test_cfg.setter
+    def test_cfg(self, cfg: Union[InferenceSettings, dict, None]) -> None:
+        """``model.test_cfg = cfg`` is :meth:`set_inference_settings` (mmseg assigns it)."""
+        self.set_inference_settings(cfg)
 
     # -- features --------------------------------------------------------------------------------
     def image_features(self, inputs: Tensor) -> Tuple[Tensor, List[Tensor]]:
@@ -268,10 +287,13 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
         """
         dense, clip_features, text, class_filter = self.neck_inputs(inputs, text)
         cost = self.neck(dense, text, dense, class_filter=class_filter)
-        return DecodeInputs.from_cost(cost, clip_features, text.shape[1], class_filter)
+        head_filter = None if self.training else self.inference_settings.class_filter
+        if head_filter is not None and head_filter.stage != 'head':
+            head_filter = None
+        return DecodeInputs.from_cost(cost, clip_features, text.shape[1], head_filter)
 
     def neck_inputs(self, inputs: Tensor, text: Optional[Tensor] = None
-                    ) -> Tuple[Tensor, List[Tensor], Tensor, Optional[dict]]:
+                    ) -> Tuple[Tensor, List[Tensor], Tensor, Optional[ClassFilter]]:
         """What the neck is given for ``inputs`` (the one place that decides it).
 
         Args:
@@ -280,13 +302,16 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
 
         Returns:
             tuple: dense features (B, C, h, w), the skip features [(B, D, h, w)], the class
-            embeddings (B, T, P, C) and the test-time class filter (None in training).
+            embeddings (B, T, P, C) and the test-time class filter the neck applies (None in
+            training, without a filter, or for a filter the decode head applies).
         """
         dense, clip_features = self.image_features(inputs)       # (B, C, h, w), [(B, D, h, w)]
         if text is None:
             text = self.text_embeddings()                         # (T, P, C)
         text = text.unsqueeze(0).expand(inputs.shape[0], *text.shape)  # (T, P, C) -> (B, T, P, C)
-        class_filter = None if self.training else self.test_class_filter()
+        class_filter = None if self.training else self.inference_settings.class_filter
+        if class_filter is not None and class_filter.stage != 'neck':
+            class_filter = None
         return dense, clip_features, text, class_filter
 
     def loss(self, inputs: Tensor, data_samples: List) -> dict:
@@ -330,15 +355,14 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
             without a class filter or pruning) listed in ``metainfo['seg_logits_classes']``, and
             ``pred_sem_seg`` (1, H0, W0) vocabulary indices.
         """
-        mode = self.test_cfg.get('mode', 'whole')
-        if mode == 'whole':  # mmseg's whole_inference + postprocess_result, on K classes
+        settings = self.inference_settings
+        if settings.mode == 'whole':  # mmseg's whole_inference + postprocess_result, on K classes
             return postprocess_sparse(
                 self._forward(inputs), data_samples, self.align_corners,
                 input_size=inputs.shape[2:],
-                resize_probabilities=self.test_cfg.get('resize_probabilities', False))
-        if mode != 'sliding_global':  # 'slide': mmseg's (T, H, W) canvas, then K classes
+                resize_probabilities=settings.resize_probabilities)
+        if settings.mode == 'slide':  # 'slide': mmseg's (T, H, W) canvas, then K classes
             return super().predict(inputs, data_samples)
-        kernel, overlap, out_size, views_per_batch = parse_protocol_cfg(self.test_cfg)
         if data_samples is None:
             data_samples = [SegDataSample(metainfo=dict(ori_shape=inputs.shape[2:]))
                             for _ in range(inputs.shape[0])]
@@ -349,8 +373,8 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
                                                 meta.get('padding_size', [0, 0, 0, 0]))
             image = inputs[i:i + 1, :, top:height - bottom, left:width - right]  # unpadded
             probs, classes = sliding_global_inference(
-                self._forward, image, kernel=kernel, overlap=overlap, out_size=out_size,
-                views_per_batch=views_per_batch)                            # (1, K, 640, 640)
+                self._forward, image, kernel=settings.kernel, overlap=settings.overlap,
+                out_size=settings.out_size, views_per_batch=settings.views_per_batch)                            # (1, K, 640, 640)
             probs = F.interpolate(flip_back(probs, meta), size=tuple(meta['ori_shape'][:2]),
                                   mode='bilinear', align_corners=False)[0]  # (K, H0, W0)
             # labels from the averaged probabilities (the protocol), logits as in every mode

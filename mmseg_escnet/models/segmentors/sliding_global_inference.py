@@ -102,19 +102,3 @@ def _probabilities(logits: Tensor, kernel: int) -> Tensor:
     logits = F.interpolate(logits, size=(kernel, kernel), mode='bilinear', align_corners=False)
     return logits.sigmoid()
 
-
-def parse_protocol_cfg(test_cfg: dict) -> Tuple[int, float, Tuple[int, int], int]:
-    """Read ``kernel``, ``overlap``, ``out_size``, ``views_per_batch`` from a test_cfg.
-
-    Unknown keys are refused so that a typo does not silently fall back to a default.
-    """
-    allowed = {'mode', 'kernel', 'overlap', 'out_size', 'views_per_batch', 'class_filter'}
-    unknown = set(test_cfg) - allowed
-    if unknown:
-        raise KeyError(f"test_cfg for mode 'sliding_global' has unknown keys {sorted(unknown)}; "
-                       f'allowed: {sorted(allowed)}')
-    out_size = test_cfg.get('out_size', (640, 640))
-    if isinstance(out_size, int):
-        out_size = (out_size, out_size)
-    return (int(test_cfg.get('kernel', 384)), float(test_cfg.get('overlap', 0.333)),
-            tuple(out_size), int(test_cfg.get('views_per_batch', 0)))

@@ -9,10 +9,11 @@ from mmseg_escnet.models.necks.catseg_aggregator import CATSegAggregator
 
 def _build(cfg: dict, **neck_overrides) -> tuple:
     """Neck and head with the dims of an official ``Aggregator`` config."""
-    neck_kwargs = dict(text_guidance_dim=cfg['text_guidance_dim'],
-                       text_guidance_proj_dim=cfg['text_guidance_proj_dim'],
-                       appearance_guidance_dim=cfg['appearance_guidance_dim'],
-                       appearance_guidance_proj_dim=cfg['appearance_guidance_proj_dim'],
+    # the official input widths of both guidances are the CLIP width, ours embed_dim
+    assert cfg['text_guidance_dim'] == cfg['appearance_guidance_dim']
+    neck_kwargs = dict(embed_dim=cfg['text_guidance_dim'],
+                       text_guidance_dim=cfg['text_guidance_proj_dim'],
+                       appearance_guidance_dim=cfg['appearance_guidance_proj_dim'],
                        num_layers=cfg['num_layers'], num_heads=cfg['nheads'],
                        hidden_dim=cfg['hidden_dim'], pooling_size=tuple(cfg['pooling_size']),
                        feature_resolution=tuple(cfg['feature_resolution']),

@@ -15,8 +15,7 @@ C, CLIP_W, HID, RES = 16, 24, 16, 8
 
 def _tiny(pad_len=256, seed=0):
     """Tiny neck + head on an 8x8 grid, with all parameters randomised."""
-    neck = CATSegAggregator(text_guidance_dim=C, text_guidance_proj_dim=8,
-                            appearance_guidance_dim=C, appearance_guidance_proj_dim=8,
+    neck = CATSegAggregator(embed_dim=C, text_guidance_dim=8, appearance_guidance_dim=8,
                             num_layers=2, num_heads=2, hidden_dim=HID, pooling_size=(2, 2),
                             test_pooling_size=(1, 1), feature_resolution=(RES, RES),
                             window_size=4, pad_len=pad_len)
@@ -129,8 +128,7 @@ def test_mmseg_loss_and_predict_api():
 
 
 def test_registry_and_input_errors():
-    neck = MODELS.build(dict(type='CATSegAggregator', text_guidance_dim=C,
-                             appearance_guidance_dim=C, hidden_dim=HID, num_heads=2,
+    neck = MODELS.build(dict(type='CATSegAggregator', embed_dim=C, hidden_dim=HID, num_heads=2,
                              feature_resolution=(RES, RES), window_size=4))
     head = MODELS.build(dict(type='CATSegHead', clip_width=CLIP_W, hidden_dim=HID,
                              upsample_dims=(12, 6), decoder_guidance_proj_dims=(8, 4),
@@ -148,7 +146,7 @@ def test_registry_and_input_errors():
     (768, 1024, 2_636_641, 3_146_112),  # ViT-L/14
 ])
 def test_parameter_counts_at_paper_dims(clip_dim, clip_width, expected, expected_up):
-    neck = CATSegAggregator(text_guidance_dim=clip_dim, appearance_guidance_dim=clip_dim)
+    neck = CATSegAggregator(embed_dim=clip_dim)
     head = CATSegHead(clip_width=clip_width)
     up = sum(p.numel() for n, p in head.named_parameters() if n.startswith('upsample'))
     rest = sum(p.numel() for n, p in head.named_parameters() if not n.startswith('upsample'))

@@ -13,6 +13,7 @@ from segment_anything.modeling.image_encoder import ImageEncoderViT
 import mmseg_escnet  # noqa: F401
 from mmseg_escnet.models.necks.esc_neck import ESCNeck
 from mmseg_escnet.models.necks.sam_block import encode_prompts
+from mmseg_escnet.models.structures import ClassFilter
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 GRID = (24, 24)
@@ -20,7 +21,7 @@ GRID = (24, 24)
 
 def _tiny_neck(**kwargs) -> ESCNeck:
     torch.manual_seed(0)
-    args = dict(text_dim=16, num_blocks=2, hidden_dim=16, sam_dim=16, sam_num_heads=2,
+    args = dict(embed_dim=16, num_blocks=2, hidden_dim=16, sam_dim=16, sam_num_heads=2,
                 sam_mlp_dim=32, sam_init='random', num_heads=2, appearance_guidance_dim=16,
                 text_guidance_dim=16, pad_len=0, feature_resolution=GRID)
     args.update(kwargs)
@@ -143,7 +144,7 @@ def test_points_of_every_block_fall_in_the_class_region(seed, prompt_source):
     initialisation of the neck."""
     img, text, region = _object_scene(seed)
     torch.manual_seed(seed)
-    neck = ESCNeck(text_dim=64, num_blocks=4, hidden_dim=16, sam_dim=16, sam_num_heads=2,
+    neck = ESCNeck(embed_dim=64, num_blocks=4, hidden_dim=16, sam_dim=16, sam_num_heads=2,
                    sam_mlp_dim=32, sam_init='random', num_heads=2, appearance_guidance_dim=16,
                    text_guidance_dim=16, pad_len=0, feature_resolution=GRID,
                    prompt_source=prompt_source).train()
@@ -217,7 +218,7 @@ def test_chunks_checkpoints_and_class_filters_give_the_plain_prompts():
     ref_neck.eval()
     with torch.no_grad():
         out, filtered = ref_neck.forward_with_prompts(img, text,
-                                                      class_filter=dict(type='topk', k=3))
+                                                      class_filter=ClassFilter('topk', 3))
         kept = out.class_index[0]
         subset = prompts_of(ref_neck, img, text[:, kept])
     assert len(kept) == 3
@@ -295,7 +296,7 @@ def _official_sam_checkpoint(path) -> dict:
 def test_init_weights_loads_official_sam_with_mod_mapping(tmp_path):
     path = str(tmp_path / 'sam_vit_tiny.pth')
     state = _official_sam_checkpoint(path)
-    neck = ESCNeck(text_dim=16, num_blocks=4, sam_init='pretrained', sam_checkpoint=path,
+    neck = ESCNeck(embed_dim=16, num_blocks=4, sam_init='pretrained', sam_checkpoint=path,
                    pad_len=0, feature_resolution=GRID)
     neck.init_weights()
     for k, block in enumerate(neck.sam_blocks):

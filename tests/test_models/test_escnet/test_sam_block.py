@@ -61,7 +61,7 @@ def official(tmp_path_factory):
 def _neck(path: str, *, num_blocks: int = 4, layer_map: str = 'mod', **kwargs) -> ESCNeck:
     """An ESCNeck whose prompt encoder and SAM blocks are initialised from the SAM file."""
     torch.manual_seed(1)
-    neck = ESCNeck(text_dim=TEXT_DIM, num_blocks=num_blocks, hidden_dim=16, sam_init='pretrained',
+    neck = ESCNeck(embed_dim=TEXT_DIM, num_blocks=num_blocks, hidden_dim=16, sam_init='pretrained',
                    sam_checkpoint=path, sam_layer_map=layer_map, num_heads=2,
                    appearance_guidance_dim=16, text_guidance_dim=16, pad_len=0,
                    feature_resolution=GRID, window_size=3, **kwargs)
@@ -225,7 +225,7 @@ def test_blocks_0_1_chained_reproduce_official_two_way_transformer(official, loa
 def test_layer_map_copies(official, layer_map, expected):
     sam, path = official
     torch.manual_seed(1)
-    random = ESCNeck(text_dim=TEXT_DIM, num_blocks=4, hidden_dim=16, sam_init='random',
+    random = ESCNeck(embed_dim=TEXT_DIM, num_blocks=4, hidden_dim=16, sam_init='random',
                      sam_layer_map=layer_map, num_heads=2, appearance_guidance_dim=16,
                      text_guidance_dim=16, pad_len=0, feature_resolution=GRID, window_size=3)
     neck = _neck(path, layer_map=layer_map)

@@ -12,7 +12,7 @@ from mmseg_escnet.checkpoints.sed_official import (OFFICIAL_SED_PREFIX, map_sed_
 from mmseg_escnet.models.decode_heads.sed_head import SEDHead
 from mmseg_escnet.models.layers.official_cost import official_cost
 from mmseg_escnet.models.necks.sed_cost import SEDCostNeck
-from mmseg_escnet.models.structures import PRUNED_LOGIT, DecodeInputs
+from mmseg_escnet.models.structures import PRUNED_LOGIT, ClassFilter, DecodeInputs
 
 ATOL = 1e-5
 
@@ -29,7 +29,7 @@ def build_official(data: dict, **head_overrides) -> tuple:
                        decoder_guidance_dims=tuple(cfg['decoder_guidance_dims']),
                        decoder_guidance_proj_dims=tuple(cfg['decoder_guidance_proj_dims']),
                        num_heads=cfg['nheads'], kernel_sizes=tuple(cfg['kernel_size']),
-                       train_pooling_size=(2, 2), test_pooling_size=(1, 1),
+                       pooling_size=(2, 2), test_pooling_size=(1, 1),
                        num_classes=cfg['T'])
     head_kwargs.update(head_overrides)
     head = SEDHead(**head_kwargs)
@@ -47,8 +47,8 @@ def skips(data: dict, batch=slice(None)) -> list:
 
 
 def decode_inputs(neck, data, class_filter=None) -> DecodeInputs:
-    cost = neck(data['img_feats'], data['text_feats'], data['img_feats'],
-                class_filter=class_filter)
+    """The neck's output for the head; a head-stage filter goes to the head only."""
+    cost = neck(data['img_feats'], data['text_feats'], data['img_feats'])
     return DecodeInputs.from_cost(cost, skips(data), data['text_feats'].shape[1], class_filter)
 
 
@@ -103,7 +103,7 @@ def test_fast_file_category_early_rejection(conformance):
     neck, head = build_official(data)
     neck.eval()
     head.eval()
-    class_filter = dict(type='sed_cer', k=k)
+    class_filter = ClassFilter('sed_cer', k)
     inputs = decode_inputs(neck, data, class_filter)
     torch.testing.assert_close(inputs.corr, data['corr'], atol=ATOL, rtol=0)
 

@@ -8,7 +8,7 @@ from mmseg.structures import SegDataSample
 
 from mmseg_escnet.models.decode_heads.sed_head import SEDHead
 from mmseg_escnet.models.necks.sed_cost import SEDCostNeck
-from mmseg_escnet.models.structures import PRUNED_LOGIT, DecodeInputs
+from mmseg_escnet.models.structures import PRUNED_LOGIT, ClassFilter, DecodeInputs
 
 from .test_sed_conformance import build_official, skips
 
@@ -36,7 +36,7 @@ def _inputs(b=2, t=6, seed=1, requires_grad=False):
 
 
 def _run(neck, head, img, text, clip, class_filter=None):
-    cost = neck(img, text, img, class_filter=class_filter)
+    cost = neck(img, text, img)  # a head-stage filter goes to the head only
     return head(DecodeInputs.from_cost(cost, clip, text.shape[1], class_filter))
 
 
@@ -77,7 +77,7 @@ def test_cer_is_per_image(conformance):
     img = data['img_feats'].repeat(2, 1, 1, 1)
     text = torch.cat([data['text_feats'], data['text_feats'][:, perm]])
     clip = [f.repeat(2, 1, 1, 1) for f in skips(data)]
-    cer = dict(type='sed_cer', k=k)
+    cer = ClassFilter('sed_cer', k)
     both = _run(neck, head, img, text, clip, cer)
     alone = [_run(neck, head, img[i:i + 1], text[i:i + 1], [f[i:i + 1] for f in clip], cer)
              for i in range(2)]
@@ -95,9 +95,9 @@ def test_cer_with_large_k_keeps_everything():
     head.eval()
     img, text, clip = _inputs()
     plain = _run(neck, head, img, text, clip)
-    torch.testing.assert_close(_run(neck, head, img, text, clip, dict(type='sed_cer', k=6)),
+    torch.testing.assert_close(_run(neck, head, img, text, clip, ClassFilter('sed_cer', 6)),
                                plain, atol=1e-5, rtol=0)
-    one = _run(neck, head, img, text, clip, dict(type='sed_cer', k=1))
+    one = _run(neck, head, img, text, clip, ClassFilter('sed_cer', 1))
     assert bool((one == PRUNED_LOGIT).any()) and bool((one != PRUNED_LOGIT).any())
 
 
@@ -109,7 +109,7 @@ def test_class_index_from_the_neck():
     neck.eval()
     head.eval()
     img, text, clip = _inputs(t=6)
-    for class_filter in (None, dict(type='sed_cer', k=1)):
+    for class_filter in (None, ClassFilter('sed_cer', 1)):
         out = _run(neck, head, img, text, clip, class_filter)
         index = neck(img, text).class_index  # (2, 4)
         assert index.shape == (2, 4)
@@ -222,9 +222,11 @@ def test_bad_inputs_and_filters():
     with pytest.raises(ValueError, match='prompt_channel'):
         neck(img, torch.cat([text, text], dim=2))
     cost = neck(img, text)
-    for k in (0, '2', True, 1.5):
+    for k in (0, '2', True, 1.5):  # a filter is checked where it is parsed
         with pytest.raises(ValueError, match='int k >= 1'):
-            head(DecodeInputs.from_cost(cost, clip, 6, dict(type='sed_cer', k=k)))
+            ClassFilter.from_cfg(dict(type='sed_cer', k=k))
+    with pytest.raises(ValueError, match="applies class filters \\('sed_cer',\\), got 'topk'"):
+        head(DecodeInputs.from_cost(cost, clip, 6, ClassFilter('topk', 2)))
     with pytest.raises(ValueError, match='raw correlation'):
         head(DecodeInputs(cost.cost, None, clip, 6))
     with pytest.raises(ValueError, match='3 encoder skips'):

@@ -12,8 +12,8 @@ from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
 import mmseg_escnet  # noqa: F401
-from mmseg_escnet.models.layers.cost_volume import (check_class_filter, correlation,
-                                                    filter_classes)
+from mmseg_escnet.models.layers.cost_volume import correlation, filter_classes
+from mmseg_escnet.models.structures import ClassFilter
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 CONFIGS = ['catseg_tiny_synthetic.py', 'escnet_tiny_synthetic.py']
@@ -54,7 +54,7 @@ def test_filtered_out_classes_never_win(name, rule):
     model = _model(name, class_filter=rule)
     images = _images()
     with torch.no_grad():
-        kept = filter_classes(_initial_correlation(model, images), rule)[0]
+        kept = filter_classes(_initial_correlation(model, images), ClassFilter.from_cfg(rule))[0]
         logits = model._forward(images)  # (1, T, 96, 96)
         labels = model.predict(images)[0].pred_sem_seg.data
     dropped = sorted(set(range(len(VOCABULARY))) - set(kept.tolist()))
@@ -68,18 +68,20 @@ def test_filter_rules():
     corr[0, 0, 3] = 0.9   # class 3 is the best everywhere (template 0)
     corr[0, 1, 1, 0, 0] = 0.8  # class 1 peaks at one pixel (template 1)
     corr[0, :, 4, 1, 1] = 0.85  # class 4: second best at one pixel
-    assert filter_classes(corr, dict(type='topk', k=2)).tolist() == [[3, 4]]
+    assert filter_classes(corr, ClassFilter('topk', 2)).tolist() == [[3, 4]]
     # per pixel (templates averaged): pixel (0, 0): 3 (0.45), 1 (0.4); (1, 1): 4 (0.85), 3
-    assert filter_classes(corr, dict(type='pixel_topk', k=1)).tolist() == [[3, 4]]
-    assert filter_classes(corr, dict(type='topk', k=5)) is None
+    assert filter_classes(corr, ClassFilter('pixel_topk', 1)).tolist() == [[3, 4]]
+    assert filter_classes(corr, ClassFilter('topk', 5)) is None
     assert filter_classes(corr, None) is None
+    with pytest.raises(ValueError, match="'sed_cer' is applied by the decode head"):
+        filter_classes(corr, ClassFilter('sed_cer', 1))
 
 
 @pytest.mark.parametrize('bad', [dict(type='top', k=3), dict(type='topk'), dict(type='topk', k=0),
                                  dict(type='topk', k=2, extra=1), 'topk'])
 def test_bad_filters_are_refused_when_the_model_is_built(bad):
     with pytest.raises(ValueError, match='class_filter'):
-        check_class_filter(bad)
+        ClassFilter.from_cfg(bad)
     with pytest.raises(ValueError, match='class_filter'):
         _model('catseg_tiny_synthetic.py', class_filter=bad)
 
@@ -137,7 +139,7 @@ def test_with_a_filter_only_the_kept_classes_reach_the_image_size(mode):
     if mode == 'sliding_global':  # the union of each view's top 3
         assert 3 <= len(classes) < len(VOCABULARY)
         return
-    kept = filter_classes(_initial_correlation(model, images), rule)[0]
+    kept = filter_classes(_initial_correlation(model, images), ClassFilter.from_cfg(rule))[0]
     assert classes.tolist() == kept.tolist()
     # bilinear resizing of 3 instead of 9 channels may round differently (1 ulp)
     torch.testing.assert_close(sparse.seg_logits.data, dense.seg_logits.data[classes],

@@ -97,18 +97,29 @@ def test_one_class_vocabulary_keeps_argmax_semantics(model):
 
 
 def test_a_wrong_template_count_fails_at_build_naming_both_values():
-    """SED's cost volume takes one channel per template: a vocabulary with another number of
-    prompts per class is refused when the model is built (and by set_vocabulary, which keeps the
-    previous vocabulary), naming both values."""
+    """SED's cost volume takes one channel per template: the neck's and head's prompt_channel
+    follow from the training vocabulary; a configured value that differs, or a test vocabulary
+    with another number of prompts per class, is refused when the model is built (and by
+    set_vocabulary, which keeps the previous vocabulary), naming both values."""
     root = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
     cfg = Config.fromfile(osp.join(root, 'configs', 'sed_tiny_synthetic.py'))
     init_default_scope('mmseg')
     good = cfg.model.vocabulary
+    assert 'prompt_channel' not in cfg.model.neck  # derived, not repeated
     cfg.model.vocabulary = dict(good, templates=['a photo of a {}.'])
+    cfg.model.neck.prompt_channel = 3
+    with pytest.raises(ValueError, match=r"neck\.prompt_channel=3 but the vocabulary's prompts "
+                                         r'per class is 1'):
+        MODELS.build(cfg.model)
+    del cfg.model.neck.prompt_channel
+    model = MODELS.build(cfg.model)  # one template: a P = 1 model
+    assert model.neck.prompt_channel == model.decode_head.prompt_channel == 1
+    cfg.model.vocabulary = good
+    cfg.model.test_vocabulary = dict(classes=['cat', 'dog'], templates=['a {}.'])
     with pytest.raises(ValueError, match=r'gives 1 prompts per class.*neck\.prompt_channel=3.*'
                                          r'decode_head\.prompt_channel=3'):
         MODELS.build(cfg.model)
-    cfg.model.vocabulary = good
+    del cfg.model.test_vocabulary
     model = MODELS.build(cfg.model)
     before = model.test_text.vocabulary
     with pytest.raises(ValueError, match='gives 1 prompts per class'):
@@ -116,13 +127,12 @@ def test_a_wrong_template_count_fails_at_build_naming_both_values():
     assert model.test_text.vocabulary is before
 
 
-@pytest.mark.parametrize('name,key', [('catseg', 'text_guidance_dim'),
-                                      ('catseg', 'appearance_guidance_dim'),
-                                      ('escnet', 'text_dim')])
+@pytest.mark.parametrize('name,key', [('catseg', 'embed_dim'), ('lmseg', 'embed_dim'),
+                                      ('escnet', 'embed_dim')])
 def test_a_neck_width_that_does_not_fit_the_backbone_fails_at_build(name, key):
     root = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
     cfg = Config.fromfile(osp.join(root, 'configs', f'{name}_tiny_synthetic.py'))
     cfg.model.neck[key] = 48  # the tiny CLIP embeds in 32 channels
     init_default_scope('mmseg')
-    with pytest.raises(ValueError, match=rf'neck\.{key}=48 but .*backbone\.embed_dim=32'):
+    with pytest.raises(ValueError, match=rf'neck\.{key}=48 but backbone\.embed_dim is 32'):
         MODELS.build(cfg.model)

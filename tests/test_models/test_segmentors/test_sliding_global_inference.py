@@ -18,7 +18,6 @@ from torch import nn
 import mmseg_escnet  # noqa: F401
 from mmseg_escnet.models.structures import PRUNED_LOGIT
 from mmseg_escnet.models.segmentors.sliding_global_inference import (crop_offsets,
-                                                                     parse_protocol_cfg,
                                                                      sliding_global_inference)
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
@@ -104,9 +103,6 @@ def test_crop_offsets_and_errors():
         crop_offsets(600, 384, 256)
     with pytest.raises(ValueError, match='do not fit'):
         crop_offsets(300, 384, 256)
-    with pytest.raises(KeyError, match='unknown keys.*overlapp'):
-        parse_protocol_cfg(dict(mode='sliding_global', overlapp=0.5))
-    assert parse_protocol_cfg(dict(mode='sliding_global', out_size=96)) == (384, 0.333, (96, 96), 0)
 
 
 @pytest.fixture(scope='module')
