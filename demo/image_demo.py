@@ -1,10 +1,11 @@
 """Segment one image with any vocabulary; write an overlay with a legend and the raw label map.
 
-    python demo/image_demo.py IMAGE CONFIG --checkpoint CKPT --vocab "cat,dog|puppy,sky" \
+    python demo/image_demo.py IMAGE CONFIG --checkpoint CKPT [--vocab "cat,dog|puppy,sky"] \
         --out out.png [--opacity 0.5] [--device cpu] [--max-side 1024] [--max-pixels N]
 
 ``--vocab``: comma-separated classes with ``|`` between synonyms, a ``.txt`` file (one class per
-line, synonyms comma-separated) or ``.json`` list, or a built-in vocabulary name (``ade150``...).
+line, synonyms comma-separated) or ``.json`` list, or a built-in vocabulary name (``ade150``...); without it, the config's test vocabulary (the classes a
+model was fine-tuned on, e.g. a config of ``tools/misc/make_custom_config.py``).
 CONFIG: a config file or a model-zoo name (then ``--checkpoint`` is optional). Writes ``OUT`` (the
 image, the coloured classes and a legend of the classes present, largest first) and
 ``<OUT stem>_labels.png`` (class ids: uint8, or uint16 above 256 classes). Exits with status 1 and a
@@ -34,8 +35,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('config', help='config file or model-zoo name')
     parser.add_argument('--checkpoint', help='weights: file, URL or model-zoo name (optional for '
                         'a model-zoo CONFIG; without any, the weights are random)')
-    parser.add_argument('--vocab', required=True,
-                        help='"cat,dog|puppy,sky", a .txt/.json file or a built-in name')
+    parser.add_argument('--vocab', default=None,
+                        help='"cat,dog|puppy,sky", a .txt/.json file or a built-in name '
+                        "(default: the config's test vocabulary, e.g. the classes a model was "
+                        'fine-tuned on)')
     parser.add_argument('--out', default='out.png', help='overlay file (default: out.png)')
     parser.add_argument('--opacity', type=float, default=0.5, help='colour weight in [0, 1]')
     parser.add_argument('--device', default=None, help='cpu, cuda, cuda:1... (default: CUDA if '
@@ -77,8 +80,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from mmseg_escnet.utils import ensure_writable_dir, prompting_overrides
     if args.device is not None:
         check_device(args.device, what='--device')  # before any work: no GPU, no CUDA torch
-    vocab = parse_vocabulary_text(args.vocab)
-    Vocabulary(vocab)  # validation only: empty, duplicate or missing classes fail here
+    vocab = None  # None: the config's test vocabulary
+    if args.vocab is not None:
+        vocab = parse_vocabulary_text(args.vocab)
+        Vocabulary(vocab)  # validation only: empty, duplicate or missing classes fail here
     ensure_writable_dir(osp.dirname(args.out), '--out')
     image = read_image(args.image, max_pixels=args.max_pixels or None)
     checkpoint = None if args.checkpoint is None else resolve_checkpoint_arg(args.checkpoint)

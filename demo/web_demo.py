@@ -102,6 +102,15 @@ class WebSegmenter:
         self.base_settings = inferencer.model.inference_settings
         self._runs = 0
 
+    def default_text(self) -> str:
+        """The classes box's initial text: the model's configured test vocabulary (e.g. the
+        classes it was fine-tuned on), ``'a|synonym, b'``; empty when it has more than
+        ``max_classes`` classes."""
+        vocabulary = self.inferencer.vocabulary
+        if len(vocabulary) > self.max_classes:
+            return ''
+        return ', '.join('|'.join(synonyms) for synonyms in vocabulary.all_synonyms)
+
     def vocabulary(self, text: Optional[str]):
         """The :class:`Vocabulary` of the classes box.
 

@@ -97,7 +97,8 @@ def build_app(segmenter, examples: Optional[Sequence[str]] = None,
             with gr.Column():
                 image = gr.Image(type='filepath', image_mode=None, sources=['upload'],
                                  label='image', height=320, elem_id='input-image')
-                text = gr.Textbox(label='classes', placeholder='cat, dog|puppy, grass, sky',
+                text = gr.Textbox(value=segmenter.default_text(), label='classes',
+                                  placeholder='cat, dog|puppy, grass, sky',
                                   max_length=MAX_TEXT, elem_id='vocab')
                 builtin = gr.Dropdown(available_vocabularies(), value=None, elem_id='builtin',
                                       label='built-in vocabulary (fills the classes box)')

@@ -23,7 +23,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Train an mmseg_escnet segmentor')
     parser.add_argument('config', help='config file')
     parser.add_argument('--resume', action='store_true',
-                        help='resume from the latest readable checkpoint in the work dir')
+                        help='resume from the latest readable checkpoint in the work dir '
+                        "(without one, start as without --resume: from the config's load_from "
+                        'if it has one)')
     parser.add_argument('--amp', action='store_true', help='automatic mixed precision (CUDA only)')
     add_common_arguments(parser)
     args = parser.parse_args(argv)
@@ -45,13 +47,17 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ensure_writable_dir(cfg.work_dir, 'the work dir (checkpoints and logs)')
     if args.amp:
         cfg = enable_amp(cfg)
-    cfg.resume = args.resume
-    if args.resume and cfg.get('load_from') is None:
-        # last_checkpoint if readable, else the newest readable checkpoint (with a warning)
-        cfg.load_from = find_resume_checkpoint(cfg.work_dir)
-        cfg.resume = cfg.load_from is not None
-        if not cfg.resume:
-            print_log(f'--resume: no checkpoint in {cfg.work_dir}, training from the start',
+    cfg.resume = False
+    if args.resume:
+        # last_checkpoint if readable, else the newest readable checkpoint (with a warning);
+        # the config's load_from (a fine-tuning start) is only where a new run starts
+        latest = find_resume_checkpoint(cfg.work_dir)
+        if latest is not None:
+            cfg.load_from, cfg.resume = latest, True
+        else:
+            start = (f"the config's load_from {cfg.load_from}" if cfg.get('load_from')
+                     else 'the start')
+            print_log(f'--resume: no checkpoint in {cfg.work_dir}, training from {start}',
                       logger='current')
     cfg = prepare_distributed(cfg)
     run_runner(cfg, 'train')

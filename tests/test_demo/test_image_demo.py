@@ -255,3 +255,14 @@ def test_a_bad_synonym_policy_is_one_line(demo, files, tmp_path, capsys, value):
     assert demo.cli(argv) == 1
     err = capsys.readouterr().err
     assert "--synonyms must be 'first', 'all' or a positive int, got" in err and value in err
+
+
+def test_without_vocab_the_configs_test_vocabulary_is_used(demo, files, tmp_path, capsys):
+    """A fine-tuned model's config holds its classes: --vocab may be left out."""
+    out = tmp_path / 'o.png'
+    assert demo.cli([str(files / 'image.png'), CONFIG, '--checkpoint', str(files / 'tiny.pth'),
+                     '--out', str(out), '--device', 'cpu']) == 0
+    classes = Config.fromfile(CONFIG).model.vocabulary['classes']
+    printed = re.findall(r'^\s+(\w+)\s+[\d.]+%', capsys.readouterr().out, flags=re.M)
+    assert printed and set(printed) <= set(classes)
+    assert cv2.imread(str(tmp_path / 'o_labels.png'), cv2.IMREAD_UNCHANGED).max() < len(classes)

@@ -192,6 +192,10 @@ def test_page_segments_in_chromium_like_the_inferencer(served):
     upload.send_keys(image)
     _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, '#input-image img'), 'the upload')
     vocab = driver.find_element(By.CSS_SELECTOR, '#vocab textarea, #vocab input')
+    # the box starts with the config's classes (a fine-tuned model's own vocabulary)
+    assert vocab.get_attribute('value') == 'sky, grass, sand, snow, brick'
+    vocab.send_keys(Keys.CONTROL, 'a')
+    vocab.send_keys(Keys.BACKSPACE)
     vocab.send_keys(CLASSES)
 
     status = _segment(driver, 'whole')
@@ -251,6 +255,16 @@ def test_bad_input_is_a_readable_error(segmenter, web_demo, trained, tmp_path):
     assert vocabulary.all_synonyms == [['dog', 'puppy'], ['cat']]
     assert vocabulary.synonyms == [['dog'], ['cat']]  # the tiny CAT-Seg's 'first'
     assert segmenter.vocabulary('hosts').names == ['hosts']
+
+
+def test_the_classes_box_starts_with_the_configs_vocabulary(segmenter):
+    """A fine-tuned model's classes are the page's default (when they fit max_classes)."""
+    entries = [entry.strip() for entry in segmenter.default_text().split(',')]
+    assert entries == ['|'.join(s) for s in segmenter.inferencer.vocabulary.all_synonyms]
+    assert segmenter.vocabulary(segmenter.default_text()).names == \
+        segmenter.inferencer.vocabulary.names
+    segmenter.max_classes = len(entries) - 1
+    assert segmenter.default_text() == ''
 
 
 def test_recent_vocabularies_are_not_encoded_again(segmenter, trained, monkeypatch):
