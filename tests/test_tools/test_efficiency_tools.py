@@ -96,3 +96,14 @@ def test_filter_agreement_tool_on_a_tiny_model(tmp_path):
     assert results['pixel_topk:12']['recall'] == 1.0
     assert results['pixel_topk:12']['accuracy'] == results['none']['accuracy']
     assert 0 <= results['topk:3']['recall'] <= 1 and 0 <= results['topk:3']['accuracy'] <= 1
+
+
+def test_benchmark_aggregator_reports_time_and_output(capsys):
+    tool = _tool('benchmark_aggregator')
+    assert tool.main(['--classes', '3', '--runs', '1', '--threads', '1']) == 0
+    line = capsys.readouterr().out
+    assert line.startswith('3 classes: ') and 'median of 1' in line
+    seconds = float(line.split(': ')[1].split(' s')[0])
+    assert seconds > 0
+    with pytest.raises(SystemExit):
+        tool.main(['--classes', '0'])

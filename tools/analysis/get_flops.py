@@ -39,6 +39,7 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import mmseg_escnet  # noqa: F401  (registers our modules)
@@ -104,7 +105,8 @@ def _predict_counts(model, images: torch.Tensor, meta: dict) -> Tuple[FlopCounte
     views = []
     hook = model.backbone.register_forward_pre_hook(lambda m, args: views.append(len(args[0])))
     try:
-        with FlopCounterMode(display=False) as counter:
+        # fused attention counted as the matmuls it fuses (the CPU kernel is not counted)
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
             model.predict(images, [SegDataSample(metainfo=meta)])
     finally:
         hook.remove()
@@ -160,7 +162,7 @@ def count(cfg: Config, num_classes: Optional[int] = None,
         with torch.device('meta'), fx_config.patch(meta_nonzero_assume_all_nonzero=True):
             model = MODELS.build(cfg.model).eval()
             params = sum(p.numel() for p in model.parameters())
-            with FlopCounterMode(display=False) as text_counter:
+            with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as text_counter:
                 text = model.text_embeddings()  # cached for the image path
             settings = model.inference_settings
             size = shape or (settings.out_size if settings.mode == 'sliding_global'

@@ -161,18 +161,17 @@ class GuidedWindowAttention(nn.Module):
             b, nw = guidance_q.shape[:2]
             q = (q.view(b, -1, nw, n, q.shape[-1]) + guidance_q[:, None]).view(bw, n, -1)
             k = (k.view(b, -1, nw, n, k.shape[-1]) + guidance_k[:, None]).view(bw, n, -1)
-        # (nW*B*T, N, C) -> (nW*B*T, heads, N, C/heads)
-        q = q.view(bw, n, self.num_heads, -1).transpose(1, 2)
-        k = k.view(bw, n, self.num_heads, -1).transpose(1, 2)
-        v = self.v(x).view(bw, n, self.num_heads, -1).transpose(1, 2)
-
-        logits = (q * self.scale) @ k.transpose(-2, -1)  # (nW*B*T, heads, N, N)
-        if mask is not None:
+        # softmax(q k^T * scale + mask) v, fused (F.scaled_dot_product_attention: the same
+        # result within float rounding). Its fast CPU kernel takes 4-D inputs only (5-D ones fall
+        # back to the unfused math), so the (nW, N, N) mask is laid out per window sequence.
+        # (B*T*nW, N, C) -> (B*T*nW, heads, N, C/heads)
+        q, k, v = (t.view(bw, n, self.num_heads, -1).transpose(1, 2) for t in (q, k, self.v(x)))
+        attn_mask = None
+        if mask is not None:  # (nW, N, N) -> (B*T, nW, N, N) -> (B*T*nW, 1, N, N)
             num_windows = mask.shape[0]
-            # (nW*B*T, h, N, N) -> (B*T, nW, h, N, N) + (1, nW, 1, N, N)
-            logits = logits.view(bw // num_windows, num_windows, self.num_heads, n, n)
-            logits = (logits + mask[None, :, None]).view(bw, self.num_heads, n, n)
-        out = logits.softmax(dim=-1) @ v  # (nW*B*T, heads, N, C/heads)
+            attn_mask = mask.expand(bw // num_windows, -1, -1, -1).reshape(bw, 1, n, n)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale)
+        # (B*T*nW, heads, N, C/heads) -> (B*T*nW, N, C)
         out = out.transpose(1, 2).reshape(bw, n, self.dim)
         return self.proj(out)
 

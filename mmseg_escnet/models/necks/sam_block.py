@@ -22,6 +22,7 @@ from segment_anything.modeling.prompt_encoder import PromptEncoder
 from segment_anything.modeling.transformer import TwoWayAttentionBlock
 
 from ..layers.class_chunks import maybe_checkpoint
+from ..layers.fused_sam_attention import fuse_sam_attention
 
 __all__ = ['build_prompt_encoder', 'encode_prompts', 'SAMBlock', 'unused_prompt_parameters']
 
@@ -171,10 +172,11 @@ class SAMBlock(nn.Module):
         self.text_dim = text_dim
         self.embed_dim = embed_dim
         self.num_output_tokens = num_output_tokens
-        self.block = TwoWayAttentionBlock(
+        # segment_anything's layer (official names), its attention fused (same results)
+        self.block = fuse_sam_attention(TwoWayAttentionBlock(
             embedding_dim=embed_dim, num_heads=num_heads, mlp_dim=mlp_dim,
             activation=nn.ReLU, attention_downsample_rate=attention_downsample_rate,
-            skip_first_layer_pe=bool(skip_first_layer_pe))
+            skip_first_layer_pe=bool(skip_first_layer_pe)))
         self.output_tokens: Optional[nn.Embedding] = (
             nn.Embedding(num_output_tokens, embed_dim) if num_output_tokens > 0 else None)
         self.text_proj = nn.Linear(text_dim, embed_dim)
