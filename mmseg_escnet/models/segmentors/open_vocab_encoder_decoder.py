@@ -287,10 +287,8 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
         """
         dense, clip_features, text, class_filter = self.neck_inputs(inputs, text)
         cost = self.neck(dense, text, dense, class_filter=class_filter)
-        head_filter = None if self.training else self.inference_settings.class_filter
-        if head_filter is not None and head_filter.stage != 'head':
-            head_filter = None
-        return DecodeInputs.from_cost(cost, clip_features, text.shape[1], head_filter)
+        return DecodeInputs.from_cost(cost, clip_features, text.shape[1],
+                                      self.stage_class_filter('head'))
 
     def neck_inputs(self, inputs: Tensor, text: Optional[Tensor] = None
                     ) -> Tuple[Tensor, List[Tensor], Tensor, Optional[ClassFilter]]:
@@ -309,10 +307,13 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
         if text is None:
             text = self.text_embeddings()                         # (T, P, C)
         text = text.unsqueeze(0).expand(inputs.shape[0], *text.shape)  # (T, P, C) -> (B, T, P, C)
+        return dense, clip_features, text, self.stage_class_filter('neck')
+
+    def stage_class_filter(self, stage: str) -> Optional[ClassFilter]:
+        """The test-time class filter if ``stage`` (``'neck'`` or ``'head'``) applies it; None in
+        training, without a filter, or for the other stage's filter."""
         class_filter = None if self.training else self.inference_settings.class_filter
-        if class_filter is not None and class_filter.stage != 'neck':
-            class_filter = None
-        return dense, clip_features, text, class_filter
+        return class_filter if class_filter is not None and class_filter.stage == stage else None
 
     def loss(self, inputs: Tensor, data_samples: List) -> dict:
         """Training losses; see :meth:`EncoderDecoder.loss`."""
