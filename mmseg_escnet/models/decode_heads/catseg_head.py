@@ -15,7 +15,7 @@ import torch.nn as nn
 from mmseg.registry import MODELS
 from mmseg.utils import SampleList
 
-from ..layers.class_chunks import fold_classes, map_class_chunks
+from ..layers.class_chunks import class_bytes, fold_classes, map_class_chunks
 from ..layers.guidance_projection import map_guidance_projections
 from ..layers.upsampling import Up
 from ..structures import DecodeInputs
@@ -90,6 +90,11 @@ class CATSegHead(PerClassBCEHead):
                             Up(in_channels=cin, out_channels=cout, guidance_channels=guid,
                                upsample_mode=upsample_mode))
         self.head = nn.Conv2d(decoder_dims[-1], 1, kernel_size=3, stride=1, padding=1)
+        # the widest per-class activation, relative to one class of the cost volume: stage i
+        # works at 2**(i+1) times its resolution
+        self._decode_expansion = max(max(cin + guid, cout) * 4**(i + 1) / hidden_dim
+                                     for i, (cin, cout, guid) in enumerate(
+                                         zip(in_dims, decoder_dims, decoder_guidance_proj_dims)))
 
     def upsample_clip_features(self, clip_features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         """Turn raw intermediate CLIP features into decoder guidance.
@@ -127,7 +132,8 @@ class CATSegHead(PerClassBCEHead):
                                                 decoder_guidance)]
         # (B, C, T, h, w) -> chunks (B, C, t, h, w) -> (B, t, H, W) -> (B, T, H, W)
         logits = map_class_chunks(lambda chunk: self._decode_classes(chunk, projected), cost,
-                                  self.class_chunk_size, dim=2, out_dim=1, with_cp=self.with_cp)
+                                  self.class_chunk_size, dim=2, out_dim=1, with_cp=self.with_cp,
+                                  item_bytes=class_bytes(cost, self._decode_expansion))
 
         assert class_index is None or num_classes is not None, 'class_index needs num_classes'
         return self.scatter_classes(logits, class_index, num_classes)

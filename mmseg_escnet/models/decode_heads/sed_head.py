@@ -30,7 +30,7 @@ from mmseg.registry import MODELS
 from mmseg.utils import SampleList
 from torch import Tensor
 
-from ..layers.class_chunks import map_class_chunks, on_class_maps
+from ..layers.class_chunks import class_bytes, map_class_chunks, on_class_maps
 from ..layers.cost_volume import pixel_top_k_union, select_pooling
 from ..layers.guidance_projection import map_guidance_projections
 from ..layers.linear_class_attention import PoolSize
@@ -259,8 +259,9 @@ class SEDHead(PerClassBCEHead):
     def _per_class(self, module: nn.Module, x: Tensor) -> Tensor:
         """A 2-D ``module`` on every class map of (B, C, T, h, w), in chunks of
         ``class_chunk_size`` classes: (B, C', T, h', w')."""
+        # per class, the projections and heads hold about twice their input at most
         return map_class_chunks(lambda chunk: on_class_maps(module, chunk), x,
-                                self.class_chunk_size)
+                                self.class_chunk_size, item_bytes=class_bytes(x, 2))
 
     # -- the mmseg interface ---------------------------------------------------------------------
     def forward(self, inputs: DecodeInputs) -> SEDOutput:

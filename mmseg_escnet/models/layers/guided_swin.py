@@ -16,12 +16,14 @@ checkpoints convert with a prefix map.  mmpretrain's ``WindowMSA``/``ShiftWindow
 q/k/v into one projection and always add a relative position bias, and mmcv's ``FFN`` names
 its layers ``layers.0.0``/``layers.1``; neither fits, hence the small modules below.
 """
+from functools import partial
 from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .class_chunks import map_class_chunks
 from .official_cost import guidance_for_classes
 
 __all__ = [
@@ -310,12 +312,16 @@ class GuidedSwinBlockPair(nn.Module):
         self.block_2 = GuidedSwinBlock(shift_size=window_size // 2, **common)
         self.guidance_norm = nn.LayerNorm(guidance_dim) if guidance_dim > 0 else None
 
-    def forward(self, x: torch.Tensor, guidance: Optional[torch.Tensor]) -> torch.Tensor:
-        """Aggregate spatially.
+    def forward(self, x: torch.Tensor, guidance: Optional[torch.Tensor],
+                class_chunk_size: Optional[int] = None, with_cp: bool = False) -> torch.Tensor:
+        """Aggregate spatially, class by class.
 
         Args:
             x (torch.Tensor): (B, C, T, H, W) cost volume.
             guidance (torch.Tensor, optional): (B, G, H, W) appearance guidance.
+            class_chunk_size (int, optional): classes per chunk (None: all at once; at inference
+                on CPU the chunks stay under :data:`~.class_chunks.INFERENCE_CHUNK_BYTES`).
+            with_cp (bool): checkpoint every chunk in training.
 
         Returns:
             torch.Tensor: (B, C, T, H, W).
@@ -326,7 +332,15 @@ class GuidedSwinBlockPair(nn.Module):
             # (B, G, H, W) -> (B, H*W, G), normalised per token once per image (the official
             # code repeats it for every class first: the same values)
             guidance = self.guidance_norm(guidance.flatten(2).transpose(1, 2))
-        x = x.permute(0, 2, 3, 4, 1).reshape(b * t, h * w, c)  # (B,C,T,H,W) -> (B*T, H*W, C)
+        # the widest activation of one class: the MLP's hidden tokens (B, H*W, hidden)
+        item_bytes = b * h * w * self.block_1.mlp.fc1.out_features * x.element_size()
+        return map_class_chunks(partial(self._aggregate, guidance=guidance), x,
+                                class_chunk_size, dim=2, with_cp=with_cp, item_bytes=item_bytes)
+
+    def _aggregate(self, x: torch.Tensor, guidance: Optional[torch.Tensor]) -> torch.Tensor:
+        """Both blocks on (B, C, t, H, W) with the normalised (B, H*W, G) guidance."""
+        b, c, t, h, w = x.shape
+        x = x.permute(0, 2, 3, 4, 1).reshape(b * t, h * w, c)  # (B,C,t,H,W) -> (B*t, H*W, C)
         x = self.block_1(x, guidance)
         x = self.block_2(x, guidance)
-        return x.view(b, t, h, w, c).permute(0, 4, 1, 2, 3)  # -> (B, C, T, H, W)
+        return x.view(b, t, h, w, c).permute(0, 4, 1, 2, 3)  # -> (B, C, t, H, W)

@@ -9,13 +9,14 @@ is no positional embedding over classes, so the layer is permutation-equivariant
 Parameter names (``attention.{q,k,v}``, ``MLP.{0,2}``, ``norm1``, ``norm2``,
 ``padding_tokens``, ``padding_guidance``) follow the official code.
 """
+from functools import partial
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .class_chunks import fold_classes, unfold_classes
+from .class_chunks import fold_classes, map_class_chunks, unfold_classes
 from .official_cost import guidance_for_classes
 
 __all__ = ['LinearAttention', 'GuidedLinearAttention', 'ClassTransformerLayer']
@@ -144,7 +145,9 @@ class ClassTransformerLayer(nn.Module):
     (and guidance), then ``xp = xp + Attn(LN1(xp), g); xp = xp + MLP(LN2(xp))``; ``xp`` is
     upsampled bilinearly (align_corners=True) back to (H, W), padding is dropped and the
     layer returns ``x + xp``.  Because ``xp`` already contains the pooled input, the output
-    is about ``2x + delta`` (the official "double residual").
+    is about ``2x + delta`` (the official "double residual"). Without pooling ((1, 1), CAT-Seg's
+    evaluation) the pooling and the resize are identities and are skipped. Pixels are independent:
+    at inference on CPU they run in chunks (:func:`~.class_chunks.inference_chunk_size`).
 
     Args:
         hidden_dim (int): cost-volume channels C.
@@ -211,10 +214,14 @@ class ClassTransformerLayer(nn.Module):
         assert guidance is None or guidance.shape[:2] == (b, t), guidance.shape
         pool = self.pooling_size if pooling_size is None else self._as_pair(pooling_size)
 
-        # (B, C, T, H, W) -> (B*T, C, H, W) -> pool -> (B*T, C, h', w')
-        xp = F.avg_pool2d(fold_classes(x), kernel_size=pool, stride=pool)
-        hp, wp = xp.shape[-2:]
-        xp = xp.view(b, t, c, hp, wp).permute(0, 3, 4, 1, 2)  # (B, h', w', T, C)
+        if pool == (1, 1):  # no pooling (CAT-Seg's evaluation): pooling and resize are identities
+            xp = x.permute(0, 3, 4, 2, 1)  # (B, C, T, H, W) -> (B, H, W, T, C), a view
+            hp, wp = h, w
+        else:
+            # (B, C, T, H, W) -> (B*T, C, H, W) -> pool -> (B*T, C, h', w') -> (B, h', w', T, C)
+            xp = F.avg_pool2d(fold_classes(x), kernel_size=pool, stride=pool)
+            hp, wp = xp.shape[-2:]
+            xp = xp.view(b, t, c, hp, wp).permute(0, 3, 4, 1, 2)
 
         num_pad = self.pad_len - t if self.padding_tokens is not None else 0
         repeated = None
@@ -231,13 +238,24 @@ class ClassTransformerLayer(nn.Module):
                                                 pad_guidance)  # (C,) each
             repeated = (key, value, num_pad)
         length = xp.shape[3]
-        xp = xp.reshape(b * hp * wp, length, c)  # (B*h'*w', T (+pad), C)
-        # every pixel of an image sees its (B, T (+pad), G) guidance
-        xp = xp + self.attention(self.norm1(xp), guidance, repeated)
-        xp = xp + self.MLP(self.norm2(xp))
-
-        # (B*h'*w', T (+pad), C) -> (B, T, C, h', w') -> (B*T, C, h', w')
-        xp = xp.view(b, hp, wp, length, c)[:, :, :, :t].permute(0, 3, 4, 1, 2)
-        xp = xp.reshape(b * t, c, hp, wp)
+        # pixels are independent: (B, h'*w', T (+pad), C), in chunks of pixels at inference on CPU
+        # (the widest activation of one pixel: the MLP's hidden tokens, (B, T (+pad), 4C))
+        xp = map_class_chunks(partial(self._aggregate, guidance=guidance, repeated=repeated),
+                              xp.reshape(b, hp * wp, length, c), None, dim=1,
+                              item_bytes=b * length * self.MLP[0].out_features * x.element_size())
+        xp = xp.view(b, hp, wp, length, c)[:, :, :, :t]  # (B, h', w', T, C)
+        if pool == (1, 1):
+            return x + xp.permute(0, 4, 3, 1, 2)  # (B, H, W, T, C) -> (B, C, T, H, W)
+        # (B, h', w', T, C) -> (B, T, C, h', w') -> (B*T, C, h', w') -> resize to (H, W)
+        xp = xp.permute(0, 3, 4, 1, 2).reshape(b * t, c, hp, wp)
         xp = F.interpolate(xp, size=(h, w), mode='bilinear', align_corners=True)
         return x + unfold_classes(xp, b)  # (B*T, C, H, W) -> (B, C, T, H, W)
+
+    def _aggregate(self, xp: torch.Tensor, guidance: Optional[torch.Tensor],
+                   repeated: Optional[Tuple[torch.Tensor, torch.Tensor, int]]) -> torch.Tensor:
+        """Attention and MLP on (B, m, L, C): m pixels of B images, L class tokens each."""
+        b, m, length, c = xp.shape
+        xp = xp.reshape(b * m, length, c)  # every pixel of an image sees its (B, L, G) guidance
+        xp = xp + self.attention(self.norm1(xp), guidance, repeated)
+        xp = xp + self.MLP(self.norm2(xp))
+        return xp.view(b, m, length, c)

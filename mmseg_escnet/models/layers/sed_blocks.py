@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from mmpretrain.models.backbones.convnext import ConvNeXtBlock
 from torch import Tensor
 
-from .class_chunks import map_class_chunks, on_class_maps
+from .class_chunks import class_bytes, map_class_chunks, on_class_maps
 from .linear_class_attention import ClassTransformerLayer, PoolSize
 from .official_cost import guidance_for_classes
 from .upsampling import DoubleConv
@@ -112,12 +112,15 @@ class SEDUp(nn.Module):
         assert guidance.shape[1] == self.guidance_channels, guidance.shape
         assert corr_guidance.shape[:3] == (x.shape[0], self.corr_guidance_channels, x.shape[2])
         # (B, C, T, h, w) -> ConvNeXt block per class -> class attention -> (B, C, T, h, w)
-        x = map_class_chunks(lambda xc: on_class_maps(self.cnext, xc), x, class_chunk_size)
+        # per class, the ConvNeXt block's hidden activation is 4x its input
+        x = map_class_chunks(lambda xc: on_class_maps(self.cnext, xc), x, class_chunk_size,
+                             item_bytes=class_bytes(x, 4))
         x = self.attention(x, None, pooling_size=pooling_size)
         # (B, C, T, h, w), (B, Gc, T, 2h, 2w) -> (B, C_out, T, 2h, 2w)
         fuse = partial(self._fuse, guidance=guidance)
+        # per class, the fused maps have 4x the pixels
         return map_class_chunks(lambda xc, cc: on_class_maps(fuse, xc, cc), (x, corr_guidance),
-                                class_chunk_size)
+                                class_chunk_size, item_bytes=class_bytes(x, 4))
 
     def _fuse(self, x: Tensor, corr_guidance: Tensor, *, guidance: Tensor) -> Tensor:
         """Upsample class maps and fuse them with the skips.

@@ -21,7 +21,7 @@ import torch.nn as nn
 from segment_anything.modeling.prompt_encoder import PromptEncoder
 from segment_anything.modeling.transformer import TwoWayAttentionBlock
 
-from ..layers.class_chunks import maybe_checkpoint
+from ..layers.class_chunks import inference_chunk_size, maybe_checkpoint
 from ..layers.fused_sam_attention import fuse_sam_attention
 
 __all__ = ['build_prompt_encoder', 'encode_prompts', 'SAMBlock', 'unused_prompt_parameters']
@@ -253,7 +253,9 @@ class SAMBlock(nn.Module):
         """
         b, s, h, w = image.shape
         t = text.shape[1]
-        chunk = t if class_chunk_size is None else min(class_chunk_size, t)
+        # per class, the two-way transformer's widest activations are a few (B, h*w, S) keys
+        chunk = inference_chunk_size(class_chunk_size, 4 * image[:, :, None].numel()
+                                     * image.element_size(), image) or t
         ns = sparse.shape[1]
         sparse_bt = sparse.view(b, t, ns, s)  # (B*T, Ns, S) -> (B, T, Ns, S)
         dense_bt = dense.view(b, t, s, h, w)  # (B*T, S, h, w) -> (B, T, S, h, w)

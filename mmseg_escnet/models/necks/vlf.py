@@ -19,7 +19,6 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..layers.class_chunks import map_class_chunks
 from ..layers.guidance_projection import map_guidance_projection
 from ..layers.guided_swin import GuidedSwinBlockPair
 from ..layers.linear_class_attention import ClassTransformerLayer, PoolSize
@@ -96,7 +95,6 @@ class VisionLanguageFusion(nn.Module):
             assert visual is not None, 'the visual guidance is missing'
             guidance = self.guidance_projection(visual)  # (B, Ga, h, w)
         # (a) spatial aggregation, classes independent: (B, C, t, h, w) -> (B, C, t, h, w)
-        cost = map_class_chunks(lambda chunk: self.swin_block(chunk, guidance), cost,
-                                class_chunk_size, dim=2, with_cp=with_cp)
+        cost = self.swin_block(cost, guidance, class_chunk_size=class_chunk_size, with_cp=with_cp)
         # (b) class aggregation over all T classes: (B, C, T, h, w) -> (B, C, T, h, w)
         return self.attention(cost, text_guidance, pooling_size=pooling_size)
