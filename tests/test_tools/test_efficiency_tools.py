@@ -107,3 +107,44 @@ def test_benchmark_aggregator_reports_time_and_output(capsys):
     assert seconds > 0
     with pytest.raises(SystemExit):
         tool.main(['--classes', '0'])
+
+
+@pytest.mark.skipif(not osp.exists(osp.join(ROOT, '.git')), reason='needs the git repository')
+def test_benchmark_inference_against_a_base_revision(tmp_path, capsys):
+    """``--base REV``: each side in its own process, the base from a temporary worktree of REV
+    (its package, its config), alternated; the worktree is removed afterwards."""
+    import subprocess
+
+    def worktrees():
+        return subprocess.run(['git', '-C', ROOT, 'worktree', 'list'], capture_output=True,
+                              text=True, check=True).stdout
+
+    before = worktrees()
+    tool = _tool('benchmark_inference')
+    out = tmp_path / 'cmp.json'
+    result = tool.main([osp.join(ROOT, 'configs', 'catseg_tiny_synthetic.py'), '--vocab',
+                        'sky,grass', '--size', '32', '48', '--runs', '1', '--threads', '1',
+                        '--base', 'HEAD', '--rounds', '2', '--json', str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    sides = result['sides']
+    assert list(sides) == ['this tree', 'HEAD'] and all(len(s['runs']) == 2 for s in sides.values())
+    assert result['speedup'] == pytest.approx(sides['HEAD']['per_image_s']
+                                              / sides['this tree']['per_image_s'])
+    table = capsys.readouterr().out
+    assert '| this tree |' in table and '| HEAD |' in table and 'faster by' in table
+    assert worktrees() == before  # the temporary worktree is gone
+    with pytest.raises(ValueError, match="--base 'no-such-rev' is not a git revision"):
+        tool.main([osp.join(ROOT, 'configs', 'catseg_tiny_synthetic.py'), '--base',
+                   'no-such-rev'])
+
+
+def test_benchmark_inference_row_and_profile(tmp_path, capsys):
+    tool = _tool('benchmark_inference')
+    out = tmp_path / 'row.json'
+    result = tool.main([osp.join(ROOT, 'configs', 'catseg_tiny_synthetic.py'), '--vocab',
+                        'sky,grass,sand', '--size', '32', '48', '--runs', '1', '--threads', '1',
+                        '--profile', '5', '--json', str(out)])
+    printed = capsys.readouterr().out
+    assert 'Self CPU time total' in printed and '| 3 | 32x48 | whole |' in printed
+    assert json.loads(out.read_text()) == result and result['per_image_s'] > 0
+    assert osp.samefile(result['package'], osp.join(ROOT, 'mmseg_escnet'))

@@ -13,13 +13,25 @@ sliding + global protocol). Reported, as one markdown table row:
 - peak memory: the process's peak resident set size (CPU) or ``torch.cuda.max_memory_allocated``.
 
 ``--json OUT`` writes the row as ``{"config", "classes", "mode", "device", "threads",
-"first_image_s", "per_image_s", "peak_memory_gb"}``. Speed and memory are measured here, not in the test suite; docs/inference.md lists the results.
+"first_image_s", "per_image_s", "peak_memory_gb", "package"}``.
+
+``--profile N`` runs ``torch.profiler`` on one more image and prints its N operators with the most
+self CPU time. ``--base REV`` times the same benchmark at git revision ``REV`` too: the revision is checked out in
+a temporary ``git worktree``, and each side runs in its own process (``PYTHONPATH`` = the worktree
+for the base, the base's own config file, both in this tree's folder, whose ``data/`` they share),
+alternating ``--rounds`` times; the table gives the
+median per-image time and the largest peak of each side and their ratio. Speed and memory are measured here, not in the test suite; docs/inference.md lists the results.
 Errors are one line on stderr (``--debug`` shows the traceback).
 """
 import argparse
-import resource
-import sys
+import json
+import os
 import os.path as osp
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
 from typing import Optional, Sequence
@@ -28,6 +40,7 @@ import numpy as np
 import torch
 from mmengine.config import Config, DictAction
 
+import mmseg_escnet
 from mmseg_escnet.apis import OpenVocabInferencer
 from mmseg_escnet.utils import ensure_writable_dir, run_cli, write_json
 
@@ -45,11 +58,19 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
                         help='override config keys, e.g. model.test_cfg.views_per_batch=1')
+    parser.add_argument('--base', metavar='REV',
+                        help='also time this config at git revision REV (a temporary worktree)')
+    parser.add_argument('--rounds', type=int, default=1,
+                        help='with --base: alternated runs of each side (default 1)')
+    parser.add_argument('--profile', type=int, default=0, metavar='N',
+                        help='profile one more image and print its N most expensive operators')
     parser.add_argument('--json', help='also write the results to this JSON file')
     parser.add_argument('--debug', action='store_true', help='show the traceback of an error')
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error(f'--runs must be at least 1, got {args.runs}')
+    if args.rounds < 1:
+        parser.error(f'--rounds must be at least 1, got {args.rounds}')
     return args
 
 
@@ -72,6 +93,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parse_args(argv)
     if args.json:
         ensure_writable_dir(osp.dirname(args.json), '--json')
+    if args.base:
+        return compare_with_base(args, list(sys.argv[1:] if argv is None else argv))
     if args.threads:
         torch.set_num_threads(args.threads)
     vocab = args.vocab if ',' not in args.vocab else [c.strip() for c in args.vocab.split(',')]
@@ -93,13 +116,18 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     for image in images[1:]:
         inferencer(image)
     per_image = (time.perf_counter() - start) / args.runs
+    if args.profile > 0:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            inferencer(images[-1])
+        print(prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=args.profile))
     settings = inferencer.model.inference_settings
     mode = settings.mode
     if mode == 'sliding_global':
         mode += f' (views_per_batch={settings.views_per_batch})'
     result = dict(config=args.config, classes=len(inferencer.vocabulary), mode=mode,
                   device=device, threads=torch.get_num_threads(), first_image_s=first,
-                  per_image_s=per_image, peak_memory_gb=peak_memory_gb(device))
+                  per_image_s=per_image, peak_memory_gb=peak_memory_gb(device),
+                  package=osp.dirname(osp.abspath(mmseg_escnet.__file__)))
     print('| config | classes | image | mode | device | threads | first image (s) | per image (s) '
           '| peak memory (GB) |')
     print('|---|---|---|---|---|---|---|---|---|')
@@ -108,6 +136,81 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
           f'| {result["peak_memory_gb"]:.2f} |')
     write_json(args.json, result)
     return result
+
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def _without(argv: list, option: str, takes_value: bool) -> list:
+    """``argv`` without ``option`` (and its value)."""
+    out, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = takes_value
+        elif not arg.startswith(option + '='):
+            out.append(arg)
+    return out
+
+
+def compare_with_base(args: argparse.Namespace, argv: list) -> dict:
+    """Time the benchmark at this tree and at ``args.base`` (a temporary git worktree),
+    alternating ``args.rounds`` times, each run in its own process."""
+    rev = subprocess.run(['git', '-C', ROOT, 'rev-parse', '--verify', f'{args.base}^{{commit}}'],
+                         capture_output=True, text=True)
+    if rev.returncode != 0:
+        raise ValueError(f'--base {args.base!r} is not a git revision of {ROOT}')
+    argv = _without(_without(_without(argv, '--base', True), '--rounds', True), '--json', True)
+    relative = osp.relpath(osp.abspath(args.config), ROOT)
+    results = {'this tree': [], args.base: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = osp.join(tmp, 'base')
+        subprocess.run(['git', '-C', ROOT, 'worktree', 'add', '--detach', '-q', tree,
+                        rev.stdout.strip()], check=True)
+        try:
+            # the base runs its own package and config; a zoo name is passed through
+            base_config = (osp.join(tree, relative) if osp.isfile(args.config)
+                           and not relative.startswith('..') else args.config)
+            sides = {'this tree': (ROOT, argv),
+                     args.base: (tree, [base_config if a == args.config else a for a in argv])}
+            for _ in range(args.rounds):
+                for name, (path, side_argv) in sides.items():
+                    out = osp.join(tmp, 'result.json')
+                    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+                        [path] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep)
+                                  if p]))
+                    # both run in this tree's folder: data/ (not versioned) is shared
+                    subprocess.run([sys.executable, osp.abspath(__file__), *side_argv, '--json',
+                                    out], check=True, env=env, cwd=ROOT,
+                                   stdout=subprocess.DEVNULL)
+                    with open(out) as f:
+                        result = json.load(f)
+                    if osp.realpath(result['package']) != osp.realpath(
+                            osp.join(path, 'mmseg_escnet')):
+                        raise RuntimeError(f'{name} imported mmseg_escnet from '
+                                           f'{result["package"]}, not from {path}')
+                    results[name].append(result)
+        finally:
+            subprocess.run(['git', '-C', ROOT, 'worktree', 'remove', '--force', tree],
+                           check=False)
+    summary = {name: dict(per_image_s=statistics.median(r['per_image_s'] for r in runs),
+                          peak_memory_gb=max(r['peak_memory_gb'] for r in runs),
+                          runs=[r['per_image_s'] for r in runs])
+               for name, runs in results.items()}
+    this, base = summary['this tree'], summary[args.base]
+    speedup = base['per_image_s'] / this['per_image_s']
+    first = results['this tree'][0]
+    print(f'{args.config}, {first["classes"]} classes, {first["mode"]}, {first["device"]}, '
+          f'{first["threads"]} threads, median of {args.rounds} alternated rounds')
+    print('| revision | per image (s) | peak memory (GB) |')
+    print('|---|---|---|')
+    for name, row in summary.items():
+        print(f'| {name} | {row["per_image_s"]:.2f} | {row["peak_memory_gb"]:.2f} |')
+    print(f'faster by {speedup:.2f}x, peak memory {this["peak_memory_gb"] / base["peak_memory_gb"]:.2f}x')
+    comparison = dict(config=args.config, base=args.base, sides=summary, speedup=speedup)
+    write_json(args.json, comparison)
+    return comparison
 
 
 if __name__ == '__main__':
