@@ -12,16 +12,27 @@ and no stage reads the dict again. The modes and their keys:
 ``sliding_global``  CAT-Seg's protocol (:mod:`.sliding_global_inference`): ``kernel`` (384),
                     ``overlap`` (0.333), ``out_size`` (640, 640), ``views_per_batch`` (0: all)
 every mode          ``class_filter``: None or ``dict(type=..., k=...)``
-                    (:class:`~mmseg_escnet.models.structures.ClassFilter`)
+                    (:class:`~mmseg_escnet.models.structures.ClassFilter`);
+                    ``precision``: ``'float32'`` (default), or ``'float16'`` / ``'bfloat16'``
+                    autocast of the network on CUDA (:func:`precision_context`)
 ==================  ==============================================================================
 """
+import contextlib
 import dataclasses
-from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
+from typing import Any, ContextManager, Dict, Iterator, Mapping, Optional, Tuple, Union
+
+import torch
 
 from ..structures import ClassFilter
 from .sliding_global_inference import crop_offsets
 
-__all__ = ['InferenceSettings', 'MODE_KEYS', 'ReadOnlyConfig']
+__all__ = ['InferenceSettings', 'MODE_KEYS', 'ReadOnlyConfig', 'PRECISIONS', 'precision_context']
+
+#: The ``test_cfg`` keys of every mode.
+EVERY_MODE_KEYS = ('mode', 'class_filter', 'precision')
+#: ``test_cfg.precision`` values: the autocast dtype of the network (None: float32, no autocast).
+PRECISIONS: Dict[str, Optional[torch.dtype]] = {
+    'float32': None, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
 
 #: The ``test_cfg`` keys each mode takes (besides ``mode`` and ``class_filter``).
 MODE_KEYS: Dict[str, Tuple[str, ...]] = {
@@ -45,6 +56,7 @@ class InferenceSettings:
         overlap (float): ``sliding_global``: crop overlap in [0, 1).
         out_size (tuple): ``sliding_global``: (H, W) the image is squashed to.
         views_per_batch (int): ``sliding_global``: views per network call (0: all).
+        precision (str): a key of :data:`PRECISIONS`, the network's autocast dtype on CUDA.
     """
     mode: str = 'whole'
     class_filter: Optional[ClassFilter] = None
@@ -55,6 +67,7 @@ class InferenceSettings:
     overlap: float = 0.333
     out_size: Tuple[int, int] = (640, 640)
     views_per_batch: int = 0
+    precision: str = 'float32'
 
     @classmethod
     def from_cfg(cls, cfg: Union[None, Mapping[str, Any], 'InferenceSettings']
@@ -71,11 +84,15 @@ class InferenceSettings:
         mode = cfg.pop('mode', 'whole')
         if mode not in MODE_KEYS:
             raise ValueError(f'test_cfg.mode must be one of {sorted(MODE_KEYS)}, got {mode!r}')
-        unknown = set(cfg) - set(MODE_KEYS[mode]) - {'class_filter'}
+        unknown = set(cfg) - set(MODE_KEYS[mode]) - set(EVERY_MODE_KEYS)
         if unknown:
             raise KeyError(f'test_cfg for mode {mode!r} has unknown keys {sorted(unknown)}; '
-                           f"allowed: {sorted(('mode', 'class_filter') + MODE_KEYS[mode])}")
-        values: Dict[str, Any] = dict(mode=mode,
+                           f'allowed: {sorted(EVERY_MODE_KEYS + MODE_KEYS[mode])}')
+        precision = cfg.pop('precision', 'float32')
+        if precision not in PRECISIONS:
+            raise ValueError(f'test_cfg.precision must be one of {list(PRECISIONS)}, got '
+                             f'{precision!r}')
+        values: Dict[str, Any] = dict(mode=mode, precision=precision,
                                       class_filter=ClassFilter.from_cfg(cfg.pop('class_filter',
                                                                                 None)))
         if mode == 'whole':
@@ -100,11 +117,13 @@ class InferenceSettings:
         return cls(**values)
 
     def to_cfg(self) -> dict:
-        """The ``test_cfg`` dict: ``mode``, ``class_filter`` and the keys of the mode (a new
-        dict every call)."""
+        """The ``test_cfg`` dict: ``mode``, ``class_filter``, the keys of the mode and
+        ``precision`` unless float32 (a new dict every call)."""
         cfg = dict(mode=self.mode, class_filter=None if self.class_filter is None
                    else self.class_filter.to_cfg())
         cfg.update({key: getattr(self, key) for key in MODE_KEYS[self.mode]})
+        if self.precision != 'float32':
+            cfg['precision'] = self.precision
         return cfg
 
     def replace(self, **changes: Any) -> 'InferenceSettings':
@@ -117,6 +136,24 @@ class InferenceSettings:
         if changes.get('mode', self.mode) != self.mode:
             cfg = dict(class_filter=cfg['class_filter'])
         return InferenceSettings.from_cfg({**cfg, **changes})
+
+
+def precision_context(precision: str, device: torch.device) -> ContextManager:
+    """The network's autocast for ``test_cfg.precision`` on ``device``.
+
+    Raises:
+        ValueError: for float16 / bfloat16 off CUDA (autocast on CPU was not measured faster:
+            docs/efficiency.md), or bfloat16 on a GPU without it.
+    """
+    if PRECISIONS[precision] is None:
+        return contextlib.nullcontext()
+    if torch.device(device).type != 'cuda':
+        raise ValueError(f'test_cfg.precision={precision!r} runs on CUDA only (autocast); this '
+                         f"model runs on {torch.device(device).type}: use precision='float32'")
+    if precision == 'bfloat16' and not torch.cuda.is_bf16_supported():
+        raise ValueError("test_cfg.precision='bfloat16' needs a GPU with bfloat16 "
+                         "(torch.cuda.is_bf16_supported() is False): use 'float16'")
+    return torch.autocast('cuda', dtype=PRECISIONS[precision])
 
 
 def _flag(cfg: Mapping, key: str, default: bool) -> bool:

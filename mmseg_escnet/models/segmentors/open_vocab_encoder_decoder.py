@@ -20,7 +20,7 @@ The number of classes is not fixed: it is the size of the active vocabulary (``v
 training, ``test_vocabulary`` in eval mode), which can be changed at any time with
 :meth:`set_vocabulary`.
 """
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,7 @@ from ...text import Vocabulary
 from ..structures import ClassFilter, DecodeInputs
 from ..text import ClassEmbedder
 from .class_sparse import flip_back, postprocess_sparse, set_prediction
-from .inference_settings import InferenceSettings, ReadOnlyConfig
+from .inference_settings import InferenceSettings, ReadOnlyConfig, precision_context
 from .model_sizes import fill_sizes, model_sizes
 from .sliding_global_inference import sliding_global_inference
 
@@ -343,6 +343,18 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
         """
         return postprocess_sparse(seg_logits, data_samples, self.align_corners)
 
+    def _network(self, forward: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        """``forward`` under ``test_cfg.precision`` (autocast on CUDA), its logits in float32."""
+        def run(*args) -> Tensor:
+            with precision_context(self.inference_settings.precision, args[0].device):
+                return forward(*args).float()
+        return run
+
+    def sliding_forward(self) -> Tuple[Callable[..., Tensor], Optional[Callable[[Tensor], Any]]]:
+        """The network forward of the sliding + global protocol and what it computes once per
+        image (``forward`` and ``canvas_features`` of :func:`.sliding_global_inference`)."""
+        return self._forward, None
+
     def predict(self, inputs: Tensor, data_samples: Optional[List] = None) -> List[SegDataSample]:
         """Predict label maps at the original image size.
 
@@ -357,13 +369,15 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
             ``pred_sem_seg`` (1, H0, W0) vocabulary indices.
         """
         settings = self.inference_settings
+        precision_context(settings.precision, inputs.device)  # refuses what cannot run, first
         if settings.mode == 'whole':  # mmseg's whole_inference + postprocess_result, on K classes
             return postprocess_sparse(
-                self._forward(inputs), data_samples, self.align_corners,
+                self._network(self._forward)(inputs), data_samples, self.align_corners,
                 input_size=inputs.shape[2:],
                 resize_probabilities=settings.resize_probabilities)
         if settings.mode == 'slide':  # 'slide': mmseg's (T, H, W) canvas, then K classes
-            return super().predict(inputs, data_samples)
+            with precision_context(settings.precision, inputs.device):
+                return super().predict(inputs, data_samples)
         if data_samples is None:
             data_samples = [SegDataSample(metainfo=dict(ori_shape=inputs.shape[2:]))
                             for _ in range(inputs.shape[0])]
@@ -373,9 +387,11 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
             left, right, top, bottom = meta.get('img_padding_size',
                                                 meta.get('padding_size', [0, 0, 0, 0]))
             image = inputs[i:i + 1, :, top:height - bottom, left:width - right]  # unpadded
+            forward, canvas_features = self.sliding_forward()
             probs, classes = sliding_global_inference(
-                self._forward, image, kernel=settings.kernel, overlap=settings.overlap,
-                out_size=settings.out_size, views_per_batch=settings.views_per_batch)                            # (1, K, 640, 640)
+                self._network(forward), image, kernel=settings.kernel, overlap=settings.overlap,
+                out_size=settings.out_size, views_per_batch=settings.views_per_batch,
+                canvas_features=canvas_features)                            # (1, K, 640, 640)
             probs = F.interpolate(flip_back(probs, meta), size=tuple(meta['ori_shape'][:2]),
                                   mode='bilinear', align_corners=False)[0]  # (K, H0, W0)
             # labels from the averaged probabilities (the protocol), logits as in every mode

@@ -16,11 +16,15 @@ Only the K classes kept by a class filter (or the top-``pad_len`` pruning) in at
 are resized and averaged: the others are ``PRUNED_LOGIT`` in every view (probability ~0), so the
 canvas is (K, 640, 640) instead of (T, 640, 640), with the same values for the kept classes.
 
+A model may compute something once per image for all its views (LMSeg: SAM's features):
+``canvas_features(canvas)`` runs once on the squashed (1, 3, 640, 640) image, and the network
+then gets the views' boxes on that canvas with it (``forward(views, boxes, state)``).
+
 The caller resizes the result to the original image size. The crops are placed where
 ``torch.nn.Unfold(kernel, stride)`` places them (offsets ``0, stride, 2 * stride, ...`` while the
 crop fits); a setting that leaves pixels uncovered is refused instead of dividing by zero.
 """
-from typing import Callable, List, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -46,23 +50,29 @@ def crop_offsets(size: int, kernel: int, stride: int) -> List[int]:
     return offsets
 
 
-def sliding_global_inference(forward: Callable[[Tensor], Tensor],
+def sliding_global_inference(forward: Callable[..., Tensor],
                              image: Tensor,
                              kernel: int = 384,
                              overlap: float = 0.333,
                              out_size: Sequence[int] = (640, 640),
-                             views_per_batch: int = 0) -> Tuple[Tensor, Tensor]:
+                             views_per_batch: int = 0,
+                             canvas_features: Optional[Callable[[Tensor], Any]] = None
+                             ) -> Tuple[Tensor, Tensor]:
     """Class probabilities of one image with CAT-Seg's sliding + global protocol.
 
     Args:
         forward (callable): ``(V, 3, kernel, kernel) -> logits (V, T, h', w')``, e.g. the
-            segmentor's network forward (which resizes to the CLIP resolution itself).
+            segmentor's network forward (which resizes to the CLIP resolution itself); with
+            ``canvas_features``, ``forward(views, boxes, state)`` with the views' (V, 4) boxes
+            (x0, y0, x1, y1) in canvas pixels (the global view's is the whole canvas).
         image (Tensor): (1, 3, H, W), normalised (normalisation commutes with bilinear resizing).
         kernel (int): Crop size (384 for both B/16 and L/14, as official).
         overlap (float): Fraction of overlap; stride = ``int(kernel * (1 - overlap))``.
         out_size (tuple): (H', W') the image is squashed to (640, 640).
         views_per_batch (int): Views per network call (0 = all at once, as official); smaller
             values bound memory with large vocabularies and give the same result.
+        canvas_features (callable, optional): ``canvas (1, 3, H', W') -> state``, computed once
+            per image and passed to every ``forward`` call.
 
     Returns:
         tuple: probabilities (1, K, H', W') in [0, 1] of the kept classes (K,) (long, ascending;
@@ -79,8 +89,16 @@ def sliding_global_inference(forward: Callable[[Tensor], Tensor],
     views = torch.cat(crops + [global_view])                # (N + 1, C, kernel, kernel)
 
     step = views_per_batch or views.shape[0]
-    logits = torch.cat([forward(views[i:i + step])
-                        for i in range(0, views.shape[0], step)])   # (N + 1, T, h', w')
+    if canvas_features is None:
+        logits = torch.cat([forward(views[i:i + step])
+                            for i in range(0, views.shape[0], step)])   # (N + 1, T, h', w')
+    else:
+        state = canvas_features(squashed)
+        boxes = torch.tensor([(x, y, x + kernel, y + kernel) for y in rows for x in cols]
+                             + [(0, 0, out_w, out_h)], dtype=image.dtype,
+                             device=image.device)                       # (N + 1, 4)
+        logits = torch.cat([forward(views[i:i + step], boxes[i:i + step], state)
+                            for i in range(0, views.shape[0], step)])
     classes = kept_classes(logits)
     logits = logits[:, classes]                                         # (N + 1, K, h', w')
 

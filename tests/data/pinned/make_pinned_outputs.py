@@ -26,6 +26,9 @@ CONFIGS = dict(catseg='configs/catseg_tiny_synthetic.py', escnet='configs/escnet
 #: pinned before prompts came from every block), 'escnet_refined' the per-block prompts.
 NECK_OVERRIDES = dict(escnet=dict(prompt_source='initial'),
                       escnet_refined=dict(prompt_source='refined'))
+#: The LMSeg outputs were pinned when SAM ran on every view of the sliding protocol; SAM once per
+#: image (the default since) is tested in tests/test_models/test_lmseg/test_sam_once.py.
+MODEL_OVERRIDES = dict(lmseg=dict(sam_per_view=True))
 VOCABULARY = ['sky', 'grass', 'sand', 'snow', 'brick', 'water', 'road']
 RANDOM_BUFFERS = ('positional_encoding_gaussian_matrix', )  # SAM's random Fourier features
 
@@ -60,6 +63,7 @@ def build(name: str, old_name: Callable[[str], str] = lambda name: name) -> torc
     cfg.model.vocabulary = (dict(vocabulary, classes=VOCABULARY) if isinstance(vocabulary, dict)
                             else VOCABULARY)
     cfg.model.neck.update(NECK_OVERRIDES.get(name, {}))
+    cfg.model.update(MODEL_OVERRIDES.get(name, {}))
     model = MODELS.build(cfg.model)
     deterministic_weights(model, old_name)
     return model

@@ -30,6 +30,7 @@ def _model(name='catseg_tiny_synthetic.py', **test_cfg):
     dict(mode='slide', class_filter=dict(type='topk', k=4), crop_size=(96, 64), stride=(32, 32)),
     dict(mode='sliding_global', class_filter=dict(type='pixel_topk', k=2), kernel=48,
          overlap=0.5, out_size=(96, 72), views_per_batch=2),
+    dict(mode='whole', class_filter=None, resize_probabilities=False, precision='bfloat16'),
 ])
 def test_parse_and_back_round_trips(cfg):
     settings = InferenceSettings.from_cfg(cfg)
@@ -57,6 +58,8 @@ def test_defaults_and_an_int_size():
     (dict(mode='sliding_global', views_per_batch=-1), ValueError, 'views_per_batch'),
     (dict(mode='whole', resize_probabilities='yes'), ValueError, 'resize_probabilities'),
     (dict(class_filter=dict(type='topk', k=0)), ValueError, 'class_filter'),
+    (dict(precision='fp16'), ValueError, r"test_cfg.precision must be one of \['float32', "
+     r"'float16', 'bfloat16'\], got 'fp16'"),
 ])
 def test_bad_settings_name_the_key(cfg, error, match):
     with pytest.raises(error, match=match):
@@ -127,3 +130,33 @@ def test_each_stage_gets_only_its_own_filter():
         model.train()
         inputs = model.extract_feat(images)
         assert seen['neck'] is None and inputs.class_filter is None  # no filter in training
+
+
+@pytest.mark.parametrize('mode', ['whole', 'slide', 'sliding_global'])
+def test_half_precision_off_cuda_is_refused_before_any_work(mode):
+    extra = dict(slide=dict(crop_size=96, stride=64), sliding_global=dict(kernel=96,
+                 out_size=96)).get(mode, {})
+    model = _model(mode=mode, precision='float16', **extra)
+    calls = []
+    model.backbone.register_forward_pre_hook(lambda *args: calls.append(1))
+    with pytest.raises(ValueError, match=r"test_cfg.precision='float16' runs on CUDA only "
+                       r"\(autocast\); this model runs on cpu: use precision='float32'"):
+        model.predict(torch.randn(1, 3, 96, 96))
+    assert not calls
+    model.set_inference_settings(model.inference_settings.replace(precision='float32'))
+    assert model.predict(torch.randn(1, 3, 96, 96))[0].pred_sem_seg.data.shape == (1, 96, 96)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@pytest.mark.parametrize('precision', ['float16', 'bfloat16'])
+def test_half_precision_on_cuda_gives_float32_logits_close_to_float32(precision):
+    if precision == 'bfloat16' and not torch.cuda.is_bf16_supported():
+        pytest.skip('no bfloat16 on this GPU')
+    model = _model().cuda()
+    images = torch.randn(1, 3, 96, 96, device='cuda')
+    with torch.no_grad():
+        full = model.predict(images)[0].seg_logits.data
+        model.set_inference_settings(model.inference_settings.replace(precision=precision))
+        half = model.predict(images)[0].seg_logits.data
+    assert half.dtype == torch.float32
+    assert float((half - full).abs().max()) < 0.05
