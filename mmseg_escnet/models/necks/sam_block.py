@@ -254,8 +254,8 @@ class SAMBlock(nn.Module):
         b, s, h, w = image.shape
         t = text.shape[1]
         # per class, the two-way transformer's widest activations are a few (B, h*w, S) keys
-        chunk = inference_chunk_size(class_chunk_size, 4 * image[:, :, None].numel()
-                                     * image.element_size(), image) or t
+        chunk = inference_chunk_size(class_chunk_size, 4 * image.numel() * image.element_size(),
+                                     image) or t
         ns = sparse.shape[1]
         sparse_bt = sparse.view(b, t, ns, s)  # (B*T, Ns, S) -> (B, T, Ns, S)
         dense_bt = dense.view(b, t, s, h, w)  # (B*T, S, h, w) -> (B, T, S, h, w)

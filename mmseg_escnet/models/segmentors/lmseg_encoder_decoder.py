@@ -86,40 +86,37 @@ class LMSegEncoderDecoder(OpenVocabEncoderDecoder):
         return self._forward_views, self.sam_encoder
 
     def _forward_views(self, views: Tensor, boxes: Tensor, canvas_sam: Tensor) -> Tensor:
-        """The network on views (V, 3, k, k) whose SAM features are their boxes (V, 4) of the
-        canvas's (1, S, G, G); returns the logits (V, T, h', w')."""
-        canvas_size = canvas_sam.new_tensor(self.inference_settings.out_size)  # (H', W')
-        self._view_sam_feats = crop_canvas_features(canvas_sam, boxes, canvas_size)
+        """The network on views (V, 3, k, k) whose SAM features are their boxes (V, 4, fractions
+        of the canvas) of the canvas's (1, S, G, G); returns the logits (V, T, h', w')."""
+        self._view_sam_feats = crop_canvas_features(canvas_sam, boxes)
         try:
             return self._forward(views)
         finally:
             self._view_sam_feats = None
 
 
-def crop_canvas_features(feats: Tensor, boxes: Tensor, canvas_size: Tensor) -> Tensor:
+def crop_canvas_features(feats: Tensor, boxes: Tensor) -> Tensor:
     """Features of boxes of a canvas, resampled bilinearly to the feature grid.
 
-    The feature map covers the canvas (its cell centres at ``(i + 0.5) * H' / G``); each box is
-    sampled at the centres of a G x G grid over it (``align_corners=False`` semantics), what the
-    features of the box's pixels resized to the encoder's input would be if the encoder were
+    The feature map covers the canvas (its cell centres at ``(i + 0.5) / G`` of a side); each box
+    is sampled at the centres of a G x G grid over it (``align_corners=False`` semantics), what
+    the features of the box's pixels resized to the encoder's input would be if the encoder were
     equivariant to scale.
 
     Args:
         feats (Tensor): (1, S, G, G) features of the canvas.
-        boxes (Tensor): (V, 4) boxes (x0, y0, x1, y1) in canvas pixels.
-        canvas_size (Tensor): (2,) (H', W') of the canvas.
+        boxes (Tensor): (V, 4) boxes (x0, y0, x1, y1) as fractions of the canvas's sides.
 
     Returns:
         Tensor: (V, S, G, G) features of the boxes.
     """
-    height, width = canvas_size[0], canvas_size[1]
     x0, y0, x1, y1 = boxes.unbind(1)                                        # (V,) each
     theta = torch.zeros(len(boxes), 2, 3, dtype=feats.dtype, device=feats.device)
     # output grid in [-1, 1] -> canvas coordinates in [-1, 1]: x_in = sx * x_out + tx
-    theta[:, 0, 0] = (x1 - x0) / width
-    theta[:, 0, 2] = (x0 + x1) / width - 1
-    theta[:, 1, 1] = (y1 - y0) / height
-    theta[:, 1, 2] = (y0 + y1) / height - 1
+    theta[:, 0, 0] = x1 - x0
+    theta[:, 0, 2] = x0 + x1 - 1
+    theta[:, 1, 1] = y1 - y0
+    theta[:, 1, 2] = y0 + y1 - 1
     grid = F.affine_grid(theta, [len(boxes), *feats.shape[1:]], align_corners=False)
     return F.grid_sample(feats.expand(len(boxes), -1, -1, -1), grid, mode='bilinear',
                          padding_mode='border', align_corners=False)

@@ -388,6 +388,8 @@ class OpenVocabEncoderDecoder(EncoderDecoder):
                                                 meta.get('padding_size', [0, 0, 0, 0]))
             image = inputs[i:i + 1, :, top:height - bottom, left:width - right]  # unpadded
             forward, canvas_features = self.sliding_forward()
+            if canvas_features is not None:  # under the same precision as the views
+                canvas_features = self._network(canvas_features)
             probs, classes = sliding_global_inference(
                 self._network(forward), image, kernel=settings.kernel, overlap=settings.overlap,
                 out_size=settings.out_size, views_per_batch=settings.views_per_batch,

@@ -64,7 +64,7 @@ def sliding_global_inference(forward: Callable[..., Tensor],
         forward (callable): ``(V, 3, kernel, kernel) -> logits (V, T, h', w')``, e.g. the
             segmentor's network forward (which resizes to the CLIP resolution itself); with
             ``canvas_features``, ``forward(views, boxes, state)`` with the views' (V, 4) boxes
-            (x0, y0, x1, y1) in canvas pixels (the global view's is the whole canvas).
+            (x0, y0, x1, y1) as fractions of the canvas's sides (the global view's: (0, 0, 1, 1)).
         image (Tensor): (1, 3, H, W), normalised (normalisation commutes with bilinear resizing).
         kernel (int): Crop size (384 for both B/16 and L/14, as official).
         overlap (float): Fraction of overlap; stride = ``int(kernel * (1 - overlap))``.
@@ -88,17 +88,18 @@ def sliding_global_inference(forward: Callable[..., Tensor],
     global_view = F.interpolate(image, size=(kernel, kernel), mode='bilinear', align_corners=False)
     views = torch.cat(crops + [global_view])                # (N + 1, C, kernel, kernel)
 
+    # each view's box on the canvas, as fractions of its sides (N + 1, 4)
+    boxes = torch.tensor([(x / out_w, y / out_h, (x + kernel) / out_w, (y + kernel) / out_h)
+                          for y in rows for x in cols] + [(0, 0, 1, 1)],
+                         dtype=image.dtype, device=image.device)
     step = views_per_batch or views.shape[0]
+    batches = list(zip(views.split(step), boxes.split(step)))
     if canvas_features is None:
-        logits = torch.cat([forward(views[i:i + step])
-                            for i in range(0, views.shape[0], step)])   # (N + 1, T, h', w')
+        logits = [forward(batch) for batch, _ in batches]
     else:
         state = canvas_features(squashed)
-        boxes = torch.tensor([(x, y, x + kernel, y + kernel) for y in rows for x in cols]
-                             + [(0, 0, out_w, out_h)], dtype=image.dtype,
-                             device=image.device)                       # (N + 1, 4)
-        logits = torch.cat([forward(views[i:i + step], boxes[i:i + step], state)
-                            for i in range(0, views.shape[0], step)])
+        logits = [forward(batch, batch_boxes, state) for batch, batch_boxes in batches]
+    logits = torch.cat(logits)                                          # (N + 1, T, h', w')
     classes = kept_classes(logits)
     logits = logits[:, classes]                                         # (N + 1, K, h', w')
 

@@ -15,13 +15,13 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 def test_crops_sample_the_box_at_the_canvas_cell_centres():
     """A feature map linear in the cell coordinates is sampled exactly where the box's grid lies:
-    output cell i of a box [x0, x1) of a W'-pixel canvas with G cells reads the canvas cell
-    coordinate (x0 + (i + 0.5) (x1 - x0) / G) G / W' - 0.5."""
+    output cell i of a box [x0, x1) (fractions of the canvas side) with G cells reads the canvas
+    cell coordinate (x0 + (i + 0.5) (x1 - x0) / G) G - 0.5."""
     g, canvas = 16, 64.0
     cols = torch.arange(g, dtype=torch.float64)
     feats = torch.stack([cols.expand(g, g), cols[:, None].expand(g, g)])[None]  # (1, 2, G, G)
     boxes = torch.tensor([[0, 0, 64, 64], [8, 16, 40, 48], [24, 4, 56, 36]], dtype=torch.float64)
-    out = crop_canvas_features(feats, boxes, torch.tensor([canvas, canvas], dtype=torch.float64))
+    out = crop_canvas_features(feats, boxes / canvas)
     assert out.shape == (3, 2, g, g)
     torch.testing.assert_close(out[0], feats[0])  # the whole canvas: the features themselves
     centres = (torch.arange(g, dtype=torch.float64) + 0.5) / g
@@ -67,7 +67,7 @@ def test_views_read_their_boxes_of_the_canvas_features():
     sam = seen[0]  # (5, S, G, G): 4 crops, then the global view
     torch.testing.assert_close(sam[-1:], canvas)
     boxes = torch.tensor([[0, 0, 96, 96], [64, 64, 160, 160]], dtype=canvas.dtype)
-    expected = crop_canvas_features(canvas, boxes, torch.tensor([160.0, 160.0]))
+    expected = crop_canvas_features(canvas, boxes / 160)
     torch.testing.assert_close(sam[[0, 3]], expected)
 
 
