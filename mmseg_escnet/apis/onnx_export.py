@@ -84,7 +84,8 @@ class FixedVocabularySegmentor(nn.Module):
 
     Raises:
         ValueError: a model in another test mode, or with a class filter whose number of kept
-            classes depends on the data (``'pixel_topk'``, ``'sed_cer'``).
+            classes depends on the data (``'pixel_topk'``, ``'sed_cer'``) or that counts classes
+            (``'rrhc'``).
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -96,8 +97,10 @@ class FixedVocabularySegmentor(nn.Module):
                              f'{settings.mode!r}: use --mode whole')
         rule = None if settings.class_filter is None else settings.class_filter.type
         if rule not in EXPORTABLE_FILTERS:
-            raise ValueError(f'class_filter {rule!r} keeps a data-dependent number of classes '
-                             "and does not export; use 'topk' or none")
+            why = ('counts classes per image' if rule == 'rrhc'
+                   else 'keeps a data-dependent number of classes')
+            raise ValueError(f'class_filter {rule!r} {why} and does not export; use '
+                             "'topk' or none (--cfg-options model.test_cfg.class_filter=None)")
         self.model = model
         with torch.no_grad():
             self.register_buffer('text', model.text_embeddings().detach().clone())  # (T, P, C)

@@ -84,7 +84,9 @@ class ClassFilter(NamedTuple):
     Attributes:
         type (str): the rule: ``'topk'`` (LMSeg's category filtering: the k classes of highest
             image-level correlation), ``'pixel_topk'`` (SED's early rejection on the correlation:
-            the union of every pixel's k best classes), both applied by the neck; ``'sed_cer'``
+            the union of every pixel's k best classes), ``'rrhc'`` (ERR-Seg's compact vocabulary:
+            the k classes most often among the pixels' best three, per image; in training the
+            neck puts the ground-truth classes first), all applied by the neck; ``'sed_cer'``
             (SED's category early rejection before every decoder stage), applied by a decode
             head with auxiliary heads (``'sed_cer'`` in the head's ``class_filters``).
         k (int): classes kept (per image or per pixel), >= 1.
@@ -93,7 +95,7 @@ class ClassFilter(NamedTuple):
     k: int
 
     #: Every rule, and the stage that applies it.
-    STAGES = {'topk': 'neck', 'pixel_topk': 'neck', 'sed_cer': 'head'}
+    STAGES = {'topk': 'neck', 'pixel_topk': 'neck', 'rrhc': 'neck', 'sed_cer': 'head'}
 
     @property
     def stage(self) -> str:

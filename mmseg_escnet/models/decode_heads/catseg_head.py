@@ -13,7 +13,6 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 from mmseg.registry import MODELS
-from mmseg.utils import SampleList
 
 from ..layers.class_chunks import class_bytes, fold_classes, map_class_chunks
 from ..layers.guidance_projection import map_guidance_projections
@@ -169,21 +168,3 @@ class CATSegHead(PerClassBCEHead):
         guidance = self.upsample_clip_features(inputs.clip_features)
         return self.decode(inputs.cost, guidance, class_index=inputs.class_index,
                            num_classes=inputs.num_classes)
-
-    def loss_by_feat(self, seg_logits: torch.Tensor,
-                     batch_data_samples: SampleList) -> Dict[str, torch.Tensor]:
-        """CAT-Seg loss: per-class binary cross-entropy on upsampled logits.
-
-        Logits are resized bilinearly to the label size; the target is one-hot over the T
-        classes, with ignored pixels as all-zero rows (they count as negatives, as in the
-        official code); the BCE is averaged over all B*T*H*W elements.
-
-        Args:
-            seg_logits (torch.Tensor): (B, T, h, w) logits.
-            batch_data_samples (list[SegDataSample]): samples with ``gt_sem_seg`` (1, H, W).
-
-        Returns:
-            dict: ``loss_bce`` scalar.
-        """
-        target = self.one_hot_targets(batch_data_samples, seg_logits.shape[1], seg_logits.dtype)
-        return dict(loss_bce=self.bce(seg_logits, target))

@@ -82,3 +82,21 @@ class PerClassBCEHead(BaseDecodeHead):
         assert class_index.shape == logits.shape[:2], (class_index.shape, logits.shape)
         out = logits.new_full((logits.shape[0], num_classes, *logits.shape[-2:]), PRUNED_LOGIT)
         return out.scatter(1, class_index[:, :, None, None].expand_as(logits), logits)
+
+    def loss_by_feat(self, seg_logits: torch.Tensor,
+                     batch_data_samples: SampleList) -> Dict[str, torch.Tensor]:
+        """The loss of CAT-Seg and ERR-Seg: per-class binary cross-entropy on upsampled logits.
+
+        Logits are resized bilinearly to the label size; the target is one-hot over the T
+        classes, with ignored pixels as all-zero rows (they count as negatives, as in the
+        official code); the BCE is averaged over all B*T*H*W elements.
+
+        Args:
+            seg_logits (torch.Tensor): (B, T, h, w) logits.
+            batch_data_samples (list[SegDataSample]): samples with ``gt_sem_seg`` (1, H, W).
+
+        Returns:
+            dict: ``loss_bce`` scalar.
+        """
+        target = self.one_hot_targets(batch_data_samples, seg_logits.shape[1], seg_logits.dtype)
+        return dict(loss_bce=self.bce(seg_logits, target))

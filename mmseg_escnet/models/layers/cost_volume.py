@@ -14,7 +14,7 @@ The necks own the modules (under the parameter names of their official checkpoin
 opening (:mod:`mmseg_escnet.models.necks.cost_opening`) calls these functions, in the cost-volume
 layout of :mod:`mmseg_escnet.models.structures`.
 """
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -23,6 +23,7 @@ from torch import Tensor
 
 from ..structures import ClassFilter
 from .class_chunks import on_class_maps
+from .class_frequency import frequency_top_k
 from .linear_class_attention import PoolSize
 
 __all__ = ['correlation', 'filter_classes', 'pixel_top_k_union', 'keep_classes',
@@ -44,20 +45,26 @@ def correlation(img_feats: Tensor, text_feats: Tensor) -> Tensor:
     return torch.einsum('bchw,btpc->bpthw', img, text)
 
 
-def filter_classes(corr: Tensor, class_filter: Optional[ClassFilter]) -> Optional[Tensor]:
-    """The classes a test-time filter keeps, from the initial correlation.
+def filter_classes(corr: Tensor, class_filter: Optional[ClassFilter],
+                   required: Optional[Sequence[Tensor]] = None) -> Optional[Tensor]:
+    """The classes a class filter keeps, from the initial correlation.
 
     * ``topk`` (LMSeg's category filtering): the k classes with the highest image-level score,
       the maximal correlation over the templates and pixels;
     * ``pixel_topk`` (SED's category early rejection, on the correlation): the union of every
       pixel's k best classes (correlation averaged over the templates); the union is taken
       over the batch, so all images keep the same classes (evaluation runs one image at a
-      time).
+      time);
+    * ``rrhc`` (ERR-Seg's compact vocabulary, :mod:`.class_frequency`): per image, the k classes
+      most often among the pixels' best three (correlation averaged over the templates),
+      ``required`` classes first.
 
     Args:
         corr (Tensor): (B, P, T, h, w) correlation.
         class_filter (ClassFilter, optional): a filter of the neck stage
             (:class:`~mmseg_escnet.models.structures.ClassFilter`).
+        required (Sequence[Tensor], optional): ``rrhc`` only: per image, ascending classes kept
+            first (ERR-Seg's training: the ground-truth classes).
 
     Returns:
         Tensor, optional: (B, T') kept classes, ascending; None when all are kept.
@@ -68,9 +75,13 @@ def filter_classes(corr: Tensor, class_filter: Optional[ClassFilter]) -> Optiona
     if class_filter is not None and class_filter.stage != 'neck':
         raise ValueError(f'class_filter {class_filter.type!r} is applied by the decode head, '
                          'not on the correlation')
+    if required is not None and (class_filter is None or class_filter.type != 'rrhc'):
+        raise ValueError("required classes are only taken by the 'rrhc' class filter")
     if class_filter is None or class_filter.k >= corr.shape[2]:
         return None
     k = class_filter.k
+    if class_filter.type == 'rrhc':
+        return frequency_top_k(corr.mean(dim=1), k, required)  # (B, k)
     if class_filter.type == 'topk':
         score = corr.transpose(1, 2).flatten(2).max(dim=-1).values  # (B, T)
         return score.topk(k, dim=-1).indices.sort(dim=-1).values  # (B, k)

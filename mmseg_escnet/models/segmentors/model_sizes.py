@@ -12,6 +12,7 @@ The size names (:func:`model_sizes`):
 ``num_prompts``  prompts per class P of the vocabulary (templates or description channels)
 ``skip_width``   the width of a ViT backbone's skip features (``backbone.width``)
 ``skip_dims``    the skip features' channels, deepest first (the order decoders take them)
+``stage_dims``   a ConvNeXt backbone's four stage-output channels, deepest first
 ===============  ===========================================================================
 
 The segmentor fills an argument the config leaves out; one the config sets must equal the derived
@@ -33,6 +34,7 @@ SIZE_SOURCES = {
     'num_prompts': "the vocabulary's prompts per class",
     'skip_width': 'backbone.width',
     'skip_dims': "the backbone's skip feature channels (deepest first)",
+    'stage_dims': "the backbone's stage output channels (deepest first)",
 }
 
 
@@ -48,6 +50,7 @@ def model_sizes(backbone: nn.Module, vocabulary: Optional[Vocabulary]) -> Dict[s
         descriptions file is read on first use: its P is checked then).
     """
     skip_dims = getattr(backbone, 'skip_dims', None)
+    stage_dims = getattr(backbone, 'stage_dims', None)
     num_prompts = None
     if vocabulary is not None:
         try:
@@ -56,7 +59,8 @@ def model_sizes(backbone: nn.Module, vocabulary: Optional[Vocabulary]) -> Dict[s
             pass
     return dict(embed_dim=getattr(backbone, 'embed_dim', None), num_prompts=num_prompts,
                 skip_width=getattr(backbone, 'width', None),
-                skip_dims=None if skip_dims is None else tuple(reversed(skip_dims)))
+                skip_dims=None if skip_dims is None else tuple(reversed(skip_dims)),
+                stage_dims=None if stage_dims is None else tuple(reversed(stage_dims)))
 
 
 def _same(configured: Any, derived: Any) -> bool:
