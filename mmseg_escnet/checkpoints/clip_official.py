@@ -12,7 +12,9 @@ Supported files (auto-detected from the content, not the file name):
 * ``'mmseg'``: a checkpoint written by ``tools/model_converters/clip2mmseg.py`` or by an mmseg
   runner, ``{'state_dict': {'backbone.clip_model.<name>': tensor}}``.
 * ``'catseg'``: an official CAT-Seg (detectron2) checkpoint,
-  ``{'model': {'sem_seg_head.predictor.clip_model.<name>': tensor}}``.
+  ``{'model': {'sem_seg_head.predictor.clip_model.<name>': tensor}}`` (SED's too).
+* ``'errseg'``: an official ERR-Seg (detectron2) checkpoint,
+  ``{'model': {'sem_seg_head.clip_model.<name>': tensor}}``.
 
 For ViT towers OpenAI and open_clip use the same parameter names, e.g.
 ``visual.transformer.resblocks.{i}.attn.in_proj_weight`` with q, k, v packed along dim 0, so the
@@ -43,7 +45,8 @@ StateDict = Dict[str, torch.Tensor]
 OPENAI_EXTRA_KEYS = ('input_resolution', 'context_length', 'vocab_size')
 #: Key prefixes under which CLIP weights sit in whole-model checkpoints, with their format name.
 MODEL_PREFIXES = (('backbone.clip_model.', 'mmseg'),
-                  ('sem_seg_head.predictor.clip_model.', 'catseg'))
+                  ('sem_seg_head.predictor.clip_model.', 'catseg'),
+                  ('sem_seg_head.clip_model.', 'errseg'))
 _SPLIT_SUFFIXES = ('q_proj_weight', 'k_proj_weight', 'v_proj_weight')
 _PACKED_SUFFIX = 'in_proj_weight'
 
@@ -134,7 +137,7 @@ def detect_format(path_or_url: str, cache_dir: Optional[str] = None) -> str:
 
     Returns:
         str: One of ``'torchscript'``, ``'openai'``, ``'open_clip'``, ``'safetensors'``,
-        ``'mmseg'``, ``'catseg'``.
+        ``'mmseg'``, ``'catseg'``, ``'errseg'``.
     """
     return read_weights_file(path_or_url, cache_dir)[0]
 
