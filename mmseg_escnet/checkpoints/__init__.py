@@ -1,5 +1,5 @@
 """Checkpoints: safe loading, verified downloads, model-zoo names, and one module per official
-format (CAT-Seg, SED, CLIP, SAM) with one convert-and-check driver (:mod:`.convert`).
+format (CAT-Seg, SED, ERR-Seg, CLIP, SAM) with one convert-and-check driver (:mod:`.convert`).
 Nothing here imports the models; nothing here changes MMEngine's checkpoint loading (see
 :func:`mmseg_escnet.register_checkpoint_loaders`)."""
 from .catseg_official import (convert_catseg_checkpoint, convert_catseg_state_dict,

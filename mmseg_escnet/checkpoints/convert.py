@@ -1,9 +1,10 @@
 """One convert-and-check driver for official checkpoints, and the table of official formats.
 
 Every official format lives in one module that reads and renames it (:mod:`.catseg_official`,
-:mod:`.sed_official`, :mod:`.clip_official`); :data:`FORMATS` names them. The model zoo
-(``Converter: catseg_official`` in a metafile, :func:`.model_zoo.fetch_weights`) and the scripts
-``tools/model_converters/{catseg,sed,clip}2mmseg.py`` both call :func:`convert_and_check`::
+:mod:`.sed_official`, :mod:`.errseg_official`, :mod:`.clip_official`); :data:`FORMATS` names them.
+The model zoo (``Converter: catseg_official`` in a metafile, :func:`.model_zoo.fetch_weights`) and
+the scripts ``tools/model_converters/{catseg,sed,errseg,clip}2mmseg.py`` both call
+:func:`convert_and_check`::
 
     from mmseg_escnet.checkpoints import convert_and_check
 
@@ -30,6 +31,7 @@ from ..utils import ensure_writable_dir
 from .catseg_official import (CATSEG_CONFIGS, catseg_model_problems, check_catseg_config,
                               convert_catseg)
 from .clip_official import convert_clip, read_clip_file
+from .errseg_official import ERRSEG_CONFIGS, convert_errseg
 from .official_checkpoint import Converted, load_official_checkpoint, state_dict_problems
 from .safe_loading import sha256_sidecar, write_sha256_sidecar
 from .sed_official import SED_CONFIGS, convert_sed
@@ -84,6 +86,8 @@ FORMATS: Dict[str, OfficialFormat] = {
                        default_configs=CATSEG_CONFIGS, check_config=check_catseg_config,
                        model_problems=catseg_model_problems),
         OfficialFormat('sed_official', 'SED', convert_sed, default_configs=SED_CONFIGS),
+        OfficialFormat('errseg_official', 'ERR-Seg', convert_errseg,
+                       default_configs=ERRSEG_CONFIGS),
         OfficialFormat('clip_official', 'CLIP', convert_clip, read=read_clip_file),
     )
 }
@@ -218,7 +222,7 @@ def convert_and_check(format_name: str,
 
     Args:
         format_name (str): A name of :data:`FORMATS` (``'catseg_official'``, ``'sed_official'``,
-            ``'clip_official'``).
+            ``'errseg_official'``, ``'clip_official'``).
         src (str): Local path or http(s) URL of the official file.
         dst (str): Output file; its folder is created and checked before anything is read.
         config (str, optional): Config whose model must load the weights strictly; by default

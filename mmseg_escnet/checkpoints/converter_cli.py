@@ -1,4 +1,4 @@
-"""The command line shared by ``tools/model_converters/{catseg,sed,clip}2mmseg.py``.
+"""The command line shared by ``tools/model_converters/{catseg,sed,errseg,clip}2mmseg.py``.
 
 Each script is ``SRC DST [options] [--debug]`` over :func:`.convert.convert_and_check`; it prints
 one line (:meth:`.convert.ConversionResult.report`), and an error is one line on stderr

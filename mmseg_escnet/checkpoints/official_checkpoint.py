@@ -1,12 +1,14 @@
 """What every official format needs: a safe read, the conversion's result, a strict comparison.
 
-The format modules (:mod:`.catseg_official`, :mod:`.sed_official`, :mod:`.clip_official`) return
-a :class:`Converted`; :func:`.convert.convert_and_check` reads, converts, checks and saves.
+The format modules (:mod:`.catseg_official`, :mod:`.sed_official`, :mod:`.errseg_official`,
+:mod:`.clip_official`) return a :class:`Converted`; :func:`.convert.convert_and_check` reads,
+converts, checks and saves. :func:`convert_detectron2` is the conversion shared by the detectron2
+formats made of an open_clip model and one decoder (SED, ERR-Seg).
 """
 import pickle
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Pattern, Sequence
 
 import torch
 from torch import Tensor
@@ -16,7 +18,9 @@ from .safe_loading import (CheckpointIntegrityError, checkpoint_file_problem,
                            load_local_checkpoint, pickle_globals)
 from .state_dict_fit import key_differences
 
-__all__ = ['Converted', 'detectron2_state_dict', 'float32', 'html_page_problem',
+__all__ = ['Converted', 'convert_detectron2', 'detectron2_state_dict', 'float32',
+           'map_decoder_keys', 'stem_architecture',
+           'html_page_problem',
            'load_official_checkpoint', 'pickle_globals', 'refused_pickle_error', 'short_list',
            'state_dict_problems']
 
@@ -183,3 +187,114 @@ def state_dict_problems(state: Mapping[str, Tensor], reference: Mapping[str, Ten
 def float32(state: Dict[str, Tensor]) -> Dict[str, Tensor]:
     """Floating tensors as float32 (official checkpoints may hold half precision), sorted keys."""
     return {k: v.float() if v.is_floating_point() else v for k, v in sorted(state.items())}
+
+
+def map_decoder_keys(state_dict: Mapping[str, Tensor], prefix: str,
+                     map_key: Callable[[str], str], what: str) -> Dict[str, Tensor]:
+    """The entries of ``state_dict`` below ``prefix``, renamed by ``map_key``.
+
+    Args:
+        state_dict (Mapping[str, Tensor]): an official state dict; other keys are skipped.
+        prefix (str): the decoder's official prefix.
+        map_key (Callable): official key -> ours; raises ``KeyError`` for a key that is not a
+            decoder parameter.
+        what (str): the decoder, for the message (``'SED decoder keys (...)'``).
+
+    Returns:
+        dict: our keys -> the official tensors.
+
+    Raises:
+        KeyError: ``'unknown <what>: [...]'`` naming every key ``map_key`` refused.
+    """
+    converted: Dict[str, Tensor] = {}
+    unknown = []
+    for key, value in state_dict.items():
+        if key.startswith(prefix):
+            try:
+                converted[map_key(key)] = value
+            except KeyError:
+                unknown.append(key)
+    if unknown:
+        raise KeyError(f'unknown {what}: {short_list(unknown, 12)}')
+    return converted
+
+
+def stem_architecture(state_dict: Mapping[str, Tensor], architectures: Mapping[int, tuple],
+                      stem_key: str = 'backbone.clip_model.visual.trunk.stem.0.weight'
+                      ) -> Optional[str]:
+    """The open_clip model name of a converted ConvNeXt state dict, from its stem width.
+
+    Args:
+        state_dict (Mapping[str, Tensor]): our keys.
+        architectures (Mapping[int, tuple]): stem width -> (architecture, open_clip name).
+        stem_key (str): our key of the stem conv's weight.
+
+    Returns:
+        str | None: the open_clip name; None without a stem or for another width.
+    """
+    stem = state_dict.get(stem_key)
+    entry = architectures.get(None if stem is None else stem.shape[0])
+    return entry[1] if entry else None
+
+
+def convert_detectron2(checkpoint: Mapping, *, name: str, clip_prefix: str, decoder_prefix: str,
+                       map_decoder_key: Callable[[str], str], required: Sequence[str],
+                       dropped_pattern: Pattern,
+                       architecture: Callable[[Mapping[str, Tensor]], Optional[str]],
+                       our_clip_prefix: str = 'backbone.clip_model.') -> Converted:
+    """Convert a detectron2 checkpoint made of an open_clip model and one decoder.
+
+    Every entry is accounted for: a key matching ``dropped_pattern`` is dropped (a constant
+    buffer our modules rebuild), ``<clip_prefix><name>`` becomes ``<our_clip_prefix><name>``,
+    ``<decoder_prefix>...`` goes through ``map_decoder_key`` (a ``KeyError`` refuses the key), and
+    anything else is refused.
+
+    Args:
+        checkpoint (Mapping): A detectron2 checkpoint ``{'model': state_dict, ...}`` (other
+            entries such as ``iteration`` or ``optimizer`` are ignored) or a bare official state
+            dict.
+        name (str): The model family, for messages (``'SED'``, ``'ERR-Seg'``).
+        clip_prefix (str): Prefix of the CLIP model's official keys.
+        decoder_prefix (str): Prefix of the decoder's official keys.
+        map_decoder_key (Callable): Official decoder key -> ours; raises ``KeyError`` for a key
+            that is not a decoder parameter.
+        required (Sequence[str]): Official keys without which the checkpoint is incomplete.
+        dropped_pattern (Pattern): Matches (``re.match``) the official keys that are dropped.
+        architecture (Callable): Converted state dict -> the architecture's name, or None for
+            one that is not released (then ``'custom'``).
+        our_clip_prefix (str): Prefix of the CLIP model in our model.
+
+    Returns:
+        Converted: Floating tensors as float32, the architecture as summary and
+        :attr:`~Converted.architecture`, the dropped entries under their official names.
+
+    Raises:
+        TypeError: If ``checkpoint`` is not a mapping.
+        ValueError: For entries that are not named tensors, ``required`` keys that are missing
+            (``'not a complete <name> checkpoint: missing [...]'``), or keys that are not part of
+            the model (``'<n> entries are not part of <name>: [...]'``).
+    """
+    state = detectron2_state_dict(checkpoint, name)
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise ValueError(f'not a complete {name} checkpoint: missing {missing}')
+    converted: Dict[str, Tensor] = {}
+    dropped: Dict[str, Tensor] = {}
+    unknown = []
+    for key, value in state.items():
+        if dropped_pattern.match(key):
+            dropped[key] = value
+        elif key.startswith(clip_prefix):
+            converted[our_clip_prefix + key[len(clip_prefix):]] = value
+        elif key.startswith(decoder_prefix):
+            try:
+                converted[map_decoder_key(key)] = value
+            except KeyError:
+                unknown.append(key)
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f'{len(unknown)} entries are not part of {name}: '
+                         f'{short_list(unknown, 12)}')
+    arch = architecture(converted) or 'custom'
+    return Converted(float32(converted), arch, architecture=arch, dropped=dropped)

@@ -36,17 +36,20 @@ except in the decoder ConvNeXt blocks, which are mmpretrain's ``ConvNeXtBlock``:
     head0, head1, head2, head                        decode_head.<same>
 
 An unknown key below the prefix (e.g. ``text_guidance_projection`` of a text-guided variant,
-which no SED config uses) is an error. :func:`convert_sed` is the format's converter in
-:mod:`.convert` (``sed_official``, used by the model zoo and
+which no SED config uses) is an error. :func:`convert_sed` (the walk over the keys is
+:func:`~.official_checkpoint.convert_detectron2`, shared with ERR-Seg) is the format's converter
+in :mod:`.convert` (``sed_official``, used by the model zoo and
 ``tools/model_converters/sed2mmseg.py``).
 """
 import re
+from functools import partial
 from typing import Dict, Mapping, Optional
 
 import torch
 from torch import Tensor
 
-from .official_checkpoint import Converted, detectron2_state_dict, float32, short_list
+from .official_checkpoint import (Converted, convert_detectron2, map_decoder_keys,
+                                  stem_architecture)
 
 __all__ = ['OFFICIAL_SED_PREFIX', 'OFFICIAL_SED_CLIP_PREFIX', 'SED_ARCHITECTURES', 'SED_CONFIGS',
            'map_sed_decoder_key', 'sed_decoder_to_mmseg', 'sed_architecture', 'convert_sed',
@@ -133,27 +136,14 @@ def sed_decoder_to_mmseg(state_dict: Mapping[str, torch.Tensor], *, neck_prefix:
     """
     if not isinstance(state_dict, Mapping):
         raise TypeError(f'state_dict must be a mapping, got {type(state_dict).__name__}')
-    converted: Dict[str, torch.Tensor] = {}
-    unknown = []
-    for key, value in state_dict.items():
-        if not key.startswith(OFFICIAL_SED_PREFIX):
-            continue
-        try:
-            converted[map_sed_decoder_key(key, neck_prefix=neck_prefix,
-                                          head_prefix=head_prefix)] = value
-        except KeyError:
-            unknown.append(key)
-    if unknown:
-        raise KeyError(f'unknown SED decoder keys (not parameters of the official Aggregator as '
-                       f'SED configures it): {unknown}')
-    return converted
+    return map_decoder_keys(state_dict, OFFICIAL_SED_PREFIX, partial(
+        map_sed_decoder_key, neck_prefix=neck_prefix, head_prefix=head_prefix),
+        "SED decoder keys (not parameters of the official Aggregator as SED configures it)")
 
 
 def sed_architecture(state_dict: Mapping[str, Tensor]) -> Optional[str]:
     """The open_clip model name of a converted SED state dict (None for another trunk width)."""
-    stem = state_dict.get('backbone.clip_model.' + _STEM)
-    entry = SED_ARCHITECTURES.get(None if stem is None else stem.shape[0])
-    return entry[1] if entry else None
+    return stem_architecture(state_dict, SED_ARCHITECTURES)
 
 
 def convert_sed(checkpoint: Mapping) -> Converted:
@@ -174,29 +164,10 @@ def convert_sed(checkpoint: Mapping) -> Converted:
         ValueError: For entries that are not named tensors, missing parts of SED, or keys that
             are not part of SED (listed).
     """
-    state = detectron2_state_dict(checkpoint, 'SED')
-    missing = [k for k in _REQUIRED if k not in state]
-    if missing:
-        raise ValueError(f'not a complete SED checkpoint: missing {missing}')
-    converted: Dict[str, Tensor] = {}
-    dropped: Dict[str, Tensor] = {}
-    unknown = []
-    for key, value in state.items():
-        if _DROPPED.match(key):
-            dropped[key] = value
-        elif key.startswith(OFFICIAL_SED_CLIP_PREFIX):
-            converted['backbone.clip_model.' + key[len(OFFICIAL_SED_CLIP_PREFIX):]] = value
-        elif key.startswith(OFFICIAL_SED_PREFIX):
-            try:
-                converted[map_sed_decoder_key(key)] = value
-            except KeyError:
-                unknown.append(key)
-        else:
-            unknown.append(key)
-    if unknown:
-        raise ValueError(f'{len(unknown)} entries are not part of SED: {short_list(unknown, 12)}')
-    arch = sed_architecture(converted) or 'custom'
-    return Converted(float32(converted), arch, architecture=arch, dropped=dropped)
+    return convert_detectron2(
+        checkpoint, name='SED', clip_prefix=OFFICIAL_SED_CLIP_PREFIX,
+        decoder_prefix=OFFICIAL_SED_PREFIX, map_decoder_key=map_sed_decoder_key,
+        required=_REQUIRED, dropped_pattern=_DROPPED, architecture=sed_architecture)
 
 
 def convert_sed_checkpoint(checkpoint: Mapping) -> Dict[str, Tensor]:

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from mmseg.registry import MODELS
 
-from mmseg_escnet.checkpoints import catseg_official, clip_official, sed_official
+from mmseg_escnet.checkpoints import catseg_official, clip_official, errseg_official, sed_official
 from mmseg_escnet.checkpoints.convert import (FORMATS, Converted, OfficialFormat,
                                               convert_and_check)
 from mmseg_escnet.checkpoints.safe_loading import (CheckpointIntegrityError, file_sha256,
@@ -59,6 +59,7 @@ def test_the_official_formats():
     assert {name: fmt.convert for name, fmt in FORMATS.items()} == {
         'catseg_official': catseg_official.convert_catseg,
         'sed_official': sed_official.convert_sed,
+        'errseg_official': errseg_official.convert_errseg,
         'clip_official': clip_official.convert_clip}
     assert FORMATS['clip_official'].read is clip_official.read_clip_file
 
