@@ -64,6 +64,8 @@ def tiny_model_cfg(model: Config, sam_checkpoint: str) -> Config:
         if model.sam_encoder.get('checkpoint') is not None:
             model.sam_encoder.checkpoint = sam_checkpoint
         model.fusion.update(sam_dim=WIDTH, clip_dim=WIDTH, hidden_dim=8)
+    if model.type == 'ERRSegEncoderDecoder':
+        return tiny_errseg_cfg(model)
     if model.backbone.type == 'CLIPConvNeXtBackbone':
         return tiny_sed_cfg(model)
     model.backbone.update(
@@ -89,23 +91,42 @@ def tiny_model_cfg(model: Config, sam_checkpoint: str) -> Config:
     return model
 
 
-def tiny_sed_cfg(model: Config) -> Config:
-    """SED with a tiny ConvNeXt CLIP (stage widths 16-48) and a 16-wide decoder; the MLP or
-    linear head, the fine-tuning policy, the templates and the pooling are kept."""
-    arch = model.backbone.get('model_cfg') or open_clip.get_model_config(model.backbone.model_name)
+def tiny_convnext_clip(backbone: Config, dims) -> None:
+    """Shrink a ``CLIPConvNeXtBackbone`` config to a one-block-per-stage trunk of ``dims`` and a
+    WIDTH-wide CLIP; its projection head type (linear or MLP) and other options are kept."""
+    arch = backbone.get('model_cfg') or open_clip.get_model_config(backbone.model_name)
     head = arch['vision_cfg']['timm_proj']
-    model.backbone.update(
-        model_name=None, pretrained=None, trunk_cfg=dict(depths=(1, 1, 1, 1),
-                                                         dims=(16, 24, 32, 48)),
+    backbone.update(
+        model_name=None, pretrained=None, trunk_cfg=dict(depths=(1, 1, 1, 1), dims=dims),
         model_cfg=dict(embed_dim=WIDTH,
                        vision_cfg=dict(timm_model_name='convnext_base',
                                        timm_model_pretrained=False, timm_pool='',
                                        timm_proj=head, image_size=TINY),
                        text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=2,
                                      layers=1)))
+
+
+def tiny_sed_cfg(model: Config) -> Config:
+    """SED with a tiny ConvNeXt CLIP (stage widths 16-48) and a 16-wide decoder; the MLP or
+    linear head, the fine-tuning policy, the templates and the pooling are kept."""
+    tiny_convnext_clip(model.backbone, (16, 24, 32, 48))
     model.neck.update(hidden_dim=WIDTH)
     model.decode_head.update(hidden_dim=WIDTH, decoder_dims=(32, 16, 16),
                              decoder_guidance_dims=(32, 24, 16),
+                             decoder_guidance_proj_dims=(8, 8, 8), num_classes=len(CLASSES))
+    return model
+
+
+def tiny_errseg_cfg(model: Config) -> Config:
+    """ERR-Seg with a tiny ConvNeXt CLIP (stage widths 16-64, the last twice the third as in
+    ConvNeXt-B/L) with the stride-16 branch, a WIDTH-wide neck that keeps 3 of the 5 classes per
+    image in training (the ground-truth classes first, the others pruned) and a 16-wide decoder;
+    the head type, the fine-tuning policy, the number of RRCA layers and their reduction, the
+    pooling and the templates are kept."""
+    tiny_convnext_clip(model.backbone, (16, 24, 32, 64))
+    model.neck.update(corr_fpn_inter_dim=16, guidance_fpn_inter_dim=16, aggregator_dim=WIDTH,
+                      num_heads=2, sample_classes_num=3)
+    model.decode_head.update(hidden_dim=WIDTH, decoder_dims=(32, 16, 16),
                              decoder_guidance_proj_dims=(8, 8, 8), num_classes=len(CLASSES))
     return model
 
@@ -150,9 +171,21 @@ def test_every_trainable_parameter_gets_a_gradient(path, tiny_sam):
     assert trainable
     missing = sorted(n for n, p in trainable.items() if p.grad is None)
     assert not missing, f'{osp.basename(path)}: trainable parameters without a gradient: {missing}'
-    # and none of them is only formally in the graph: each moves under the loss
-    zero = sorted(n for n, p in trainable.items() if not p.grad.abs().sum() > 0)
+    # and none of them is only formally in the graph: each moves under the loss. ERR-Seg's RRCA
+    # attention adds a bias to every key (official: k.bias, and norm_k.bias before the spatial
+    # key projection), which softmax ignores: their gradient is zero but for float rounding (about
+    # 1e-12 here). They are in the graph (grad is not None), so DDP needs neither freezing them
+    # nor find_unused_parameters; they are not checked for movement.
+    zero = sorted(n for n, p in trainable.items()
+                  if not p.grad.abs().sum() > 0 and not _inert_key_bias(n))
     assert not zero, f'{osp.basename(path)}: trainable parameters with an all-zero gradient: {zero}'
+
+
+def _inert_key_bias(name: str) -> bool:
+    """ERR-Seg's key biases that softmax ignores (a constant added to every key of a query)."""
+    return name.startswith('neck.aggregator_layers.') and name.endswith(
+        ('.spatial_fusion.attention.k.bias', '.spatial_fusion.attention.norm_k.bias',
+         '.class_fusion.attention.k.bias'))
 
 
 def _lr(optim_wrapper, param):
@@ -195,3 +228,42 @@ def test_lmseg_learning_rates(tiny_sam):
     with pytest.raises(KeyError):  # frozen: not in the optimizer
         _lr(optim_wrapper, encoder.patch_embed.proj.weight)
     assert cfg.optim_wrapper.paramwise_cfg.custom_keys['sam_encoder'] == dict(lr_mult=0.01)
+
+
+def _group(optim_wrapper, param):
+    for group in optim_wrapper.optimizer.param_groups:
+        if any(p is param for p in group['params']):
+            return group
+    raise KeyError('parameter not in the optimizer')
+
+
+def test_errseg_learning_rates_and_weight_decay(tiny_sam):
+    """ERR-Seg (train_net.py build_optimizer): every trained CLIP parameter at x0.01, the rest at
+    2e-4; weight decay 1e-4 but 0 for norm layers (the RRCA LayerNorms, the decoder GroupNorms);
+    CLIP's frozen parameters are not optimised; no gradient clipping."""
+    cfg, model = _build(osp.join(ROOT, 'configs', 'errseg_convnext_base.py'), tiny_sam)
+    optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    assert 'clip_grad' not in cfg.optim_wrapper
+    clip = model.backbone.clip_model
+    block = clip.visual.trunk.stages[0].blocks[0]
+    text_block = clip.transformer.resblocks[0]
+    for param in (block.mlp.fc1.weight, block.conv_dw.weight, block.gamma,
+                  text_block.attn.in_proj_weight, text_block.mlp.c_fc.weight):
+        assert _group(optim_wrapper, param)['lr'] == pytest.approx(2e-6)
+        assert _group(optim_wrapper, param)['weight_decay'] == pytest.approx(1e-4)
+    for param in (block.mlp.fc1.bias, block.norm.weight, clip.visual.modify_downsample[2].weight,
+                  text_block.attn.out_proj.weight):  # frozen ('weight' policy)
+        with pytest.raises(KeyError):
+            _group(optim_wrapper, param)
+    layer = model.neck.aggregator_layers[0]
+    head = model.decode_head
+    for param, decay in ((layer.spatial_fusion.attention.q.weight, 1e-4),
+                         (layer.spatial_fusion.norm1.weight, 0.0),
+                         (layer.spatial_fusion.attention.norm_k.bias, 0.0),
+                         (layer.class_fusion.norm2.bias, 0.0),
+                         (head.up_decoder1.textual_fusion.double_conv[1].weight, 0.0),
+                         (head.up_decoder1.textual_fusion.double_conv[0].weight, 1e-4),
+                         (head.head.weight, 1e-4)):
+        group = _group(optim_wrapper, param)
+        assert group['lr'] == pytest.approx(2e-4)
+        assert group['weight_decay'] == pytest.approx(decay)

@@ -21,7 +21,11 @@ BENCHMARK_CONFIGS = [p for p in ALL_CONFIGS
                      if osp.splitext(p)[0].rsplit('_', 1)[-1] in BENCHMARKS]
 CONFIGS = [p for p in ALL_CONFIGS if p not in BENCHMARK_CONFIGS]
 PAPER_MODELS = ('catseg_vitb16', 'catseg_vitl14', 'escnet_vitb16', 'escnet_vitl14',
-                'sed_convnext_base', 'sed_convnext_large', 'lmseg_vitb16', 'lmseg_vitl14')
+                'sed_convnext_base', 'sed_convnext_large', 'lmseg_vitb16', 'lmseg_vitl14',
+                'errseg_convnext_base', 'errseg_convnext_large')
+#: ERR-Seg's compact vocabulary size K per benchmark (official eval.sh); PAS-20b has no official K:
+#: ours is PC-59's, its text vocabulary having the 59 PC-59 classes.
+ERRSEG_K = dict(a847=48, pc459=48, a150=32, pc59=24, pas20=16, pas20b=24)
 #: The test settings of each family's benchmark configs (its paper's protocol).
 PROTOCOLS = {
     'catseg': dict(mode='sliding_global', kernel=384, overlap=0.333, out_size=(640, 640)),
@@ -29,7 +33,18 @@ PROTOCOLS = {
     'sed': dict(mode='whole', resize_probabilities=True, class_filter=dict(type='sed_cer', k=8)),
     'lmseg': dict(mode='sliding_global', kernel=384, overlap=0.333, out_size=(640, 640),
                   class_filter=dict(type='topk', k=32)),
+    # per benchmark: the K of the RRHC class filter differs
+    'errseg': {benchmark: dict(mode='whole', resize_probabilities=True,
+                               class_filter=dict(type='rrhc', k=k))
+               for benchmark, k in ERRSEG_K.items()},
 }
+#: The test-time resize of each family's benchmark pipeline (short side, long side limit): the
+#: detectron2 test mapper of its official evaluation.
+BENCHMARK_RESIZE = {'catseg': (640, 2560), 'escnet': (640, 2560), 'sed': (640, 2560),
+                    'lmseg': (640, 2560), 'errseg': (800, 1333)}
+#: Models tested at another resolution than they were trained at (the only other model setting a
+#: benchmark config may change): ERR-Seg L is trained at 640 px and tested at 768 px (eval.sh).
+TEST_RESOLUTIONS = {'errseg_convnext_large': (640, 768)}
 
 # The official model (cvlab-kaist/CAT-Seg, docs/catseg.md): CLIP + aggregator/decoder + upsample1/2; trainable = CLIP Wq/Wv + the rest,
 # less the last vision block's Wq, which the dense forward never uses (official: always zero gradient).
@@ -39,6 +54,10 @@ OFFICIAL_COUNTS = {
     # SED (xb534/SED) built with random weights: total, and trainable under CLIP_FINETUNE "full"
     'sed_convnext_base.py': (180_761_741, 89_598_220),
     'sed_convnext_large.py': (353_245_773, 201_243_980),
+    # ERR-Seg (lchen1019/ERR-Seg): open_clip CLIP with the stride-16 branch (modify_downsample) +
+    # the decoder; trainable under CLIP_FINETUNE "weight"
+    'errseg_convnext_base.py': (188_853_370, 126_432_633),
+    'errseg_convnext_large.py': (365_745_722, 268_653_049),
 }
 
 # ESC-Net: paper Table 4 gives 451.3M for ViT-L/14; the issue allows 1 %.
@@ -99,8 +118,18 @@ def test_benchmark_config_is_consistent(path):
     model, parent_model = cfg.model.to_dict(), parent.model.to_dict()
     for key in ('test_vocabulary', 'test_cfg'):
         model.pop(key), parent_model.pop(key)
+    name, benchmark = osp.splitext(osp.basename(path))[0].rsplit('_', 1)
+    if name in TEST_RESOLUTIONS:
+        assert (parent_model.pop('clip_resolution'), model.pop('clip_resolution')) == \
+            TEST_RESOLUTIONS[name]
     assert model == parent_model
-    assert cfg.model.test_cfg == PROTOCOLS[osp.basename(path).split('_')[0]]
+    family = name.split('_')[0]
+    protocol = PROTOCOLS[family]
+    if family == 'errseg':
+        protocol = protocol[benchmark]
+    assert cfg.model.test_cfg == protocol
+    resize = [t for t in cfg.test_dataloader.dataset.pipeline if t['type'] == 'ResizeShortestEdge']
+    assert [(t['scale'], t['max_size']) for t in resize] == [BENCHMARK_RESIZE[family]]
     dataset_cls = DATASETS.get(cfg.test_dataloader.dataset.type)
     meta = dataset_cls.METAINFO
     # the text vocabulary, the dataset's classes and the metric agree
@@ -127,3 +156,48 @@ def test_benchmark_config_is_consistent(path):
                                         'sampler', 'dataset'}  # nothing left from COCO
     loader = [t['type'] for t in cfg.test_dataloader.dataset.pipeline]
     assert 'LoadSegAnnotations' in loader and 'LoadAnnotations' not in loader
+
+
+@pytest.mark.filterwarnings('ignore:Detected call of `scheduler.step\\(\\)` before')
+def test_errseg_schedule_is_detectron2_warmup_cosine():
+    """ERR-Seg's WarmupCosineLR: 2e-4 x (0.001 + 0.999 t / 1000 for t < 1000, else 1) x
+    (1 + cos(pi t / 80k)) / 2, from the two mmengine schedulers of the config run together."""
+    import math
+    from mmengine.registry import PARAM_SCHEDULERS
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'errseg_convnext_base.py'))
+    assert cfg.train_cfg.max_iters == 80000 and cfg.train_cfg.val_interval == 80000
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=2e-4)
+    schedulers = [PARAM_SCHEDULERS.build(dict(s, optimizer=optimizer))
+                  for s in cfg.param_scheduler]
+
+    def official(t):
+        warmup = 0.001 + 0.999 * t / 1000 if t < 1000 else 1.0
+        return 2e-4 * warmup * 0.5 * (1 + math.cos(math.pi * t / 80000))
+
+    for t in range(80000):
+        if t % 97 == 0 or t in (1, 999, 1000, 1001, 79999):
+            assert optimizer.param_groups[0]['lr'] == pytest.approx(official(t), rel=1e-9), t
+        for scheduler in schedulers:
+            scheduler.step()
+
+
+def test_errseg_training_crop_is_padded_to_640_with_128_and_255():
+    """ERR-Seg's mapper pads a crop smaller than 640 (images wider than 1333 / 640) on the 0-255
+    image, before normalisation: image value 128, label 255."""
+    import numpy as np
+    from mmcv.transforms import Compose
+    from mmseg.registry import TRANSFORMS
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'errseg_convnext_base.py'))
+    init_default_scope('mmseg')
+    pipeline = cfg.train_dataloader.dataset.pipeline
+    assert [t['type'] for t in pipeline] == [
+        'LoadImageFromFile', 'LoadAnnotations', 'ResizeShortestEdge', 'RandomCrop',
+        'PhotoMetricDistortion', 'RandomFlip', 'Pad', 'PackSegInputs']
+    augment = Compose([TRANSFORMS.build(t) for t in pipeline[2:-1]
+                       if t['type'] != 'PhotoMetricDistortion'])
+    img = np.full((300, 1000, 3), 50, np.uint8)  # -> 400 x 1333 -> a 400 x 640 crop
+    out = augment(dict(img=img, gt_seg_map=np.zeros((300, 1000), np.uint8),
+                       seg_fields=['gt_seg_map'], img_shape=(300, 1000), ori_shape=(300, 1000)))
+    assert out['img'].shape == (640, 640, 3) and out['gt_seg_map'].shape == (640, 640)
+    assert (out['img'][400:] == 128).all() and (out['gt_seg_map'][400:] == 255).all()
+    assert (out['img'][:400] == 50).all() and (out['gt_seg_map'][:400] == 0).all()

@@ -105,7 +105,7 @@ def _corrupt_checkpoint_is_refused(tmp_path, config, data_root, ckpt):
 
 
 DDP_CONFIGS = [*TINY_CONFIGS, *(osp.join(ROOT, 'configs', f'{name}_tiny_synthetic.py')
-                               for name in ('sed', 'lmseg'))]
+                               for name in ('sed', 'lmseg', 'errseg'))]
 
 
 @pytest.mark.parametrize('config', DDP_CONFIGS, ids=osp.basename)

@@ -128,7 +128,7 @@ def test_a_wrong_template_count_fails_at_build_naming_both_values():
 
 
 @pytest.mark.parametrize('name,key', [('catseg', 'embed_dim'), ('lmseg', 'embed_dim'),
-                                      ('escnet', 'embed_dim')])
+                                      ('escnet', 'embed_dim'), ('errseg', 'embed_dim')])
 def test_a_neck_width_that_does_not_fit_the_backbone_fails_at_build(name, key):
     root = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
     cfg = Config.fromfile(osp.join(root, 'configs', f'{name}_tiny_synthetic.py'))

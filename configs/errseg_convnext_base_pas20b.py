@@ -1,0 +1,12 @@
+# ERR-Seg-B trained on COCO-Stuff-171, zero-shot on PASCAL-VOC-20b, ERR-Seg's protocol:
+# whole image squashed to 640 x 640, compact vocabulary of K = 24 classes per image.
+# ERR-Seg gives no K for PAS-20b (eval.sh does not run it): 24 is that of PC-59, as the
+# vocabulary has 59 classes (VOC-20 and the 39 other PC-59 classes as background).
+#   python tools/test.py configs/errseg_convnext_base_pas20b.py CHECKPOINT
+#   every class: --cfg-options model.test_cfg.class_filter=None
+_base_ = ['./errseg_convnext_base.py', './_base_/benchmarks/pas20b.py',
+          './_base_/benchmarks/errseg_protocol.py']
+model = dict(test_vocabulary=_base_.benchmark.vocabulary, test_cfg=_base_.errseg_test_cfgs.pas20b)
+test_dataloader = _base_.benchmark.dataloader
+test_dataloader.dataset.pipeline = _base_.errseg_benchmark_pipeline  # short side 800
+test_evaluator = _base_.benchmark.evaluator
