@@ -24,7 +24,7 @@ def _maker():
     return module
 
 
-@pytest.mark.parametrize('model_name', ['catseg', 'escnet', 'sed', 'lmseg'])
+@pytest.mark.parametrize('model_name', ['catseg', 'escnet', 'sed', 'lmseg', 'errseg'])
 def test_chunked_inference_equals_whole_passes(model_name, monkeypatch):
     maker = _maker()
     model = maker.build(model_name)

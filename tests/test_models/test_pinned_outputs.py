@@ -1,4 +1,4 @@
-"""Refactors keep the models' numbers: tiny CAT-Seg, ESC-Net, SED and LMSeg outputs, pinned (bit
+"""Refactors keep the models' numbers: tiny CAT-Seg, ESC-Net, SED, LMSeg and ERR-Seg outputs, pinned (bit
 for bit on the machine that wrote them, within float rounding elsewhere).
 
 ``tests/data/pinned/pinned_outputs.pt`` was written by ``make_pinned_outputs.py`` beside it; the
@@ -16,7 +16,7 @@ PINNED = osp.join(ROOT, 'tests', 'data', 'pinned')
 
 #: (new prefix, prefix when the outputs were pinned), per model; empty since the outputs were
 #: pinned again (the per-class work shared across classes moved them by at most 1.1e-7)
-RENAMED = {'catseg': (), 'escnet': (), 'escnet_refined': (), 'sed': (), 'lmseg': ()}
+RENAMED = {'catseg': (), 'escnet': (), 'escnet_refined': (), 'sed': (), 'lmseg': (), 'errseg': ()}
 #: Largest float difference accepted (logits are of order 0.1).
 FLOAT_TOLERANCE = 1e-6
 #: Largest share of labels that may differ (another CPU flipped 10 of 33,600 near-ties).
@@ -41,7 +41,7 @@ def _old_name(name: str, renames) -> str:
     return name
 
 
-@pytest.mark.parametrize('model_name', ['catseg', 'escnet', 'escnet_refined', 'sed', 'lmseg'])
+@pytest.mark.parametrize('model_name', ['catseg', 'escnet', 'escnet_refined', 'sed', 'lmseg', 'errseg'])
 def test_outputs_are_unchanged(model_name):
     maker = _maker()
     expected = torch.load(osp.join(PINNED, 'pinned_outputs.pt'))[model_name]

@@ -148,3 +148,32 @@ def test_benchmark_inference_row_and_profile(tmp_path, capsys):
     assert 'Self CPU time total' in printed and '| 3 | 32x48 | whole |' in printed
     assert json.loads(out.read_text()) == result and result['per_image_s'] > 0
     assert osp.samefile(result['package'], osp.join(ROOT, 'mmseg_escnet'))
+
+
+def test_sweep_options_of_one_config(tmp_path):
+    tool = _tool('benchmark_vocabulary')
+    sed, errseg = (osp.join(ROOT, 'configs', f'{m}_tiny_synthetic.py') for m in ('sed', 'errseg'))
+    args = tool.parse_args([sed, errseg, '--out-dir', str(tmp_path), '--cfg-options',
+                            'model.test_cfg.mode=whole', '--cfg-options-of', sed,
+                            'model.test_cfg.class_filter=None', 'model.neck.hidden_dim=8'])
+    assert tool.config_options(args, sed) == {'model.test_cfg.mode': 'whole',
+                                              'model.test_cfg.class_filter': None,
+                                              'model.neck.hidden_dim': 8}
+    assert tool.config_options(args, errseg) == {'model.test_cfg.mode': 'whole'}
+    with pytest.raises(SystemExit):  # not one of the configs
+        tool.parse_args([sed, '--out-dir', str(tmp_path), '--cfg-options-of', errseg, 'a=1'])
+
+
+def test_benchmark_inference_random_text():
+    tool = _tool('benchmark_inference')
+    init_default_scope('mmseg')
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'sed_tiny_synthetic.py'))
+    model = MODELS.build(cfg.model).eval()
+    text = tool.use_random_text(model)
+    vocabulary = model.test_text.vocabulary
+    assert text.shape == (len(vocabulary), 3, model.backbone.embed_dim)  # 3 templates
+    torch.testing.assert_close(text.norm(dim=-1), torch.ones(text.shape[:2]))
+    with torch.no_grad():
+        feats = model.extract_feat(torch.randn(1, 3, 64, 64))
+    assert feats.num_classes == len(vocabulary)
+    assert model.text_embeddings() is text

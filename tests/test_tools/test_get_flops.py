@@ -22,7 +22,7 @@ from mmseg.registry import MODELS
 import mmseg_escnet  # noqa: F401
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-CONFIGS = ['catseg_tiny_synthetic.py', 'escnet_tiny_synthetic.py']
+CONFIGS = ['catseg_tiny_synthetic.py', 'escnet_tiny_synthetic.py', 'errseg_tiny_synthetic.py']
 #: the FlopAnalyzer operators that are matrix products or convolutions (the tool counts these)
 PRODUCTS = ('conv', 'linear', 'matmul', 'bmm', 'einsum', 'addmm', 'scaled_dot_product_attention')
 

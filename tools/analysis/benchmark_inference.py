@@ -15,6 +15,11 @@ sliding + global protocol). Reported, as one markdown table row:
 ``--json OUT`` writes the row as ``{"config", "classes", "mode", "device", "threads",
 "first_image_s", "per_image_s", "peak_memory_gb", "package"}``.
 
+``--random-text`` gives the model random unit vectors as class embeddings instead of encoding the
+vocabulary (the image path's cost does not depend on their values; it does on the number of classes
+and prompts, which are kept): for models whose text encoding alone takes minutes on a CPU (SED: 80
+templates per class); the first image then excludes the text encoding.
+
 ``--profile N`` runs ``torch.profiler`` on one more image and prints its N operators with the most
 self CPU time. ``--base REV`` times the same benchmark at git revision ``REV`` too: the revision is checked out in
 a temporary ``git worktree``, and each side runs in its own process (``PYTHONPATH`` = the worktree
@@ -64,6 +69,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='with --base: alternated runs of each side (default 1)')
     parser.add_argument('--profile', type=int, default=0, metavar='N',
                         help='profile one more image and print its N most expensive operators')
+    parser.add_argument('--random-text', action='store_true',
+                        help='random class embeddings instead of encoding the vocabulary')
     parser.add_argument('--json', help='also write the results to this JSON file')
     parser.add_argument('--debug', action='store_true', help='show the traceback of an error')
     args = parser.parse_args(argv)
@@ -106,6 +113,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         warnings.simplefilter('ignore')  # "no weights given": random weights are intended here
         inferencer = OpenVocabInferencer(model, vocabulary=vocab, device=args.device)
     device = str(next(inferencer.model.parameters()).device)
+    if args.random_text:
+        use_random_text(inferencer.model)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (*args.size, 3), dtype=np.uint8) for _ in range(args.runs + 1)]
 
@@ -136,6 +145,18 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
           f'| {result["peak_memory_gb"]:.2f} |')
     write_json(args.json, result)
     return result
+
+
+def use_random_text(model: torch.nn.Module) -> torch.Tensor:
+    """Make ``model`` use fixed random unit vectors (T, P, C) as its test vocabulary's class
+    embeddings (T classes, P prompts per class, C the CLIP width); returns them."""
+    vocabulary = model.test_text.vocabulary
+    shape = (len(vocabulary), vocabulary.num_prompts, model.backbone.embed_dim)
+    generator = torch.Generator().manual_seed(0)
+    text = torch.nn.functional.normalize(torch.randn(shape, generator=generator), dim=-1)
+    text = text.to(next(model.parameters()).device)
+    model.text_embeddings = lambda: text  # the segmentor's one source of class embeddings
+    return text
 
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))

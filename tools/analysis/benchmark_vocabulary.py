@@ -2,7 +2,7 @@
 
 ``python tools/analysis/benchmark_vocabulary.py CONFIG [CONFIG ...] --out-dir DIR
 [--num-classes 20 59 150 459 847] [--size 480 640] [--runs 1] [--threads N] [--no-latency]
-[--cfg-options ...] [--resume]``, or ``--from-json DIR/vocabulary_sweep.json --out-dir DIR`` to redraw the
+[--cfg-options ...] [--cfg-options-of CONFIG ...] [--random-text] [--resume]``, or ``--from-json DIR/vocabulary_sweep.json --out-dir DIR`` to redraw the
 table and plot of an earlier sweep without measuring again.
 
 For every config and vocabulary size N (the first N classes of ADE20K-847, so the prompts have
@@ -18,7 +18,9 @@ real lengths):
 Written to ``--out-dir``: ``vocabulary_sweep.json`` (every number), ``vocabulary_sweep.md`` (a
 markdown table with the ratio of every config to the first) and ``vocabulary_sweep.png`` (cost
 against the number of classes, one line per config). ``--cfg-options`` applies to every config
-(e.g. ``model.test_cfg.mode=whole``). The JSON file is rewritten after every point, and
+(e.g. ``model.test_cfg.mode=whole``), ``--cfg-options-of CONFIG KEY=VALUE ...`` to one config only
+(e.g. SED without its data-dependent early rejection, which the GMACs cannot count); ``--random-text``
+times the image path with random class embeddings (see benchmark_inference.py). The JSON file is rewritten after every point, and
 ``--resume`` measures only the points it does not hold yet, so an interrupted sweep loses
 nothing.
 """
@@ -61,6 +63,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='keep the points already in --out-dir and measure the others')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
                         help='override config keys of every config')
+    parser.add_argument('--cfg-options-of', nargs='+', action='append', default=[],
+                        metavar='CONFIG KEY=VALUE',
+                        help='override config keys of one of the configs (after --cfg-options), '
+                             'e.g. --cfg-options-of configs/sed_convnext_base.py '
+                             'model.test_cfg.class_filter=None; may be repeated')
+    parser.add_argument('--random-text', action='store_true',
+                        help='latency with random class embeddings (benchmark_inference.py)')
     parser.add_argument('--debug', action='store_true', help='show the traceback of an error')
     args = parser.parse_args(argv)
     if bool(args.configs) == bool(args.from_json):
@@ -73,7 +82,21 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     for config in args.configs:
         if not osp.isfile(config):
             parser.error(f'config file not found: {config}')
+    options_of = {}
+    for words in args.cfg_options_of:
+        if words[0] not in args.configs or len(words) < 2:
+            parser.error(f'--cfg-options-of takes one of the configs and KEY=VALUE pairs, got '
+                         f'{words}')
+        one = argparse.ArgumentParser()
+        one.add_argument('--o', nargs='+', action=DictAction)
+        options_of.setdefault(words[0], {}).update(one.parse_args(['--o', *words[1:]]).o)
+    args.cfg_options_of = options_of
     return args
+
+
+def config_options(args: argparse.Namespace, config: str) -> dict:
+    """The overrides of ``config``: ``--cfg-options``, then its ``--cfg-options-of``."""
+    return {**args.cfg_options, **args.cfg_options_of.get(config, {})}
 
 
 def _options(cfg_options: dict) -> List[str]:
@@ -90,7 +113,9 @@ def _latency(config: str, vocabulary_file: str, args: argparse.Namespace) -> dic
         out = osp.join(tmp, 'point.json')
         command = [sys.executable, osp.join(HERE, 'benchmark_inference.py'), config, '--vocab',
                    vocabulary_file, '--size', *map(str, args.size), '--runs', str(args.runs),
-                   '--device', 'cpu', '--json', out] + _options(args.cfg_options)
+                   '--device', 'cpu', '--json', out] + _options(config_options(args, config))
+        if args.random_text:
+            command.append('--random-text')
         if args.threads:
             command += ['--threads', str(args.threads)]
         finished = subprocess.run(command, capture_output=True, text=True)
@@ -122,7 +147,7 @@ def sweep(args: argparse.Namespace, json_path: str, command: str) -> List[dict]:
                 if (config, n) in done:
                     continue
                 cfg = Config.fromfile(config)
-                cfg.merge_from_dict(args.cfg_options)
+                cfg.merge_from_dict(config_options(args, config))
                 counts = get_flops.count(cfg, n)
                 point = dict(config=config, num_classes=n, params=counts['params'],
                              views=counts['views'], gmacs=counts['gmacs'],

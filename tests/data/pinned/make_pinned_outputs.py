@@ -1,5 +1,5 @@
 """Write ``pinned_outputs.pt``: the tiny models' outputs (CAT-Seg, ESC-Net in both prompt readings,
-SED, LMSeg) that refactors must keep.
+SED, LMSeg, ERR-Seg) that refactors must keep.
 
 Run from the repository root (``python tests/data/pinned/make_pinned_outputs.py [NAME ...]``; names
 given: only those are pinned again, the others kept). The weights
@@ -21,11 +21,13 @@ import mmseg_escnet  # noqa: F401
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 CONFIGS = dict(catseg='configs/catseg_tiny_synthetic.py', escnet='configs/escnet_tiny_synthetic.py',
                escnet_refined='configs/escnet_tiny_synthetic.py',
-               sed='configs/sed_tiny_synthetic.py', lmseg='configs/lmseg_tiny_synthetic.py')
+               sed='configs/sed_tiny_synthetic.py', lmseg='configs/lmseg_tiny_synthetic.py',
+               errseg='configs/errseg_tiny_synthetic.py')
 #: Neck settings per pinned model: 'escnet' keeps the prompts computed once from Eq. 1 (the outputs
 #: pinned before prompts came from every block), 'escnet_refined' the per-block prompts.
 NECK_OVERRIDES = dict(escnet=dict(prompt_source='initial'),
-                      escnet_refined=dict(prompt_source='refined'))
+                      escnet_refined=dict(prompt_source='refined'),
+                      errseg=dict(drop_path_step=0.0))  # deterministic training-mode logits
 #: The LMSeg outputs were pinned when SAM ran on every view of the sliding protocol; SAM once per
 #: image (the default since) is tested in tests/test_models/test_lmseg/test_sam_once.py.
 MODEL_OVERRIDES = dict(lmseg=dict(sam_per_view=True))
@@ -77,6 +79,7 @@ def outputs(model: torch.nn.Module) -> dict:
     """Logits in training and eval mode, and the labels of the sliding + global protocol."""
     x = images()
     result = {}
+    settings = model.inference_settings  # restored at the end (a model may be run again)
     with torch.no_grad():
         model.train()
         train = model._forward(x)
@@ -89,7 +92,7 @@ def outputs(model: torch.nn.Module) -> dict:
         model.test_cfg = dict(mode='sliding_global', kernel=96, overlap=0.333, out_size=(160, 160))
         samples = model.predict(torch.nn.functional.interpolate(x, size=(120, 140)))
         result['sliding_labels'] = torch.stack([s.pred_sem_seg.data for s in samples])
-        model.test_cfg = dict(mode='whole')
+        model.set_inference_settings(settings)
     return result
 
 
