@@ -5,7 +5,8 @@
 # up-decoder. The 96 px images are squashed to 192 px (cost grids 6 x 6 and 12 x 12, logits at
 # 48 x 48); at test time the compact vocabulary keeps K = 3 classes per image (RRHC).
 #   python tools/train.py configs/errseg_tiny_synthetic.py
-#   python tools/test.py configs/errseg_tiny_synthetic.py work_dirs/errseg_tiny_synthetic/iter_600.pth
+#   python tools/test.py configs/errseg_tiny_synthetic.py \
+#       work_dirs/errseg_tiny_synthetic/iter_600.pth
 #   every class at test time: --cfg-options model.test_cfg.class_filter=None
 _base_ = ['./catseg_tiny_synthetic.py']
 classes = ['sky', 'grass', 'sand', 'snow', 'brick']

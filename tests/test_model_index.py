@@ -11,7 +11,9 @@ BENCHMARKS = {  # metafile dataset name -> benchmark config suffix
     'PASCAL-Context-59': 'pc59', 'PASCAL-VOC-20': 'pas20', 'PASCAL-VOC-20b': 'pas20b'}
 DOC_ROWS = {'CAT-Seg ViT-B/16': 'catseg_vitb16', 'CAT-Seg ViT-L/14': 'catseg_vitl14',
             'ESC-Net ViT-B/16': 'escnet_vitb16', 'ESC-Net ViT-L/14': 'escnet_vitl14',
-            'SED ConvNeXt-B': 'sed_convnext_base', 'SED ConvNeXt-L': 'sed_convnext_large'}
+            'SED ConvNeXt-B': 'sed_convnext_base', 'SED ConvNeXt-L': 'sed_convnext_large',
+            'ERR-Seg ConvNeXt-B': 'errseg_convnext_base',
+            'ERR-Seg ConvNeXt-L': 'errseg_convnext_large'}
 
 
 def _models():
@@ -66,8 +68,8 @@ def test_published_table_in_the_docs_matches_the_metafiles():
         text = f.read()
     table = text.split('## Published numbers', 1)[1]
     found = 0
-    for row in re.findall(r'^\| (CAT-Seg|ESC-Net|SED)( ViT-[BL]/1[46]| ConvNeXt-[BL]) \|(.*)\|$',
-                          table, re.M):
+    pattern = r'^\| (CAT-Seg|ESC-Net|SED|ERR-Seg)( ViT-[BL]/1[46]| ConvNeXt-[BL]) \|(.*)\|$'
+    for row in re.findall(pattern, table, re.M):
         name = DOC_ROWS[row[0] + row[1]]
         numbers = {dataset: float(x) for dataset, x in zip(BENCHMARKS, row[2].split('|'))
                    if x.strip() != '-'}

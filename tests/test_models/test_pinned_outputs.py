@@ -1,5 +1,5 @@
-"""Refactors keep the models' numbers: tiny CAT-Seg, ESC-Net, SED, LMSeg and ERR-Seg outputs, pinned (bit
-for bit on the machine that wrote them, within float rounding elsewhere).
+"""Refactors keep the models' numbers: tiny CAT-Seg, ESC-Net, SED, LMSeg and ERR-Seg outputs,
+pinned (bit for bit on the machine that wrote them, within float rounding elsewhere).
 
 ``tests/data/pinned/pinned_outputs.pt`` was written by ``make_pinned_outputs.py`` beside it; the
 weights are derived from the parameter names, so :data:`RENAMED` maps a parameter that a refactor
@@ -41,7 +41,8 @@ def _old_name(name: str, renames) -> str:
     return name
 
 
-@pytest.mark.parametrize('model_name', ['catseg', 'escnet', 'escnet_refined', 'sed', 'lmseg', 'errseg'])
+@pytest.mark.parametrize('model_name',
+                         ['catseg', 'escnet', 'escnet_refined', 'sed', 'lmseg', 'errseg'])
 def test_outputs_are_unchanged(model_name):
     maker = _maker()
     expected = torch.load(osp.join(PINNED, 'pinned_outputs.pt'))[model_name]

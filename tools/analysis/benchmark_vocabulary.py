@@ -2,8 +2,9 @@
 
 ``python tools/analysis/benchmark_vocabulary.py CONFIG [CONFIG ...] --out-dir DIR
 [--num-classes 20 59 150 459 847] [--size 480 640] [--runs 1] [--threads N] [--no-latency]
-[--cfg-options ...] [--cfg-options-of CONFIG ...] [--random-text] [--resume]``, or ``--from-json DIR/vocabulary_sweep.json --out-dir DIR`` to redraw the
-table and plot of an earlier sweep without measuring again.
+[--cfg-options ...] [--cfg-options-of CONFIG ...] [--random-text] [--resume]``, or
+``--from-json DIR/vocabulary_sweep.json --out-dir DIR`` to redraw the table and plot of an earlier
+sweep without measuring again.
 
 For every config and vocabulary size N (the first N classes of ADE20K-847, so the prompts have
 real lengths):

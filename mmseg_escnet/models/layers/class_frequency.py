@@ -13,10 +13,10 @@ aggregation then works on K of the T classes of every image::
     they do not contain, taken in ascending class index (not by score), then sorted
 
 Counting is a scatter-add histogram (the official ``histc`` on integers runs on CUDA only; the
-counts are equal). Classes are ranked by the exact integer key ``100 c1 + 10 c2 + c3`` of the counts; equal
-keys go to the lower class index (a stable sort). The official ``topk`` on float scores leaves such
-ties to the implementation (docs/errseg.md). The official code also shuffles the selected classes;
-the model is equivariant to the class order, so they stay ascending here.
+counts are equal). Classes are ranked by the exact integer key ``100 c1 + 10 c2 + c3`` of the
+counts; equal keys go to the lower class index (a stable sort). The official ``topk`` on float
+scores leaves such ties to the implementation (docs/errseg.md). The official code also shuffles
+the selected classes; the model is equivariant to the class order, so they stay ascending here.
 """
 from typing import Optional, Sequence
 

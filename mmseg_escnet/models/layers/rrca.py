@@ -44,8 +44,8 @@ class GuidedReducedAttention(nn.Module):
     (``sr_k``, ``norm_k``, ``sr_v``, ``norm_v``), on the (H, W) grid of the tokens; else
     ``k = Linear([x, g])``, ``v = Linear(x)``. The guidance is the same for the S sequences of an
     image; it is concatenated to each of them, as in the official code (computing its share of
-    the linear layers once per image saves an estimated 4% of ERR-Seg B's MACs, but rounds differently
-    enough to miss the official stages' 1e-5 tolerance; docs/errseg.md).
+    the linear layers once per image saves an estimated 4% of ERR-Seg B's MACs, but rounds
+    differently enough to miss the official stages' 1e-5 tolerance; docs/errseg.md).
 
     Args:
         dim (int): channels C of the tokens and of the guidance.
@@ -148,8 +148,13 @@ class _GuidedBlock(nn.Module):
     def tokens(self, x: Tensor, guidance: Tensor, hw: Optional[Tuple[int, int]] = None
                ) -> Tensor:
         """(B, S, L, C) tokens and (B, 1, L, C) guidance -> (B, S, L, C)."""
-        x = x + self.drop_path(self.attention(self.norm1(x), guidance, hw))
-        return x + self.drop_path(self.mlp(self.norm2(x), hw))
+        x = x + self._drop(self.attention(self.norm1(x), guidance, hw))
+        return x + self._drop(self.mlp(self.norm2(x), hw))
+
+    def _drop(self, branch: Tensor) -> Tensor:
+        """Stochastic depth per sequence (each of the B*S), as the official code drops per
+        (image, class) or (image, pixel): (B, S, L, C) -> (B, S, L, C)."""
+        return self.drop_path(branch.flatten(0, 1)).view_as(branch)
 
 
 class SpatialFusionBlock(_GuidedBlock):

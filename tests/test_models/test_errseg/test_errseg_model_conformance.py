@@ -48,7 +48,8 @@ def build_segmentor(ref: dict):
                   sample_classes_num=dec['sample_classes_num']),
         decode_head=dict(type='ERRSegHead', hidden_dim=dec['aggregator_dim'],
                          decoder_dims=dec['decoder_dims'],
-                         decoder_guidance_proj_dims=dec['guidance_proj_dims'], num_classes=cfg['T']),
+                         decoder_guidance_proj_dims=dec['guidance_proj_dims'],
+                         num_classes=cfg['T']),
         test_cfg=dict(mode='whole', resize_probabilities=True,
                       class_filter=dict(type='rrhc', k=cfg['K']))))
     converted = convert_errseg({'model': ref['state_dict_official']}).state_dict

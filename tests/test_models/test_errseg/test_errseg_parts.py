@@ -126,3 +126,14 @@ def test_head_scatters_the_kept_classes_and_checks_guidance():
         head(DecodeInputs(cost, None, [feats[0], feats[0], feats[2]], 2))
     with pytest.raises(ValueError, match='same non-zero length'):
         ERRSegHead(decoder_dims=(8, 8), decoder_guidance_dims=(8, 4, 2))
+
+
+def test_drop_path_drops_whole_sequences():
+    """Training-mode stochastic depth drops the branch of single (image, class) sequences, as
+    the official code does on its (B*K, H*W, C) tokens, not of whole images."""
+    torch.manual_seed(0)
+    block = RRCALayer(dim=8, num_heads=2, drop_path=0.5).spatial_fusion.train()
+    x = torch.randn(1, 8, 64, 2, 2)  # one image, 64 classes
+    delta = block(x, torch.randn(1, 8, 2, 2)) - x  # (1, C, K, H, W): the two branches
+    kept = delta.abs().flatten(3).amax(dim=(1, 3)) > 0  # (1, K): a branch survived
+    assert 0 < int(kept.sum()) < 64  # some classes lost both branches, not all
