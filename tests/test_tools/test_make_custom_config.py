@@ -23,7 +23,7 @@ from test_train_test_resume import _run, _scalars
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOOL = 'tools/misc/make_custom_config.py'
-FAMILIES = ('catseg', 'escnet', 'sed', 'lmseg')
+FAMILIES = ('catseg', 'escnet', 'sed', 'lmseg', 'errseg')
 CLASSES = ['sky', 'grass, lawn', 'sand', 'snow', 'brick wall, brick']
 pytestmark = pytest.mark.slow
 
@@ -144,6 +144,20 @@ def test_zero_shot_configs_load_and_build_both_layouts(tool, data, tmp_path, cap
     from mmseg_escnet.engine.launch import check_zoo_checkpoint
     check_zoo_checkpoint(cfg, 'zoo://catseg_vitb16')  # tools/test.py OUT zoo://catseg_vitb16
     assert {k: _listing(roots[k]) for k in ('mm', 'flat')} == before  # nothing written there
+
+
+def test_errseg_zoo_model_gets_its_protocol(tool, data, tmp_path):
+    """ERR-Seg's protocol: short side 800, the whole image, K = 32 classes per image (its A-150
+    setting), and L at 768 px."""
+    out = tmp_path / 'errseg_zs.py'
+    assert _make(tool, '--data-root', data['roots']['flat'], '--classes', data['classes'],
+                 '--model', 'errseg_convnext_large', '--out', out) == 0
+    cfg = Config.fromfile(str(out))
+    assert cfg.model.test_cfg == dict(mode='whole', resize_probabilities=True,
+                                      class_filter=dict(type='rrhc', k=32))
+    assert cfg.model.clip_resolution == 768
+    resize = cfg.test_dataloader.dataset.pipeline[1]
+    assert (resize.type, resize.scale, resize.max_size) == ('ResizeShortestEdge', 800, 1333)
 
 
 def test_fine_tune_splits_next_to_the_config_seeded(tool, data, tmp_path, capsys):

@@ -239,10 +239,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         'paper' if model.zoo_name else 'config')
     bases, test_cfg = [model.config], None
     test_pipeline = Expr('_base_.test_dataloader.dataset.pipeline')
-    if protocol == 'paper':
-        files, test_cfg = PROTOCOLS[model.family]
-        bases += [osp.join(BENCHMARKS, f) for f in files]
-        test_pipeline = Expr('_base_.benchmark_pipeline')
+    paper = PROTOCOLS[model.family] if protocol == 'paper' else None
+    if paper is not None:
+        bases += [osp.join(BENCHMARKS, f) for f in paper.files]
+        test_cfg, test_pipeline = paper.test_cfg, Expr(paper.pipeline)
     print(f'model: {model.zoo_name or model.config} ({model.family}); test protocol: {protocol}')
     pending: Dict[str, List[str]] = {}  # written only once everything is checked
     ignore_index, train_set, train_size = args.ignore_index, None, 0
@@ -256,6 +256,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     model_cfg = dict(test_vocabulary=test_vocabulary)
     if test_cfg:
         model_cfg['test_cfg'] = Expr(test_cfg)
+    if paper is not None and model.size == 'L':
+        model_cfg.update({key: Expr(value) for key, value in paper.large_model})
     shared = {k: v for k, v in test_set.items() if k not in ('split', 'ann_file')}
 
     def subset(dataset: dict, pipeline: str = 'test_pipeline') -> Expr:
