@@ -160,8 +160,10 @@ def test_benchmark_config_is_consistent(path):
 
 @pytest.mark.filterwarnings('ignore:Detected call of `scheduler.step\\(\\)` before')
 def test_errseg_schedule_is_detectron2_warmup_cosine():
-    """ERR-Seg's WarmupCosineLR: 2e-4 x (0.001 + 0.999 t / 1000 for t < 1000, else 1) x
-    (1 + cos(pi t / 80k)) / 2, from the two mmengine schedulers of the config run together."""
+    """ERR-Seg's WarmupCosineLR as the config writes it: 2e-4 x (0.001 + 0.999 t / 1000 for
+    t < 1000, else 1) x (1 + cos(pi t / 80k)) / 2, from the two mmengine schedulers run together
+    (detectron2's warm-up ends at the cosine's value at t = 1000, within 0.1 %; the config's
+    comment)."""
     import math
     from mmengine.registry import PARAM_SCHEDULERS
     cfg = Config.fromfile(osp.join(ROOT, 'configs', 'errseg_convnext_base.py'))

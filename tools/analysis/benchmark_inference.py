@@ -16,9 +16,10 @@ sliding + global protocol). Reported, as one markdown table row:
 "first_image_s", "per_image_s", "peak_memory_gb", "package"}``.
 
 ``--random-text`` gives the model random unit vectors as class embeddings instead of encoding the
-vocabulary (the image path's cost does not depend on their values; it does on the number of classes
-and prompts, which are kept): for models whose text encoding alone takes minutes on a CPU (SED: 80
-templates per class); the first image then excludes the text encoding.
+vocabulary (the image path's cost depends on the number of classes and prompts, which are kept, not
+on their values, except with class filters that keep a text-dependent number of classes:
+``pixel_topk`` and ``sed_cer`` are refused): for models whose text encoding alone takes minutes on a
+CPU (SED: 80 templates per class); the first image then excludes the text encoding.
 
 ``--profile N`` runs ``torch.profiler`` on one more image and prints its N operators with the most
 self CPU time. ``--base REV`` times the same benchmark at git revision ``REV`` too: the revision is checked out in
@@ -114,6 +115,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         inferencer = OpenVocabInferencer(model, vocabulary=vocab, device=args.device)
     device = str(next(inferencer.model.parameters()).device)
     if args.random_text:
+        rule = inferencer.model.inference_settings.class_filter
+        if rule is not None and rule.type in TEXT_DEPENDENT_FILTERS:
+            raise ValueError(f'--random-text: class_filter {rule.type!r} keeps a number of '
+                             'classes that depends on the class embeddings; measure it with the '
+                             'real text, or without the filter (--cfg-options '
+                             'model.test_cfg.class_filter=None)')
         use_random_text(inferencer.model)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (*args.size, 3), dtype=np.uint8) for _ in range(args.runs + 1)]
@@ -157,6 +164,11 @@ def use_random_text(model: torch.nn.Module) -> torch.Tensor:
     text = text.to(next(model.parameters()).device)
     model.text_embeddings = lambda: text  # the segmentor's one source of class embeddings
     return text
+
+
+#: Class filters that keep a number of classes that depends on the text (refused with
+#: ``--random-text``: random embeddings would time another amount of work).
+TEXT_DEPENDENT_FILTERS = ('pixel_topk', 'sed_cer')
 
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))

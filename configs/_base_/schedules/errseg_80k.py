@@ -16,10 +16,12 @@ optim_wrapper = dict(
     paramwise_cfg=dict(custom_keys={'backbone': dict(lr_mult=0.01)}, norm_decay_mult=0.0))
 max_iters = 80000
 warmup_iters = 1000
-# detectron2's WarmupCosineLR: lr(t) = 2e-4 * warmup(t) * (1 + cos(pi t / 80k)) / 2 with
-# warmup(t) = 0.001 + 0.999 t / 1000 for t < 1000, else 1. The two schedulers below run together
-# (mmengine multiplies their factors), which reproduces it to float rounding; LinearLR reaches its
-# end factor after end - begin - 1 steps, hence end=1001.
+# detectron2's WarmupCosineLR: a linear warm-up from x0.001 over 1000 iterations, then the cosine
+# (1 + cos(pi t / 80k)) / 2 to 0. The two schedulers below run together (mmengine multiplies their
+# factors): lr(t) = 2e-4 * warmup(t) * cosine(t), warmup(t) = 0.001 + 0.999 t / 1000 for t < 1000,
+# else 1. detectron2's warm-up ramps to the cosine's value at t = 1000 (x0.99904) instead, a
+# difference of at most 0.1 % during the warm-up only. LinearLR reaches its end factor after
+# end - begin - 1 steps, hence end=1001.
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.001, end_factor=1.0, begin=0, end=warmup_iters + 1,
          by_epoch=False),

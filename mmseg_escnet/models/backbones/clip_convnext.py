@@ -435,7 +435,8 @@ class CLIPConvNeXtBackbone(OpenCLIPBackboneBase):
             (not detached). With ``dense_os16``, ERR-Seg's
             ``(dense, dense16, res2, res3, res4, res5)``: ``dense16`` (B, embed_dim, H/16, W/16)
             is ``os16_dense`` and ``res5`` (B, C5, H/32, W/32) the last stage output (ERR-Seg's
-            ``os32``); the stage outputs are not detached (ERR-Seg detaches os4 and os8 itself).
+            ``os32``); the stage outputs are not detached (ERR-Seg's head detaches the ones it
+            takes: os4, os8 and os16).
         """
         out = self.forward_stages(x)
         if self.dense_os16:

@@ -1,8 +1,9 @@
-"""The base of the per-class decoders (CAT-Seg's, SED's): one logit map per class, BCE loss.
+"""The base of the per-class decoders (CAT-Seg's, SED's, ERR-Seg's): one logit map per class, BCE
+loss.
 
-Both official codes (cvlab-kaist/CAT-Seg, xb534/SED) decode every class with the same 1-channel
-head and train it with a binary cross-entropy against one-hot targets, the ignored pixels counting
-as negatives of every class.
+The official codes (cvlab-kaist/CAT-Seg, xb534/SED, lchen1019/ERR-Seg) decode every class with the
+same 1-channel head and train it with a binary cross-entropy against one-hot targets, the ignored
+pixels counting as negatives of every class.
 """
 from typing import Dict, Optional, Sequence
 
@@ -98,5 +99,6 @@ class PerClassBCEHead(BaseDecodeHead):
         Returns:
             dict: ``loss_bce`` scalar.
         """
+        seg_logits = seg_logits.float()  # resized and scored in float32 under AMP (ERR-Seg's too)
         target = self.one_hot_targets(batch_data_samples, seg_logits.shape[1], seg_logits.dtype)
         return dict(loss_bce=self.bce(seg_logits, target))

@@ -17,6 +17,7 @@ torch >= 2.2. Parameter names equal the official ones below ``spatial_fusion.sa.
 ``class_fusion.sa.``, except the depthwise conv: official ``mlp.dwconv.dwconv``, ours
 ``mlp.dwconv`` (:mod:`mmseg_escnet.checkpoints.errseg_official`).
 """
+import math
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -28,12 +29,43 @@ from torch import Tensor
 from .class_chunks import class_bytes, fold_classes, map_class_chunks, unfold_classes
 
 __all__ = ['GuidedReducedAttention', 'GatedMlp', 'SpatialFusionBlock', 'ClassFusionBlock',
-           'RRCALayer']
+           'RRCALayer', 'init_like_official']
 
 
 def _heads(x: Tensor, num_heads: int) -> Tensor:
     """(..., L, C) -> (..., heads, L, C / heads)."""
     return x.unflatten(-1, (num_heads, -1)).transpose(-3, -2)
+
+
+def _conv_on_tokens(conv: Callable[[Tensor], Tensor], tokens: Tensor,
+                    hw: Tuple[int, int]) -> Tensor:
+    """(B, S, H*W, C) tokens -> ``conv`` on the (H, W) maps -> (B, S, L', C') tokens."""
+    b, s, length, channels = tokens.shape
+    # (B, S, L, C) -> (B*S, C, H, W) -> conv -> (B*S, C', L') -> (B, S, L', C')
+    maps = tokens.transpose(-1, -2).reshape(b * s, channels, *hw)
+    out = conv(maps).flatten(2)
+    return out.view(b, s, *out.shape[1:]).transpose(-1, -2)
+
+
+def init_like_official(module: nn.Module) -> None:
+    """The official RRCA initialisation (``_init_weights`` of lchen1019/ERR-Seg's ``MiTBlock``,
+    ``Attention`` and ``Mlp``): linear weights truncated normal (std 0.02), LayerNorms 1 and 0,
+    convs normal with std sqrt(2 / fan_out), fan_out = k_h * k_w * out / groups; biases 0.
+
+    Args:
+        module (nn.Module): one module (use with ``Module.apply``).
+    """
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+    elif isinstance(module, nn.Conv2d):
+        fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
+        nn.init.normal_(module.weight, std=math.sqrt(2.0 / (fan_out // module.groups)))
+    else:
+        return
+    if module.bias is not None:
+        nn.init.zeros_(module.bias)
 
 
 class GuidedReducedAttention(nn.Module):
@@ -87,8 +119,8 @@ class GuidedReducedAttention(nn.Module):
         xg = torch.cat([x, guidance.expand_as(x)], dim=-1)  # (B, S, L, 2C)
         q = self.q(xg)
         if self.sr_ratio > 1:
-            k = self.k(self.norm_k(self._reduce(self.sr_k, xg, hw)))  # (B, S, L', C)
-            v = self.v(self.norm_v(self._reduce(self.sr_v, x, hw)))
+            k = self.k(self.norm_k(_conv_on_tokens(self.sr_k, xg, hw)))  # (B, S, L', C)
+            v = self.v(self.norm_v(_conv_on_tokens(self.sr_v, x, hw)))
         else:
             k, v = self.k(xg), self.v(x)
         # (B, S, L, C) -> (B*S, heads, L, d): the fused CPU kernel takes 4-D inputs
@@ -96,15 +128,6 @@ class GuidedReducedAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v)  # (B*S, heads, L, d)
         # (B*S, heads, L, d) -> (B*S, L, C) -> (B, S, L, C)
         return self.proj(out.transpose(1, 2).flatten(2)).view(x.shape)
-
-    @staticmethod
-    def _reduce(conv: Callable[[Tensor], Tensor], tokens: Tensor, hw: Tuple[int, int]) -> Tensor:
-        """(B, S, H*W, C) tokens -> conv on the (H, W) maps -> (B, S, L', C') tokens."""
-        b, s, length, channels = tokens.shape
-        # (B, S, L, C) -> (B*S, C, H, W) -> conv -> (B*S, C', L') -> (B, S, L', C')
-        maps = tokens.transpose(-1, -2).reshape(b * s, channels, *hw)
-        out = conv(maps).flatten(2)
-        return out.view(b, s, *out.shape[1:]).transpose(-1, -2)
 
 
 class GatedMlp(nn.Module):
@@ -122,14 +145,15 @@ class GatedMlp(nn.Module):
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.fc2 = nn.Linear(dim, hidden_dim)
         self.fc3 = nn.Linear(hidden_dim, dim)
-        self.dwconv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim) if dwconv else None
+        self.dwconv = (nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim) if dwconv
+                       else None)
 
     def forward(self, x: Tensor, hw: Optional[Tuple[int, int]] = None) -> Tensor:
         """(B, S, L, C) -> (B, S, L, C); ``hw`` = (H, W) of the tokens with ``dwconv``."""
         x = self.fc3(F.relu6(self.fc1(x)) * self.fc2(x))
         if self.dwconv is None:
             return F.relu6(x)
-        return GuidedReducedAttention._reduce(self.dwconv, x, hw)
+        return _conv_on_tokens(self.dwconv, x, hw)
 
 
 class _GuidedBlock(nn.Module):
@@ -144,6 +168,7 @@ class _GuidedBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = GatedMlp(dim=dim, hidden_dim=mlp_ratio * dim, dwconv=dwconv)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.apply(init_like_official)
 
     def tokens(self, x: Tensor, guidance: Tensor, hw: Optional[Tuple[int, int]] = None
                ) -> Tensor:

@@ -70,10 +70,25 @@ class ERRSegEncoderDecoder(OpenVocabEncoderDecoder):
         return DecodeInputs.from_cost(cost, [os4, os8, os16], text.shape[1])
 
     def ground_truth_classes(self, data_samples: List) -> List[Tensor]:
-        """Per image, the ascending classes of its label map (``ignore_index`` excluded)."""
-        ignore = self.decode_head.ignore_index
-        classes = [sample.gt_sem_seg.data.unique() for sample in data_samples]
-        return [c[c != ignore].long() for c in classes]
+        """Per image, the ascending classes of its label map (``ignore_index`` excluded).
+
+        Raises:
+            ValueError: for a label that is neither a class of the training vocabulary nor
+                ``ignore_index``.
+        """
+        ignore, num_classes = self.decode_head.ignore_index, self.num_classes
+        kept = []
+        for i, sample in enumerate(data_samples):
+            classes = sample.gt_sem_seg.data.unique()
+            classes = classes[classes != ignore].long()
+            wrong = classes[(classes < 0) | (classes >= num_classes)]
+            if len(wrong):
+                raise ValueError(f'image {i} of the batch has ground-truth labels '
+                                 f'{wrong.tolist()} that are not among the {num_classes} training '
+                                 f'classes nor ignore_index={ignore} (check the dataset\'s '
+                                 'reduce_zero_label and the ignore value)')
+            kept.append(classes)
+        return kept
 
     def loss(self, inputs: Tensor, data_samples: List) -> dict:
         """Training losses: the neck keeps every image's ground-truth classes first (K of them

@@ -137,3 +137,18 @@ def test_drop_path_drops_whole_sequences():
     delta = block(x, torch.randn(1, 8, 2, 2)) - x  # (1, C, K, H, W): the two branches
     kept = delta.abs().flatten(3).amax(dim=(1, 3)) > 0  # (1, K): a branch survived
     assert 0 < int(kept.sum()) < 64  # some classes lost both branches, not all
+
+
+def test_rrca_starts_from_the_official_initialisation():
+    torch.manual_seed(0)
+    layer = RRCALayer(dim=64, num_heads=4)
+    attention, mlp = layer.spatial_fusion.attention, layer.spatial_fusion.mlp
+    for linear in (attention.q, attention.k, attention.v, attention.proj, mlp.fc1, mlp.fc3,
+                   layer.class_fusion.attention.q, layer.class_fusion.mlp.fc2):
+        assert abs(float(linear.weight.std()) - 0.02) < 0.002 and not linear.bias.any()
+        # (truncated at +-2 in absolute value, timm's and torch's default: no effect at std 0.02)
+    # convs: std sqrt(2 / fan_out), fan_out = k * k * out / groups
+    for conv, fan_out in ((attention.sr_k, 4 * 128), (attention.sr_v, 4 * 64), (mlp.dwconv, 49)):
+        expected = (2 / fan_out) ** 0.5
+        assert abs(float(conv.weight.std()) - expected) < 0.1 * expected and not conv.bias.any()
+    assert (layer.class_fusion.norm1.weight == 1).all() and not attention.norm_k.bias.any()
