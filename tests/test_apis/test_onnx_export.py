@@ -146,3 +146,19 @@ def test_verify_image_is_checked_before_anything_is_exported(checkpoints, tmp_pa
     for bad in (['--shape', '0', '5'], ['--max-pixels', '-1'], ['--image', 'x.png']):
         with pytest.raises(SystemExit):
             tool.main(base[:-1] + bad)
+
+
+def test_errseg_exports_without_its_compact_vocabulary(tmp_path, capsys, tool):
+    """ERR-Seg's per-image class counting does not export (refused, with the hint); without it
+    every class goes past the cost maps and the graph matches PyTorch."""
+    config = osp.join(ROOT, 'configs', 'errseg_tiny_synthetic.py')
+    checkpoint = str(tmp_path / 'errseg.pth')
+    torch.save({'state_dict': _model('errseg').state_dict(), 'meta': {}}, checkpoint)
+    out = str(tmp_path / 'errseg.onnx')
+    with pytest.raises(ValueError, match=r"class_filter 'rrhc' counts classes per image .*"
+                       r"class_filter=None"):
+        tool.main([config, checkpoint, '--vocab', CLASSES, '--out', out])
+    assert not osp.exists(out)
+    assert tool.main([config, checkpoint, '--vocab', CLASSES, '--out', out, '--verify',
+                      '--cfg-options', 'model.test_cfg.class_filter=None']) == 0
+    assert 'verify:' in capsys.readouterr().out and osp.isfile(out)
