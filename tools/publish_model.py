@@ -14,9 +14,21 @@ before the input is read. The input is verified first (its SHA-256 sidecar ``IN_
 written by training, or else the CRC-32 of its zip records): a corrupt checkpoint is refused
 instead of being published under a fresh hash. ``OUT_FILE`` may be a folder (an existing one, or
 a path ending in ``/``): the file is then written into it, named after ``IN_FILE``.
+
+``python tools/publish_model.py IN_FILE NAME --hub-folder OUT [--license ID] [--eval-all JSON]
+[--config CONFIG]`` writes a folder the Hugging Face Hub accepts as a model repository: the same
+weights (``OUT/NAME-<sha8>.pth``), the config they were trained with (``OUT/config.py``, from the
+checkpoint's meta, else ``--config`` or the model-zoo config of NAME) and a model card
+``OUT/README.md`` whose metadata block (licence, library, tags, datasets, results with their
+sources) is :mod:`mmseg_escnet.checkpoints.hub_card`'s. Upload it with the Hub's own CLI
+(``hf upload USER/NAME OUT``). A NAME of the model zoo adds its training data and its published
+numbers (with their sources) to the card's text; ``--eval-all`` gives the checkpoint's own numbers
+from ``tools/eval_all.py`` (the metadata's ``model-index``).
 """
 import argparse
+import json
 import numbers
+import re
 import os
 import os.path as osp
 import sys
@@ -29,6 +41,9 @@ import torch
 
 import mmseg_escnet
 from mmseg_escnet.checkpoints.download import file_sha256
+from mmseg_escnet.checkpoints.hub_card import (config_text, eval_all_results, model_card,
+                                               training_classes)
+from mmseg_escnet.checkpoints.model_zoo import load_model_index
 from mmseg_escnet.checkpoints.safe_loading import load_local_checkpoint
 from mmseg_escnet.utils import ensure_writable_dir, run_cli
 
@@ -182,15 +197,84 @@ def publish(in_file: str, out_file: str) -> Tuple[str, str]:
     return final, sha256
 
 
+#: A Hugging Face Hub repository name.
+HUB_NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9._-]{0,95}')
+
+
+def hub_folder(in_file: str, name: str, out_dir: str, *, license_id: Optional[str] = None,
+               eval_all: Optional[str] = None, config: Optional[str] = None) -> Dict[str, str]:
+    """Write the Hub-ready folder (module docstring).
+
+    Args:
+        in_file (str): a checkpoint written by the training Runner.
+        name (str): the model's name on the Hub (a model-zoo name adds its entry).
+        out_dir (str): the folder to write.
+        license_id (str, optional): the Hub's licence identifier (None: ``other``).
+        eval_all (str, optional): ``eval_all.json`` of ``tools/eval_all.py`` for this checkpoint.
+        config (str, optional): the config file, when the checkpoint records none.
+
+    Returns:
+        dict: the written ``weights``, ``config`` and ``card`` paths and the ``sha256``.
+
+    Raises:
+        ValueError: a name the Hub refuses, an unreadable ``eval_all.json``, no config, or the
+            checkpoint problems of :func:`publish`.
+    """
+    if not HUB_NAME.fullmatch(name) or '..' in name or name.endswith(('.git', '.')):
+        raise ValueError(f'NAME {name!r} is not a Hugging Face Hub repository name (letters, '
+                         'digits, ".", "_" and "-", at most 96 characters)')
+    summary = None
+    if eval_all:
+        try:
+            with open(eval_all, encoding='utf-8') as f:
+                summary = json.load(f)
+        except (OSError, ValueError) as error:
+            raise ValueError(f'--eval-all {eval_all}: not a readable eval_all.json ({error})') \
+                from error
+    info = load_model_index().get(name)
+    out_dir = ensure_writable_dir(osp.abspath(out_dir), '--hub-folder')
+    results = [] if summary is None else eval_all_results(summary)
+    weights, sha256 = publish(in_file, osp.join(out_dir, f'{name}.pth'))
+    meta = torch.load(weights, map_location='cpu', weights_only=True, mmap=True)['meta']
+    paths = dict(weights=weights, config=osp.join(out_dir, 'config.py'),
+                 card=osp.join(out_dir, 'README.md'), sha256=sha256)
+    with open(paths['config'], 'w', encoding='utf-8') as f:
+        f.write(config_text(meta, config or (info.config if info else None)))
+    card = model_card(name, weights_file=osp.basename(weights), sha256=sha256,
+                      config_file='config.py', license_id=license_id,
+                      results=results, info=info, classes=training_classes(meta),
+                      results_source=f'tools/eval_all.py ({osp.basename(eval_all or "")})')
+    card.save(paths['card'])
+    return paths
+
+
 def main(argv: Optional[Sequence[str]] = None) -> str:
-    """Command-line entry; returns the written path."""
+    """Command-line entry; returns the written path (the folder with ``--hub-folder``)."""
     parser = argparse.ArgumentParser(
         description='Strip a training checkpoint to its weights and name it with its SHA-256')
     parser.add_argument('in_file', help='checkpoint written by tools/train.py')
     parser.add_argument('out_file', help='output name, e.g. catseg_vitb16.pth (becomes '
-                        'catseg_vitb16-<sha8>.pth), or a folder (DIR/) to write into')
+                        'catseg_vitb16-<sha8>.pth), or a folder (DIR/) to write into; with '
+                        '--hub-folder: the model\'s name on the Hub')
+    parser.add_argument('--hub-folder', metavar='OUT',
+                        help='write a Hugging Face Hub model folder: weights, config, model card')
+    parser.add_argument('--license', help="the Hub's licence identifier for the card, e.g. "
+                        'apache-2.0 (default: other)')
+    parser.add_argument('--eval-all', help="tools/eval_all.py's eval_all.json of this checkpoint")
+    parser.add_argument('--config', help='the config file, if the checkpoint records none')
     parser.add_argument('--debug', action='store_true', help='show the traceback of an error')
     args = parser.parse_args(argv)
+    if args.hub_folder:
+        paths = hub_folder(args.in_file, args.out_file, args.hub_folder,
+                           license_id=args.license, eval_all=args.eval_all, config=args.config)
+        print('\n'.join([f'wrote {args.hub_folder}: {osp.basename(paths["weights"])}, '
+                         'config.py, README.md (the model card)',
+                         f'SHA-256 of the weights: {paths["sha256"]}',
+                         f'upload with the Hub\'s CLI: hf upload <user>/{args.out_file} '
+                         f'{args.hub_folder}']))
+        return args.hub_folder
+    if args.license or args.eval_all or args.config:
+        parser.error('--license, --eval-all and --config go with --hub-folder')
     final, sha256 = publish(args.in_file, args.out_file)
     lines: List[str] = [
         f'published {final}', f'SHA-256: {sha256}', 'metafile lines (use the URL you upload to):',

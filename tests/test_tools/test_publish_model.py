@@ -166,3 +166,66 @@ def test_output_folder_and_corrupt_input(training_checkpoint, tmp_path):
     with pytest.raises(ValueError, match=r'iter_4\.pth is corrupt or was replaced: its SHA-256'):
         publish_model.main([source, str(tmp_path / 'out2.pth')])
     assert not osp.exists(tmp_path / 'out') or not os.listdir(tmp_path / 'out')
+
+
+def _front_matter(path):
+    import yaml
+    text = open(path, encoding='utf-8').read()
+    assert text.startswith('---\n')
+    return yaml.safe_load(text.split('---\n')[1]), text
+
+
+def test_hub_folder_with_card_config_and_results(training_checkpoint, tmp_path, capsys):
+    import json
+    source, state = training_checkpoint
+    summary = tmp_path / 'eval_all.json'
+    summary.write_text(json.dumps(dict(config='c.py', results=dict(
+        a150=dict(mIoU=31.25, aAcc=70.0), pas20=dict(mIoU=94.5)))))
+    out = tmp_path / 'hub'
+    assert publish_model.main([source, 'catseg_vitb16', '--hub-folder', str(out),
+                               '--license', 'apache-2.0', '--eval-all', str(summary)]) == str(out)
+    printed = capsys.readouterr().out
+    assert f'hf upload <user>/catseg_vitb16 {out}' in printed
+    files = sorted(os.listdir(out))
+    weights = [f for f in files if f.endswith('.pth')]
+    assert files == sorted(weights + ['README.md', 'config.py']) and len(weights) == 1
+    sha = _sha256(out / weights[0])
+    assert weights[0] == f'catseg_vitb16-{sha[:8]}.pth'
+    assert set(torch.load(out / weights[0], weights_only=True)['state_dict']) == set(state)
+    assert (out / 'config.py').read_text() == "model = dict(type='X')\n"  # the training config
+    meta, text = _front_matter(out / 'README.md')
+    assert meta['license'] == 'apache-2.0' and meta['library_name'] == 'mmseg_escnet'
+    assert meta['pipeline_tag'] == 'image-segmentation'
+    assert {'image-segmentation', 'open-vocabulary', 'CAT-Seg'} <= set(meta['tags'])
+    assert meta['datasets'] == ['COCO-Stuff-171']
+    results = meta['model-index'][0]['results']  # only this checkpoint's own numbers
+    assert [(r['dataset']['name'], r['metrics'][0]['value']) for r in results] == [
+        ('ADE20K-150', 31.25), ('PASCAL-VOC-20', 94.5)]
+    assert all('source' not in r for r in results)  # self-reported
+    assert sha in text and 'Training classes: sky, grass.' in text
+    # the architecture's published numbers, with their source, in the text only
+    assert ('| ADE20K-150 | 31.8 | paper: CAT-Seg (CVPR 2024) Table 1 '
+            '(https://arxiv.org/abs/2303.11797) |') in text
+    assert '| ADE20K-150 | 31.2 |' in text and 'From tools/eval_all.py (eval_all.json).' in text
+
+
+def test_hub_folder_refuses_bad_input(training_checkpoint, tmp_path):
+    source, _ = training_checkpoint
+    with pytest.raises(ValueError, match='not a Hugging Face Hub repository name'):
+        publish_model.main([source, 'my model', '--hub-folder', str(tmp_path / 'a')])
+    junk = tmp_path / 'junk.json'
+    junk.write_text('{"results": {"a151": {"mIoU": 1}}}')
+    with pytest.raises(ValueError, match=r"unknown benchmarks \['a151'\]"):
+        publish_model.main([source, 'mine', '--hub-folder', str(tmp_path / 'b'), '--eval-all',
+                            str(junk)])
+    junk.write_text('not json')
+    with pytest.raises(ValueError, match='not a readable eval_all.json'):
+        publish_model.main([source, 'mine', '--hub-folder', str(tmp_path / 'c'), '--eval-all',
+                            str(junk)])
+    with pytest.raises(SystemExit):  # card options without --hub-folder
+        publish_model.main([source, str(tmp_path / 'd.pth'), '--license', 'mit'])
+    # a name outside the model zoo, no licence: 'other', no results, the checkpoint's config
+    out = tmp_path / 'e'
+    publish_model.main([source, 'my-model.v1', '--hub-folder', str(out)])
+    meta, _ = _front_matter(out / 'README.md')
+    assert meta['license'] == 'other' and 'model-index' not in meta and 'datasets' not in meta
