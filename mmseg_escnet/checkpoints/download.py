@@ -32,6 +32,7 @@ from mmengine.logging import print_log
 from .hash_sources import (FULL_HEX, KNOWN_SHA256, SCHEMES, ExpectedHash, expected_sha256,
                            resolve_hash, split_url)
 from .http_transfer import ChecksumError, DownloadError, discard_partial, transfer
+from .hub_download import fetch_hub_file, parse_hub_url
 from .safe_loading import file_sha256 as hash_file
 from .safe_loading import load_local_checkpoint
 
@@ -295,6 +296,11 @@ def download_checkpoint(url: str,
                         timeout: float = 60.0) -> str:
     """Download ``url`` once into the cache, verify its SHA-256 and return the local path.
 
+    A Hugging Face Hub file URL (``https://huggingface.co/<repo>/resolve/<revision>/<path>``) is
+    fetched by ``huggingface_hub`` into the Hugging Face cache instead, honouring ``HF_ENDPOINT``,
+    ``HF_HOME``/``HF_HUB_CACHE``, ``HF_HUB_OFFLINE`` and ``HF_TOKEN``, and then verified the same
+    way (:mod:`.hub_download`).
+
     A cached file that verifies is returned without network access. Otherwise the file is
     downloaded into ``<path>.part`` (continuing an existing partial file when the server's file
     is provably unchanged), verified and renamed into place, all under the lock ``<path>.lock``
@@ -326,6 +332,11 @@ def download_checkpoint(url: str,
     """
     expected = resolve_hash(url, sha256, log=True)
     target = cache_path(url, cache_dir)
+    hub = parse_hub_url(split_url(url)[0])
+    if hub is not None:  # huggingface_hub's cache, endpoint, offline mode and token
+        root = osp.abspath(osp.expanduser(cache_dir)) if cache_dir else default_cache_dir()
+        return rank_zero_first(fetch_hub_file, hub, split_url(url)[0], expected,
+                               record_dir=root, legacy=target)
     return rank_zero_first(_fetch, url, expected, target, progress=progress, timeout=timeout)
 
 

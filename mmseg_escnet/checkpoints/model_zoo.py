@@ -32,7 +32,7 @@ import yaml
 from mmengine.logging import print_log
 
 from .convert import FORMATS, REPO_ROOT, convert_and_check
-from .download import cache_lock, download_checkpoint, file_sha256, rank_zero_first
+from .download import cache_lock, cache_path, download_checkpoint, file_sha256, rank_zero_first
 from .safe_loading import load_local_checkpoint
 
 __all__ = [
@@ -215,13 +215,13 @@ def _conversion_is_current(converted: str, stamp: Mapping[str, Any], *, log: boo
     return False
 
 
-def _convert_once(info: ModelInfo, download: str) -> str:
-    """Write ``<download>.converted.pth`` unless an up-to-date one exists; return its path.
+def _convert_once(info: ModelInfo, download: str, converted: str) -> str:
+    """Write ``converted`` from ``download`` unless an up-to-date one exists; return its path.
 
     The conversion runs under the inter-process lock ``<converted>.lock``; a process that waited
     for it uses the file the other process wrote.
     """
-    converted = download + '.converted.pth'
+    os.makedirs(osp.dirname(converted), exist_ok=True)
     stamp = dict(converter=info.converter, source=info.weights, source_sha256=file_sha256(download))
     if _conversion_is_current(converted, stamp, log=False):
         return converted
@@ -244,7 +244,8 @@ def fetch_weights(name: str, cache_dir: Optional[str] = None) -> str:
 
     Returns:
         str: Path of a checkpoint with our parameter names: the download itself, or
-        ``<download>.converted.pth`` for a model with a ``Converter``.
+        ``<cache path of the URL>.converted.pth`` in our cache for a model with a ``Converter``
+        (a Hub download itself stays in the Hugging Face cache).
 
     Raises:
         KeyError: Unknown name.
@@ -259,7 +260,10 @@ def fetch_weights(name: str, cache_dir: Optional[str] = None) -> str:
             f'tools/dist_train.sh), or convert an official checkpoint with '
             f'tools/model_converters/, and pass the resulting file instead')
     path = download_checkpoint(info.weights, sha256=info.sha256, cache_dir=cache_dir)
-    return rank_zero_first(_convert_once, info, path) if info.converter else path
+    if not info.converter:
+        return path
+    converted = cache_path(info.weights, cache_dir) + '.converted.pth'
+    return rank_zero_first(_convert_once, info, path, converted)
 
 
 def load_from_model_zoo(filename: str, map_location: Optional[Union[str, Callable]] = None) -> Any:

@@ -178,8 +178,8 @@ class CLIPConvNeXtBackbone(OpenCLIPBackboneBase):
             ``{'state_dict': ...}`` training checkpoint, safetensors, an mmseg checkpoint with
             ``backbone.clip_model.*`` or an official SED checkpoint with
             ``sem_seg_head.predictor.clip_model.*``), or an open_clip pretrained tag of
-            ``model_name`` such as ``'laion_aesthetic_s13b_b82k_augreg'`` (resolved to its
-            Hugging Face download URL).
+            ``model_name`` such as ``'laion_aesthetic_s13b_b82k_augreg'`` (its Hugging Face Hub
+            file, fetched with huggingface_hub).
         init_cfg (dict, optional): mmengine init config. Do not combine with ``pretrained``.
     """
 

@@ -19,7 +19,8 @@ from ...checkpoints.clip_official import normalize_clip_state_dict, read_weights
 
 __all__ = ['OpenCLIPBackboneBase']
 
-#: Weights file of an open_clip tag published on the Hugging Face hub only.
+#: Weights file of an open_clip tag published on the Hugging Face Hub only (fetched with
+#: huggingface_hub: HF_ENDPOINT, the Hugging Face cache, offline mode; checkpoints/hub_download.py).
 _HF_WEIGHTS_URL = 'https://huggingface.co/{repo}/resolve/main/open_clip_pytorch_model.bin'
 
 

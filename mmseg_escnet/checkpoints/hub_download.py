@@ -1,0 +1,159 @@
+"""Files hosted on the Hugging Face Hub, fetched with ``huggingface_hub`` and verified.
+
+A Hub file URL ``https://huggingface.co/<owner>/<repo>/resolve/<revision>/<path>`` (the form of
+the model index's ``Weights`` and of open_clip's pretrained tags) is not downloaded by our own HTTP
+code but by :func:`huggingface_hub.hf_hub_download`, so it follows the conventions users set up for
+every other model they run:
+
+- ``HF_ENDPOINT``: a mirror of the Hub (the URL's host only names the Hub; the files come from
+  the endpoint);
+- ``HF_HOME`` / ``HF_HUB_CACHE``: the Hugging Face cache, shared with every other library: a
+  file already there is used without a download;
+- ``HF_HUB_OFFLINE=1``: no network at all; a file that is not cached stops with an error naming
+  it;
+- ``HF_TOKEN`` (or ``huggingface-cli login``): private and gated repositories.
+
+The revision is the URL's (a branch such as ``main``, or a pinned commit). After the download the
+file's SHA-256 is checked against the expected hash (the model index's ``Weights SHA-256``, a
+``#sha256=`` fragment, ...; :mod:`.hash_sources`): a branch that moved to other bytes is an error
+that says to pin the commit. Without an expected hash the file is used and its hash printed, to be
+pinned (trust on first use, as for other URLs). The hash of a verified file is remembered in
+``<our cache>/huggingface.co/.../<file>.hub.json`` (path, size, mtime), so a later run does not
+hash a large file again. A file of the same URL downloaded by an earlier version of this package
+into our own cache is still used.
+"""
+import json
+import os
+import os.path as osp
+from typing import NamedTuple, Optional
+from urllib.parse import unquote, urlsplit
+
+from mmengine.logging import print_log
+
+from .hash_sources import ExpectedHash
+from .http_transfer import ChecksumError, DownloadError
+from .safe_loading import file_sha256
+
+__all__ = ['HUB_HOST', 'HubFile', 'parse_hub_url', 'fetch_hub_file']
+
+#: The host of Hub file URLs.
+HUB_HOST = 'huggingface.co'
+
+
+class HubFile(NamedTuple):
+    """A file of a model repository on the Hub."""
+    repo_id: str
+    revision: str
+    filename: str
+
+
+def parse_hub_url(url: str) -> Optional[HubFile]:
+    """The Hub file of ``https://huggingface.co/<owner>/<repo>/resolve/<revision>/<path>``.
+
+    Args:
+        url (str): a URL without fragment.
+
+    Returns:
+        HubFile | None: None for any other URL (another host, a dataset or space, no ``resolve``).
+    """
+    parts = urlsplit(url)
+    if parts.scheme.lower() != 'https' or (parts.hostname or '').lower() != HUB_HOST \
+            or parts.query:
+        return None
+    segments = [unquote(s) for s in parts.path.strip('/').split('/')]
+    if len(segments) < 5 or segments[2] != 'resolve' or segments[0] in ('datasets', 'spaces') \
+            or not all(segments):
+        return None
+    return HubFile(f'{segments[0]}/{segments[1]}', segments[3], '/'.join(segments[4:]))
+
+
+def _record_path(record_dir: str, hub: HubFile) -> str:
+    return osp.join(record_dir, HUB_HOST, *hub.repo_id.split('/'), 'resolve', hub.revision,
+                    *hub.filename.split('/')) + '.hub.json'
+
+
+def _recorded_sha256(record: str, path: str) -> Optional[str]:
+    """The SHA-256 recorded for ``path`` if the file is unchanged since (size and mtime)."""
+    try:
+        with open(record, encoding='utf-8') as f:
+            data = json.load(f)
+        stat = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get('path') != osp.realpath(path) or \
+            (data.get('size'), data.get('mtime_ns')) != (stat.st_size, stat.st_mtime_ns):
+        return None
+    return data.get('sha256') if isinstance(data.get('sha256'), str) else None
+
+
+def _write_record(record: str, path: str, sha256: str) -> None:
+    stat = os.stat(path)
+    os.makedirs(osp.dirname(record), exist_ok=True)
+    tmp = record + '.tmp'
+    with open(tmp, 'w', encoding='utf-8') as f:
+        json.dump(dict(path=osp.realpath(path), size=stat.st_size, mtime_ns=stat.st_mtime_ns,
+                       sha256=sha256), f)
+    os.replace(tmp, record)
+
+
+def _download(hub: HubFile, url: str) -> str:
+    """``hf_hub_download`` with its errors as our one-line :class:`DownloadError`."""
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError,
+                                        LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+    where = (f'{hub.filename} of {hub.repo_id} at revision {hub.revision} ({url}, through '
+             f'{constants.ENDPOINT})')
+    try:
+        return hf_hub_download(hub.repo_id, hub.filename, revision=hub.revision)
+    except LocalEntryNotFoundError as error:
+        why = ('HF_HUB_OFFLINE is set' if constants.HF_HUB_OFFLINE else
+               'the Hub could not be reached')
+        raise DownloadError(f'{where}: not in the Hugging Face cache ({constants.HF_HUB_CACHE}) '
+                            f'and {why}') from error
+    except (EntryNotFoundError, RevisionNotFoundError, RepositoryNotFoundError,
+            GatedRepoError) as error:
+        kind = type(error).__name__.replace('Error', '').replace('NotFound', ' not found')
+        raise DownloadError(f'{where}: {kind} (a gated or private repository needs HF_TOKEN)') \
+            from error
+    except (HfHubHTTPError, OSError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ''
+        raise DownloadError(f'{where}: {type(error).__name__}: {first}') from error
+
+
+def fetch_hub_file(hub: HubFile, url: str, expected: Optional[ExpectedHash], *,
+                   record_dir: str, legacy: Optional[str] = None) -> str:
+    """The verified local file of ``hub`` (see the module docstring).
+
+    Args:
+        hub (HubFile): the file.
+        url (str): its URL, for messages.
+        expected (ExpectedHash, optional): its expected SHA-256.
+        record_dir (str): our cache folder (hash records).
+        legacy (str, optional): where an earlier version cached this URL; used if it verifies.
+
+    Returns:
+        str: a path in the Hugging Face cache (or ``legacy``).
+
+    Raises:
+        DownloadError: the Hub's errors, offline without the file, an unreachable endpoint.
+        ChecksumError: the file does not have the expected SHA-256.
+    """
+    if legacy and osp.isfile(legacy) and expected is not None and \
+            file_sha256(legacy).startswith(expected.value):
+        return legacy
+    path = _download(hub, url)
+    record = _record_path(record_dir, hub)
+    actual = _recorded_sha256(record, path) or file_sha256(path)
+    if expected is not None and not actual.startswith(expected.value):
+        raise ChecksumError(
+            f'{url}: the file the Hub gave (cached at {path}) has SHA-256 {actual}, but '
+            f'{expected.value} was expected ({expected.source}); if the revision '
+            f'{hub.revision!r} is a branch, it moved to another file: pin the commit the hash '
+            f'belongs to (.../resolve/<commit>/{hub.filename})')
+    if expected is None and not osp.isfile(record):
+        print_log(f'{url} has no known SHA-256, so it could not be verified; it has SHA-256 '
+                  f'{actual}. Pin it in the model index (Weights SHA-256) or with '
+                  f'{url}#sha256={actual}', logger='current', level=30)
+    _write_record(record, path, actual)
+    return path
