@@ -101,25 +101,10 @@ def discard_partial(part: str) -> None:
 
 
 def _progress_bar(total: Optional[int], initial: int, name: str, enabled: bool) -> Any:
-    """A tqdm bar on stderr, or an object whose ``update``/``close`` do nothing."""
-    if enabled:
-        try:
-            from tqdm import tqdm
-        except ImportError:  # tqdm is optional: no bar
-            pass
-        else:
-            return tqdm(total=total, initial=initial, unit='B', unit_scale=True,
-                        unit_divisor=1024, desc=name, file=sys.stderr, leave=False)
-
-    class _NoBar:
-
-        def update(self, n: int) -> None:
-            pass
-
-        def close(self) -> None:
-            pass
-
-    return _NoBar()
+    """tqdm's bar on stderr (disabled: its ``update``/``close`` do nothing)."""
+    from tqdm import tqdm  # installed with open_clip_torch and huggingface_hub
+    return tqdm(total=total, initial=initial, unit='B', unit_scale=True, unit_divisor=1024,
+                desc=name, file=sys.stderr, leave=False, disable=not enabled)
 
 
 def _content_range(value: Optional[str]) -> Tuple[Optional[int], Optional[int]]:
