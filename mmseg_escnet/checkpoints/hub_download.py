@@ -34,7 +34,7 @@ from .hash_sources import ExpectedHash
 from .http_transfer import ChecksumError, DownloadError
 from .safe_loading import file_sha256
 
-__all__ = ['HUB_HOST', 'HubFile', 'parse_hub_url', 'fetch_hub_file']
+__all__ = ['HUB_HOST', 'HubFile', 'parse_hub_url', 'pinned_url', 'fetch_hub_file']
 
 #: The host of Hub file URLs.
 HUB_HOST = 'huggingface.co'
@@ -65,6 +65,26 @@ def parse_hub_url(url: str) -> Optional[HubFile]:
             or not all(segments):
         return None
     return HubFile(f'{segments[0]}/{segments[1]}', segments[3], '/'.join(segments[4:]))
+
+
+def pinned_url(hub: HubFile, path: str) -> Optional[str]:
+    """The URL of the same file at the commit its branch resolved to, or None.
+
+    ``hf_hub_download`` returns ``.../snapshots/<commit>/<filename>``; for a revision that is not
+    already a commit, this is the URL that pins it (to put in the model index).
+
+    Args:
+        hub (HubFile): the file as requested.
+        path (str): the path ``hf_hub_download`` returned.
+    """
+    parts = osp.normpath(path).split(os.sep)
+    depth = len(hub.filename.split('/'))
+    if len(parts) <= depth + 1 or parts[-depth - 2] != 'snapshots':
+        return None
+    commit = parts[-depth - 1]
+    if commit == hub.revision or len(commit) != 40:
+        return None
+    return f'https://{HUB_HOST}/{hub.repo_id}/resolve/{commit}/{hub.filename}'
 
 
 def _record_path(record_dir: str, hub: HubFile) -> str:
@@ -151,9 +171,13 @@ def fetch_hub_file(hub: HubFile, url: str, expected: Optional[ExpectedHash], *,
             f'{expected.value} was expected ({expected.source}); if the revision '
             f'{hub.revision!r} is a branch, it moved to another file: pin the commit the hash '
             f'belongs to (.../resolve/<commit>/{hub.filename})')
+    pinned = pinned_url(hub, path)
     if expected is None and not osp.isfile(record):
         print_log(f'{url} has no known SHA-256, so it could not be verified; it has SHA-256 '
                   f'{actual}. Pin it in the model index (Weights SHA-256) or with '
                   f'{url}#sha256={actual}', logger='current', level=30)
+    if pinned and not osp.isfile(record):
+        print_log(f'{url}: the branch {hub.revision!r} is at commit {pinned.split("/")[-2]} '
+                  f'({pinned}); a URL with the commit keeps giving this file', logger='current')
     _write_record(record, path, actual)
     return path

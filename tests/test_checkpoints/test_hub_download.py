@@ -156,3 +156,17 @@ def test_zoo_name_and_demo_through_the_fake_hub(hub, tmp_path):
     assert missing.returncode == 1
     last = missing.stderr.strip().splitlines()[-1]
     assert f'{FILE} of {REPO} at revision main' in last and 'HF_HUB_OFFLINE is set' in last
+
+
+def test_the_commit_of_a_branch_can_be_pinned(hub, monkeypatch, tmp_path):
+    from huggingface_hub import hf_hub_download
+
+    from mmseg_escnet.checkpoints.hub_download import pinned_url
+    commit = hub.add_file(REPO, 'sub/dir/w.pth', b'abc' * 10)
+    hub_env(monkeypatch, hub, tmp_path / 'hf')
+    path = hf_hub_download(REPO, 'sub/dir/w.pth')
+    branch = HubFile(REPO, 'main', 'sub/dir/w.pth')
+    assert pinned_url(branch, path) == \
+        f'https://huggingface.co/{REPO}/resolve/{commit}/sub/dir/w.pth'
+    assert pinned_url(HubFile(REPO, commit, 'sub/dir/w.pth'), path) is None  # already pinned
+    assert pinned_url(branch, str(tmp_path / 'elsewhere' / 'w.pth')) is None
