@@ -47,6 +47,24 @@ def isolated_downloads(tmp_path, monkeypatch):
     monkeypatch.setenv('no_proxy', '127.0.0.1,localhost')
 
 
+def build_errseg_decoder(cfg: dict):
+    """Our ERR-Seg neck and head for the official ``Decoder`` arguments of a conformance file's
+    ``config`` (``errseg_decoder_*.pt``), randomly initialised."""
+    from mmseg_escnet.models.decode_heads import ERRSegHead
+    from mmseg_escnet.models.necks import ERRSegNeck
+    neck = ERRSegNeck(embed_dim=cfg['C'], prompt_channel=cfg['prompt_channel'],
+                      image_guidance_dims=cfg['image_guidance_dims'],
+                      corr_fpn_inter_dim=cfg['corr_fpn_inter_dim'],
+                      guidance_fpn_inter_dim=cfg['guidance_fpn_inter_dim'],
+                      aggregator_dim=cfg['aggregator_dim'],
+                      aggregator_scale_ratio=cfg['aggregator_scale_ratio'],
+                      sample_classes_num=cfg['sample_classes_num'])
+    head = ERRSegHead(hidden_dim=cfg['aggregator_dim'], decoder_dims=cfg['decoder_dims'],
+                      decoder_guidance_dims=cfg['decoder_guidance_dims'],
+                      decoder_guidance_proj_dims=cfg['guidance_proj_dims'])
+    return neck, head
+
+
 def build_random_tiny_model(name: str) -> torch.nn.Module:
     """The tiny model of ``configs/<name>_tiny_synthetic.py`` ('escnet', 'catseg'), randomly
     initialised with seed 0 (the weights of :func:`random_tiny_checkpoints`), in eval mode."""

@@ -332,11 +332,12 @@ def download_checkpoint(url: str,
     """
     expected = resolve_hash(url, sha256, log=True)
     target = cache_path(url, cache_dir)
-    hub = parse_hub_url(split_url(url)[0])
+    clean, _ = split_url(url)
+    hub = parse_hub_url(clean)
     if hub is not None:  # huggingface_hub's cache, endpoint, offline mode and token
         root = osp.abspath(osp.expanduser(cache_dir)) if cache_dir else default_cache_dir()
-        return rank_zero_first(fetch_hub_file, hub, split_url(url)[0], expected,
-                               record_dir=root, legacy=target)
+        return rank_zero_first(fetch_hub_file, hub, clean, expected, record_dir=root,
+                               legacy=target)
     return rank_zero_first(_fetch, url, expected, target, progress=progress, timeout=timeout)
 
 

@@ -14,6 +14,7 @@ import re
 import pytest
 import torch
 import yaml
+from conftest import build_errseg_decoder
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
@@ -23,8 +24,6 @@ from mmseg_escnet.checkpoints.convert import get_format
 from mmseg_escnet.checkpoints.errseg_official import (ERRSEG_ARCHITECTURES, convert_errseg,
                                                       errseg_decoder_to_mmseg,
                                                       map_errseg_decoder_key)
-from mmseg_escnet.models.decode_heads import ERRSegHead
-from mmseg_escnet.models.necks import ERRSegNeck
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TINY = osp.join(ROOT, 'configs', 'errseg_tiny_synthetic.py')
@@ -191,16 +190,7 @@ def test_the_official_decoder_keys_map_to_distinct_parameters(conformance):
     data = conformance('errseg_decoder_eval.pt')
     cfg, official = data['config'], data['state_dict_official']
     assert len(official) == 230 and all(k.startswith(DECODER) for k in official)
-    neck = ERRSegNeck(embed_dim=cfg['C'], prompt_channel=cfg['prompt_channel'],
-                      image_guidance_dims=cfg['image_guidance_dims'],
-                      corr_fpn_inter_dim=cfg['corr_fpn_inter_dim'],
-                      guidance_fpn_inter_dim=cfg['guidance_fpn_inter_dim'],
-                      aggregator_dim=cfg['aggregator_dim'],
-                      aggregator_scale_ratio=cfg['aggregator_scale_ratio'],
-                      sample_classes_num=cfg['sample_classes_num'])
-    head = ERRSegHead(hidden_dim=cfg['aggregator_dim'], decoder_dims=cfg['decoder_dims'],
-                      decoder_guidance_dims=cfg['decoder_guidance_dims'],
-                      decoder_guidance_proj_dims=cfg['guidance_proj_dims'])
+    neck, head = build_errseg_decoder(cfg)
     targets = {f'neck.{k}': v for k, v in neck.state_dict().items()}
     targets.update({f'decode_head.{k}': v for k, v in head.state_dict().items()})
     mapped = {key: map_errseg_decoder_key(key) for key in official}

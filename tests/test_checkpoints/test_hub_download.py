@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import build_random_tiny_model
 from PIL import Image
 
 from mmseg_escnet.checkpoints.download import ChecksumError, DownloadError, download_checkpoint
@@ -123,8 +124,6 @@ def test_zoo_name_and_demo_through_the_fake_hub(hub, tmp_path):
     """A model-zoo name whose weights are on the Hub: the image demo fetches them through
     HF_ENDPOINT, runs offline from the Hugging Face cache, and stops with one line naming the
     file when offline without it."""
-    sys.path.insert(0, osp.join(ROOT, 'tests'))
-    from conftest import build_random_tiny_model
     buffer = tmp_path / 'tiny.pth'
     torch.save(dict(state_dict=build_random_tiny_model('catseg').state_dict(), meta={}), buffer)
     data = buffer.read_bytes()

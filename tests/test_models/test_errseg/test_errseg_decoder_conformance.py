@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import build_errseg_decoder
 
 from mmseg_escnet.checkpoints.errseg_official import errseg_decoder_to_mmseg
-from mmseg_escnet.models.decode_heads import ERRSegHead
 from mmseg_escnet.models.layers.class_chunks import fold_classes
-from mmseg_escnet.models.layers.class_frequency import frequency_scores, top3_counts
+from mmseg_escnet.models.layers.class_frequency import (frequency_scores, frequency_top_k,
+                                                        top3_counts)
+from mmseg_escnet.models.decode_heads import ERRSegHead
 from mmseg_escnet.models.layers.cost_volume import correlation
 from mmseg_escnet.models.necks import ERRSegNeck
 from mmseg_escnet.models.structures import ClassFilter, DecodeInputs
@@ -24,16 +26,7 @@ ATOL = RTOL = 1e-5
 
 def build(cfg: dict, state_dict: dict):
     """The official ``Decoder`` of ``cfg`` as our neck and head, with the converted weights."""
-    neck = ERRSegNeck(embed_dim=cfg['C'], prompt_channel=cfg['prompt_channel'],
-                      image_guidance_dims=cfg['image_guidance_dims'],
-                      corr_fpn_inter_dim=cfg['corr_fpn_inter_dim'],
-                      guidance_fpn_inter_dim=cfg['guidance_fpn_inter_dim'],
-                      aggregator_dim=cfg['aggregator_dim'],
-                      aggregator_scale_ratio=cfg['aggregator_scale_ratio'],
-                      sample_classes_num=cfg['sample_classes_num'])
-    head = ERRSegHead(hidden_dim=cfg['aggregator_dim'], decoder_dims=cfg['decoder_dims'],
-                      decoder_guidance_dims=cfg['decoder_guidance_dims'],
-                      decoder_guidance_proj_dims=cfg['guidance_proj_dims'])
+    neck, head = build_errseg_decoder(cfg)
     ours = errseg_decoder_to_mmseg(state_dict)
     assert len(ours) == len(state_dict)
     for prefix, module in (('neck.', neck), ('decode_head.', head)):
@@ -138,13 +131,16 @@ def test_decoder_matches_official(mode):
 
 
 def test_training_fill_takes_ascending_index_not_score():
-    """Image 0 of the train vector has 5 ground-truth classes and one fill: the lowest-index class
-    of the top-K set, which is not the best-scoring one (official rule)."""
+    """Image 0 of the train vector has 5 ground-truth classes and one fill. Our rule gives the
+    official classes, and its fill is the lowest-index class of the top-K set, not the
+    best-scoring class outside the ground truth (the file records that the two differ)."""
     data = torch.load(DATA / 'errseg_decoder_train.pt', weights_only=False)
+    stages, gt = data['stages'], data['gt_classes']
     assert data['fill_by_index_differs_from_score_order'][0]
-    scores = data['stages']['class_scores'][0]
-    gt = data['gt_classes'][0]
-    fill = sorted(set(data['stages']['selected_classes'][0].tolist()) - set(gt.tolist()))
-    best_other = max((c for c in range(len(scores)) if c not in gt.tolist()),
+    ours = frequency_top_k(stages['corr_os16'].mean(dim=1), data['config']['sample_classes_num'],
+                           gt)
+    assert torch.equal(ours, stages['selected_classes'].sort(dim=1).values)
+    scores, known = stages['class_scores'][0], gt[0].tolist()
+    best_other = max((c for c in range(len(scores)) if c not in known),
                      key=lambda c: scores[c].item())
-    assert fill != [best_other]
+    assert best_other not in ours[0].tolist()
