@@ -25,7 +25,9 @@ into our own cache is still used.
 import json
 import os
 import os.path as osp
-from typing import NamedTuple, Optional
+import re
+from contextlib import contextmanager
+from typing import Iterator, NamedTuple, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
 from mmengine.logging import print_log
@@ -34,10 +36,13 @@ from .hash_sources import ExpectedHash
 from .http_transfer import ChecksumError, DownloadError
 from .safe_loading import file_sha256
 
-__all__ = ['HUB_HOST', 'HubFile', 'parse_hub_url', 'pinned_url', 'fetch_hub_file']
+__all__ = ['HUB_HOST', 'HubFile', 'parse_hub_url', 'is_commit', 'pinned_url', 'hub_pin',
+           'fetch_hub_file']
 
 #: The host of Hub file URLs.
 HUB_HOST = 'huggingface.co'
+_COMMIT = re.compile(r'^[0-9a-f]{40}$')
+_SHA256 = re.compile(r'^[0-9a-f]{64}$')
 
 
 class HubFile(NamedTuple):
@@ -67,6 +72,11 @@ def parse_hub_url(url: str) -> Optional[HubFile]:
     return HubFile(f'{segments[0]}/{segments[1]}', segments[3], '/'.join(segments[4:]))
 
 
+def is_commit(revision: str) -> bool:
+    """Whether a revision is a full commit SHA-1 (40 lower-case hex digits), not a branch or tag."""
+    return bool(_COMMIT.match(revision))
+
+
 def pinned_url(hub: HubFile, path: str) -> Optional[str]:
     """The URL of the same file at the commit its branch resolved to, or None.
 
@@ -82,7 +92,7 @@ def pinned_url(hub: HubFile, path: str) -> Optional[str]:
     if len(parts) <= depth + 1 or parts[-depth - 2] != 'snapshots':
         return None
     commit = parts[-depth - 1]
-    if commit == hub.revision or len(commit) != 40:
+    if commit == hub.revision or not is_commit(commit):
         return None
     return f'https://{HUB_HOST}/{hub.repo_id}/resolve/{commit}/{hub.filename}'
 
@@ -116,16 +126,20 @@ def _write_record(record: str, path: str, sha256: str) -> None:
     os.replace(tmp, record)
 
 
-def _download(hub: HubFile, url: str) -> str:
-    """``hf_hub_download`` with its errors as our one-line :class:`DownloadError`."""
-    from huggingface_hub import constants, hf_hub_download
+@contextmanager
+def _hub_errors(hub: HubFile, url: str) -> Iterator[None]:
+    """Turn huggingface_hub's errors into our one-line :class:`DownloadError` naming the file."""
+    from huggingface_hub import constants
     from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError,
-                                        LocalEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+                                        LocalEntryNotFoundError, OfflineModeIsEnabled,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
     where = (f'{hub.filename} of {hub.repo_id} at revision {hub.revision} ({url}, through '
              f'{constants.ENDPOINT})')
     try:
-        return hf_hub_download(hub.repo_id, hub.filename, revision=hub.revision)
+        yield
+    except OfflineModeIsEnabled as error:  # a request other than a download (hub_pin's HEAD)
+        raise DownloadError(f'{where}: HF_HUB_OFFLINE is set, so the Hub cannot be asked') \
+            from error
     except LocalEntryNotFoundError as error:
         why = ('HF_HUB_OFFLINE is set' if constants.HF_HUB_OFFLINE else
                'the Hub could not be reached')
@@ -136,9 +150,52 @@ def _download(hub: HubFile, url: str) -> str:
         kind = type(error).__name__.replace('Error', '').replace('NotFound', ' not found')
         raise DownloadError(f'{where}: {kind} (a gated or private repository needs HF_TOKEN)') \
             from error
-    except (HfHubHTTPError, OSError) as error:
+    except Exception as error:  # noqa: BLE001  (the HTTP client's own errors: see below)
+        # huggingface_hub's HTTP errors and OSErrors, and the errors of its HTTP client (httpx
+        # or a successor; e.g. ConnectError for an unknown host), which a HEAD request raises
+        if not isinstance(error, (HfHubHTTPError, OSError)) and \
+                not type(error).__module__.startswith(('httpx', 'requests', 'urllib3')):
+            raise
         first = str(error).strip().splitlines()[0] if str(error).strip() else ''
         raise DownloadError(f'{where}: {type(error).__name__}: {first}') from error
+
+
+def _download(hub: HubFile, url: str) -> str:
+    """``hf_hub_download`` of ``hub`` (a path in the Hugging Face cache)."""
+    from huggingface_hub import hf_hub_download
+    with _hub_errors(hub, url):
+        return hf_hub_download(hub.repo_id, hub.filename, revision=hub.revision)
+
+
+def hub_pin(hub: HubFile, *, download: bool = False) -> Tuple[str, str]:
+    """The commit ``hub.revision`` is at now, and the SHA-256 of the file at that commit.
+
+    One ``HEAD`` request (``huggingface_hub.get_hf_file_metadata``): the Hub answers with the
+    commit (``X-Repo-Commit``) and, for a file stored with LFS (every checkpoint), with the SHA-256
+    of its content as the ETag, so nothing is downloaded. A file stored in git (its ETag is a git
+    SHA-1), or ``download=True``, is downloaded at that commit and hashed.
+
+    Args:
+        hub (HubFile): the file, at a branch or a commit.
+        download (bool): hash the downloaded file even when the Hub gives its SHA-256.
+
+    Returns:
+        tuple[str, str]: (40-hex commit, 64-hex SHA-256).
+
+    Raises:
+        DownloadError: the file, revision or repository does not exist, or the Hub is unreachable.
+    """
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    url = f'https://{HUB_HOST}/{hub.repo_id}/resolve/{hub.revision}/{hub.filename}'
+    with _hub_errors(hub, url):
+        meta = get_hf_file_metadata(hf_hub_url(hub.repo_id, hub.filename, revision=hub.revision))
+    commit, etag = meta.commit_hash or '', (meta.etag or '').lower()
+    if not _COMMIT.match(commit):
+        raise DownloadError(f'{url}: the endpoint gave no commit for the revision '
+                            f'{hub.revision!r} (got {commit!r}); is it a Hugging Face Hub?')
+    if _SHA256.match(etag) and not download:
+        return commit, etag
+    return commit, file_sha256(_download(HubFile(hub.repo_id, commit, hub.filename), url))
 
 
 def fetch_hub_file(hub: HubFile, url: str, expected: Optional[ExpectedHash], *,
