@@ -15,7 +15,6 @@ downloaded again if it changed. Everything that writes ``<path>`` runs under the
 ``init_cfg=dict(type='Pretrained', checkpoint=URL)`` and ``tools/test.py CONFIG URL`` all verify.
 """
 import hashlib
-import json
 import logging
 import os
 import os.path as osp
@@ -29,7 +28,8 @@ from filelock import FileLock, Timeout
 from mmengine.dist import all_gather_object, get_dist_info
 from mmengine.logging import print_log
 
-from .hash_sources import (FULL_HEX, KNOWN_SHA256, SCHEMES, ExpectedHash, expected_sha256,
+from .hash_record import read_hash_record, record_fits, write_hash_record
+from .hash_sources import (KNOWN_SHA256, SCHEMES, ExpectedHash, expected_sha256,
                            resolve_hash, split_url)
 from .http_transfer import ChecksumError, DownloadError, discard_partial, transfer
 from .hub_download import fetch_hub_file, parse_hub_url
@@ -175,38 +175,6 @@ def _record_path(target: str) -> str:
     return target + '.sha256'
 
 
-def _read_record(target: str) -> Optional[Dict[str, Any]]:
-    """``<target>.sha256``: dict(sha256, size, mtime_ns, url); None if missing or unusable."""
-    try:
-        with open(_record_path(target), encoding='utf-8') as f:
-            record = json.load(f)
-    except (OSError, ValueError):
-        return None
-    if not (isinstance(record, dict) and isinstance(record.get('sha256'), str)
-            and FULL_HEX.match(record['sha256']) and isinstance(record.get('size'), int)
-            and isinstance(record.get('mtime_ns'), int)):
-        return None
-    return record
-
-
-def _record_fits(record: Optional[Dict[str, Any]], target: str) -> bool:
-    """Whether ``target`` still has the size and mtime recorded with its hash."""
-    if record is None:
-        return False
-    stat = os.stat(target)
-    return (record['size'], record['mtime_ns']) == (stat.st_size, stat.st_mtime_ns)
-
-
-def _write_record(target: str, sha256: str, url: str, stat_of: str) -> None:
-    """Record ``sha256`` with the size and mtime of ``stat_of`` (the file before its rename)."""
-    stat = os.stat(stat_of)
-    record = dict(sha256=sha256, size=stat.st_size, mtime_ns=stat.st_mtime_ns, url=url)
-    tmp = _record_path(target) + '.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
-        json.dump(record, f)
-    os.replace(tmp, _record_path(target))
-
-
 def _cache_problem(target: str, expected: Optional[ExpectedHash], url: str, *,
                    locked: bool) -> Optional[str]:
     """Why the existing ``target`` cannot be used as it is, or None.
@@ -215,8 +183,8 @@ def _cache_problem(target: str, expected: Optional[ExpectedHash], url: str, *,
     or stale is a problem to look at again under the lock (which hashes it and (re)writes the
     record).
     """
-    record = _read_record(target)
-    fits = _record_fits(record, target)
+    record = read_hash_record(_record_path(target))
+    fits = record_fits(record, target)
     if expected is None and fits:  # trust on first use: unchanged since it was recorded
         _HASH_MEMO[_memo_key(target)] = record['sha256']
         return None
@@ -232,7 +200,7 @@ def _cache_problem(target: str, expected: Optional[ExpectedHash], url: str, *,
         _info(f'{target} has no recorded SHA-256 (cached by an older version, or put there by '
               f'hand): recording its SHA-256 {actual} and checking the file against it from now on')
     if locked and not (fits and record['sha256'] == actual):
-        _write_record(target, actual, url, target)
+        write_hash_record(_record_path(target), target, actual, url=url)
     return None
 
 
@@ -252,7 +220,7 @@ def _download(url: str, expected: Optional[ExpectedHash], target: str, *, progre
         _warn(f'{url} has no known SHA-256, so its download could not be verified; it has SHA-256 '
               f'{actual}, recorded in {_record_path(target)} to detect later changes of the '
               f'cached file. Pin it by using the URL {url}#sha256={actual}')
-    _write_record(target, actual, url, part)  # first: a cached file always has its record
+    write_hash_record(_record_path(target), part, actual, url=url)  # first: a cached file always has its record
     part_key = _memo_key(part)
     os.replace(part, target)
     discard_partial(part)  # the validators recorded for the partial file

@@ -29,6 +29,7 @@ from urllib.request import Request, urlopen
 from mmengine.logging import print_log
 
 from ..version import __version__
+from .hash_record import write_json_atomically
 
 __all__ = ['DownloadError', 'ChecksumError', 'transfer', 'discard_partial']
 
@@ -80,13 +81,6 @@ def _read_validators(part: str, url: str) -> Optional[_Validators]:
     except (OSError, ValueError, TypeError):
         return None
     return record if record.url == url else None
-
-
-def _write_validators(part: str, record: _Validators) -> None:
-    tmp = _record_path(part) + '.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
-        json.dump(asdict(record), f)
-    os.replace(tmp, _record_path(part))
 
 
 def discard_partial(part: str) -> None:
@@ -228,7 +222,7 @@ def transfer(url: str, part: str, target: str, *, verified: bool, progress: bool
                     offset, total = 0, _length(response.headers)
                     record = _Validators(url, response.headers.get('ETag'),
                                          response.headers.get('Last-Modified'), total)
-                    _write_validators(part, record)
+                    write_json_atomically(_record_path(part), asdict(record))
                     total = -1 if total is None else total
                 _write_body(response, url, part, target, offset, total, progress,
                             resumable=verified or bool(record and record.if_range))

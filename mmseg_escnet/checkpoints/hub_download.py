@@ -22,7 +22,6 @@ pinned (trust on first use, as for other URLs). The hash of a verified file is r
 hash a large file again. A file of the same URL downloaded by an earlier version of this package
 into our own cache is still used.
 """
-import json
 import os
 import os.path as osp
 import re
@@ -32,6 +31,7 @@ from urllib.parse import unquote, urlsplit
 
 from mmengine.logging import print_log
 
+from .hash_record import recorded_sha256, write_hash_record
 from .hash_sources import ExpectedHash
 from .http_transfer import ChecksumError, DownloadError
 from .safe_loading import file_sha256
@@ -100,30 +100,6 @@ def pinned_url(hub: HubFile, path: str) -> Optional[str]:
 def _record_path(record_dir: str, hub: HubFile) -> str:
     return osp.join(record_dir, HUB_HOST, *hub.repo_id.split('/'), 'resolve', hub.revision,
                     *hub.filename.split('/')) + '.hub.json'
-
-
-def _recorded_sha256(record: str, path: str) -> Optional[str]:
-    """The SHA-256 recorded for ``path`` if the file is unchanged since (size and mtime)."""
-    try:
-        with open(record, encoding='utf-8') as f:
-            data = json.load(f)
-        stat = os.stat(path)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or data.get('path') != osp.realpath(path) or \
-            (data.get('size'), data.get('mtime_ns')) != (stat.st_size, stat.st_mtime_ns):
-        return None
-    return data.get('sha256') if isinstance(data.get('sha256'), str) else None
-
-
-def _write_record(record: str, path: str, sha256: str) -> None:
-    stat = os.stat(path)
-    os.makedirs(osp.dirname(record), exist_ok=True)
-    tmp = record + '.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
-        json.dump(dict(path=osp.realpath(path), size=stat.st_size, mtime_ns=stat.st_mtime_ns,
-                       sha256=sha256), f)
-    os.replace(tmp, record)
 
 
 @contextmanager
@@ -221,7 +197,7 @@ def fetch_hub_file(hub: HubFile, url: str, expected: Optional[ExpectedHash], *,
         return legacy
     path = _download(hub, url)
     record = _record_path(record_dir, hub)
-    actual = _recorded_sha256(record, path) or file_sha256(path)
+    actual = recorded_sha256(record, path, path=osp.realpath(path)) or file_sha256(path)
     if expected is not None and not actual.startswith(expected.value):
         raise ChecksumError(
             f'{url}: the file the Hub gave (cached at {path}) has SHA-256 {actual}, but '
@@ -236,5 +212,5 @@ def fetch_hub_file(hub: HubFile, url: str, expected: Optional[ExpectedHash], *,
     if pinned and not osp.isfile(record):
         print_log(f'{url}: the branch {hub.revision!r} is at commit {pinned.split("/")[-2]} '
                   f'({pinned}); a URL with the commit keeps giving this file', logger='current')
-    _write_record(record, path, actual)
+    write_hash_record(record, path, actual, path=osp.realpath(path))
     return path
