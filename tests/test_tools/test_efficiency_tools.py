@@ -2,7 +2,9 @@
 inputs (the measurements themselves are in docs/efficiency.md, never timed in tests)."""
 import importlib.util
 import json
+import os
 import os.path as osp
+import sys
 
 import numpy as np
 import pytest
@@ -136,6 +138,23 @@ def test_benchmark_inference_against_a_base_revision(tmp_path, capsys):
     with pytest.raises(ValueError, match="--base 'no-such-rev' is not a git revision"):
         tool.main([osp.join(ROOT, 'configs', 'catseg_tiny_synthetic.py'), '--base',
                    'no-such-rev'])
+    # a SIGTERM (a scheduler's time limit) during the comparison still removes the worktree
+    import signal
+    import time
+    proc = subprocess.Popen(
+        [sys.executable, osp.join(ROOT, 'tools', 'analysis', 'benchmark_inference.py'),
+         osp.join(ROOT, 'configs', 'catseg_tiny_synthetic.py'), '--vocab', 'sky', '--size', '32',
+         '32', '--runs', '1', '--threads', '1', '--base', 'HEAD', '--rounds', '50'],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while worktrees() == before:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130, proc.stderr.read()
+    assert 'interrupted' in proc.stderr.read()
+    assert worktrees() == before
 
 
 def test_benchmark_inference_row_and_profile(tmp_path, capsys):

@@ -34,13 +34,16 @@ import json
 import os
 import os.path as osp
 import resource
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import warnings
-from typing import Optional, Sequence
+from contextlib import contextmanager
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -187,6 +190,33 @@ def _without(argv: list, option: str, takes_value: bool) -> list:
     return out
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f'signal {signum}')
+
+
+@contextmanager
+def _temporary_worktree(rev: str) -> Iterator[str]:
+    """A detached git worktree of ``rev`` in a temporary folder, removed afterwards: also after
+    Ctrl-C, SIGTERM (a scheduler's time limit, ``kill``; it unwinds like Ctrl-C here) or a
+    ``git worktree add`` interrupted halfway (which leaves a locked, half-made worktree). A
+    worktree of a run killed with SIGKILL is forgotten by the next run's ``git worktree prune``."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    folder = tempfile.mkdtemp(prefix='benchmark_base_')
+    tree = osp.join(folder, 'base')
+    try:
+        subprocess.run(['git', '-C', ROOT, 'worktree', 'prune'], check=False)
+        subprocess.run(['git', '-C', ROOT, 'worktree', 'add', '--detach', '-q', tree, rev],
+                       check=True)
+        yield tree
+    finally:
+        for command in (['unlock', tree], ['remove', '--force', tree]):
+            subprocess.run(['git', '-C', ROOT, 'worktree', *command], check=False,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(folder, ignore_errors=True)
+        subprocess.run(['git', '-C', ROOT, 'worktree', 'prune'], check=False)
+        signal.signal(signal.SIGTERM, previous)
+
+
 def compare_with_base(args: argparse.Namespace, argv: list) -> dict:
     """Time the benchmark at this tree and at ``args.base`` (a temporary git worktree),
     alternating ``args.rounds`` times, each run in its own process."""
@@ -197,36 +227,29 @@ def compare_with_base(args: argparse.Namespace, argv: list) -> dict:
     argv = _without(_without(_without(argv, '--base', True), '--rounds', True), '--json', True)
     relative = osp.relpath(osp.abspath(args.config), ROOT)
     results = {'this tree': [], args.base: []}
-    with tempfile.TemporaryDirectory() as tmp:
-        tree = osp.join(tmp, 'base')
-        subprocess.run(['git', '-C', ROOT, 'worktree', 'add', '--detach', '-q', tree,
-                        rev.stdout.strip()], check=True)
-        try:
-            # the base runs its own package and config; a zoo name is passed through
-            base_config = (osp.join(tree, relative) if osp.isfile(args.config)
-                           and not relative.startswith('..') else args.config)
-            sides = {'this tree': (ROOT, argv),
-                     args.base: (tree, [base_config if a == args.config else a for a in argv])}
-            for _ in range(args.rounds):
-                for name, (path, side_argv) in sides.items():
-                    out = osp.join(tmp, 'result.json')
-                    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-                        [path] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep)
-                                  if p]))
-                    # both run in this tree's folder: data/ (not versioned) is shared
-                    subprocess.run([sys.executable, osp.abspath(__file__), *side_argv, '--json',
-                                    out], check=True, env=env, cwd=ROOT,
-                                   stdout=subprocess.DEVNULL)
-                    with open(out) as f:
-                        result = json.load(f)
-                    if osp.realpath(result['package']) != osp.realpath(
-                            osp.join(path, 'mmseg_escnet')):
-                        raise RuntimeError(f'{name} imported mmseg_escnet from '
-                                           f'{result["package"]}, not from {path}')
-                    results[name].append(result)
-        finally:
-            subprocess.run(['git', '-C', ROOT, 'worktree', 'remove', '--force', tree],
-                           check=False)
+    with tempfile.TemporaryDirectory() as tmp, _temporary_worktree(rev.stdout.strip()) as tree:
+        # the base runs its own package and config; a zoo name is passed through
+        base_config = (osp.join(tree, relative) if osp.isfile(args.config)
+                       and not relative.startswith('..') else args.config)
+        sides = {'this tree': (ROOT, argv),
+                 args.base: (tree, [base_config if a == args.config else a for a in argv])}
+        for _ in range(args.rounds):
+            for name, (path, side_argv) in sides.items():
+                out = osp.join(tmp, 'result.json')
+                env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+                    [path] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep)
+                              if p]))
+                # both run in this tree's folder: data/ (not versioned) is shared
+                subprocess.run([sys.executable, osp.abspath(__file__), *side_argv, '--json',
+                                out], check=True, env=env, cwd=ROOT,
+                               stdout=subprocess.DEVNULL)
+                with open(out) as f:
+                    result = json.load(f)
+                if osp.realpath(result['package']) != osp.realpath(
+                        osp.join(path, 'mmseg_escnet')):
+                    raise RuntimeError(f'{name} imported mmseg_escnet from '
+                                       f'{result["package"]}, not from {path}')
+                results[name].append(result)
     summary = {name: dict(per_image_s=statistics.median(r['per_image_s'] for r in runs),
                           peak_memory_gb=max(r['peak_memory_gb'] for r in runs),
                           runs=[r['per_image_s'] for r in runs])
