@@ -111,7 +111,9 @@ DDP_CONFIGS = [*TINY_CONFIGS, *(osp.join(ROOT, 'configs', f'{name}_tiny_syntheti
 @pytest.mark.parametrize('config', DDP_CONFIGS, ids=osp.basename)
 def test_dist_train_and_test_two_processes_gloo(tmp_path, config):
     """2 CPU processes over gloo through the launch scripts: DDP needs a gradient for every
-    trainable parameter from the second iteration on, and every process must exit 0."""
+    trainable parameter from the second iteration on, and every process must exit 0. Testing
+    with tools/dist_test.sh is checked for CAT-Seg and ESC-Net (the sharding and the gathering of
+    the metric are the same for every family)."""
     data_root = str(tmp_path / 'data')
     work_dir = str(tmp_path / 'work')
     env = dict(os.environ, OMP_NUM_THREADS='1', PORT=str(29500 + os.getpid() % 1000))
@@ -125,6 +127,8 @@ def test_dist_train_and_test_two_processes_gloo(tmp_path, config):
     ckpt = osp.join(work_dir, 'iter_4.pth')
     state = torch.load(ckpt, map_location='cpu', weights_only=False)
     assert state['meta']['iter'] == 4
+    if config not in TINY_CONFIGS:  # evaluation under 2 processes does not depend on the family
+        return
     args = ['bash', 'tools/dist_test.sh', config, ckpt, '2', '--work-dir', str(tmp_path / 'test'),
             '--cfg-options', *_options(data_root, 4)]
     proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
