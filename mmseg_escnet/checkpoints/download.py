@@ -220,7 +220,8 @@ def _download(url: str, expected: Optional[ExpectedHash], target: str, *, progre
         _warn(f'{url} has no known SHA-256, so its download could not be verified; it has SHA-256 '
               f'{actual}, recorded in {_record_path(target)} to detect later changes of the '
               f'cached file. Pin it by using the URL {url}#sha256={actual}')
-    write_hash_record(_record_path(target), part, actual, url=url)  # first: a cached file always has its record
+    # first: a cached file always has its record
+    write_hash_record(_record_path(target), part, actual, url=url)
     part_key = _memo_key(part)
     os.replace(part, target)
     discard_partial(part)  # the validators recorded for the partial file
