@@ -21,14 +21,16 @@ its SHA-256 sidecar, under the inter-process lock ``<download>.converted.pth.loc
 ``init_cfg=dict(type='Pretrained', checkpoint='zoo://NAME')``, ``tools/test.py``) once our
 loaders are registered (:func:`mmseg_escnet.register_checkpoint_loaders`).
 """
+import copy
 import difflib
 import fnmatch
 import os
 import os.path as osp
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import yaml
+from mmengine.config import Config
 from mmengine.logging import print_log
 
 from .convert import FORMATS, REPO_ROOT, convert_and_check
@@ -37,10 +39,13 @@ from .safe_loading import load_local_checkpoint
 
 __all__ = [
     'ZOO_SCHEME', 'ModelInfo', 'model_index_path', 'load_model_index', 'list_models',
-    'get_model', 'fetch_weights', 'load_from_model_zoo', 'resolve_checkpoint_arg'
+    'get_model', 'fetch_weights', 'load_from_model_zoo', 'resolve_checkpoint_arg',
+    'CONFIG_SUFFIXES', 'resolve_model'
 ]
 
 ZOO_SCHEME = 'zoo://'
+#: Suffixes of config files (what ``Config.fromfile`` reads); any other string is a model-zoo name.
+CONFIG_SUFFIXES = ('.py', '.yml', '.yaml', '.json')
 
 
 @dataclass
@@ -310,3 +315,47 @@ def resolve_checkpoint_arg(checkpoint: str) -> str:
     raise FileNotFoundError(f'checkpoint {checkpoint!r} is not an existing file, not a URL and '
                             f'not a model-zoo name of {model_index_path()}.{hint} Known names: '
                             f'{", ".join(sorted(models))}')
+
+
+def resolve_model(model: Union[str, 'os.PathLike[str]', Config, dict],
+                  weights: Optional[str]) -> Tuple[Config, Optional[str]]:
+    """Turn a config file, ``Config``, dict or model-zoo name into (config, weights).
+
+    A string is a config file only if it ends with one of :data:`CONFIG_SUFFIXES` (any case);
+    anything else is looked up as a model-zoo name, even if a file of that name exists in the
+    working directory.
+
+    Args:
+        model (str | os.PathLike | Config | dict): The inferencer's ``model`` argument.
+        weights (str, optional): The inferencer's ``weights`` argument.
+
+    Returns:
+        Tuple[Config, str | None]: A copy of the config, and ``weights`` (for a model-zoo name
+        without weights: ``'zoo://<name>'``).
+
+    Raises:
+        TypeError: ``model`` has another type.
+        FileNotFoundError: A config file that does not exist.
+        ValueError: Neither a config file nor a known model-zoo name (the message says both what
+            files are accepted and why the name is unknown, with close names).
+    """
+    if isinstance(model, Config):
+        return copy.deepcopy(model), weights
+    if isinstance(model, dict):
+        return Config(copy.deepcopy(dict(model))), weights
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f'model must be a config path, a Config or a model-zoo name, got '
+                        f'{type(model).__name__}')
+    text = os.fspath(model)
+    if text.lower().endswith(CONFIG_SUFFIXES):
+        if not osp.isfile(text):
+            raise FileNotFoundError(f'config file not found: {text}')
+        return Config.fromfile(text), weights
+    try:
+        info = get_model(text)
+    except (KeyError, FileNotFoundError, ValueError) as err:  # unknown name, or no usable index
+        reason = err.args[0] if err.args else repr(err)
+        raise ValueError(f'{text!r} is not a config file (a path ending in '
+                         f'{"/".join(CONFIG_SUFFIXES)}) and not a known model-zoo name: '
+                         f'{reason}') from err
+    return Config.fromfile(info.config), weights if weights is not None else f'zoo://{text}'

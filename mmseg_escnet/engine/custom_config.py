@@ -20,6 +20,7 @@ from mmengine.config import Config
 
 from ..checkpoints.convert import REPO_ROOT
 from ..checkpoints.model_zoo import get_model, load_model_index
+from ..checkpoints.model_zoo import resolve_model as resolve_model_spec
 from ..datasets.folder_check import IMAGE_EXTENSIONS
 
 #: The model-zoo collections and the family names used here.
@@ -118,20 +119,24 @@ def model_family(model: dict, where: str) -> str:
 def resolve_model(spec: str) -> ModelChoice:
     """A model-zoo name (``catseg_vitb16``) or a config path -> :class:`ModelChoice`.
 
+    The same rule as every other entry point
+    (:func:`mmseg_escnet.checkpoints.model_zoo.resolve_model`): a config file ends with ``.py`` (or
+    another config suffix); anything else is a model-zoo name.
+
     Raises:
-        FileNotFoundError: a path that does not exist.
-        KeyError: an unknown model-zoo name (close names suggested).
+        FileNotFoundError: a config path that does not exist.
+        ValueError: neither a config file nor a known model-zoo name (close names suggested).
     """
-    if spec.endswith('.py') or os.sep in spec or '/' in spec:
-        if not osp.isfile(spec):
-            raise FileNotFoundError(f'--model: config file not found: {spec}')
-        config = osp.abspath(spec)
-        zoo = [info for info in load_model_index().values() if info.config == config]
-        info = zoo[0] if zoo else None
-    else:
+    try:
+        cfg, weights = resolve_model_spec(spec, None)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f'--model: {error}') from error
+    if weights == f'zoo://{spec}':
         info = get_model(spec)
-        config = info.config
-    cfg = Config.fromfile(config)
+    else:
+        config = osp.abspath(cfg.filename)
+        info = next((i for i in load_model_index().values() if i.config == config), None)
+    config = info.config if info else osp.abspath(cfg.filename)
     family = model_family(cfg.model, config)
     name = info.name if info else osp.splitext(osp.basename(config))[0]
     size = 'L' if re.search(r'vitl|large', name) else 'B'

@@ -322,3 +322,19 @@ def test_mmseg_dataset_poor_prompt_warning(tool, data, tmp_path, capsys):
     assert _make(tool, '--mmseg-dataset', 'nosuch', '--data-root', data['roots']['isaid'],
                  '--model', 'catseg_vitb16', '--out', out) == 1
     assert 'cityscapes' in capsys.readouterr().err
+
+
+def test_model_argument_follows_the_rule_of_every_entry_point(tmp_path):
+    """--model is a config file only with a config suffix, else a model-zoo name: the same rule
+    as the inferencer, the demos and the tools (checkpoints.model_zoo.resolve_model)."""
+    from mmseg_escnet.engine.custom_config import resolve_model
+    zoo = resolve_model('catseg_vitb16')
+    by_path = resolve_model(osp.join(ROOT, 'configs', 'catseg_vitb16.py'))
+    assert (zoo.zoo_name, zoo.has_weights, zoo.family) == ('catseg_vitb16', True, 'catseg')
+    assert (by_path.zoo_name, by_path.config) == ('catseg_vitb16', zoo.config)
+    tiny = resolve_model(_tiny('catseg'))
+    assert (tiny.zoo_name, tiny.has_weights, tiny.family) == (None, False, 'catseg')
+    with pytest.raises(ValueError, match="'configs/catseg_vitb16' is not a config file"):
+        resolve_model('configs/catseg_vitb16')  # no suffix: a name, and no such name
+    with pytest.raises(FileNotFoundError, match='--model: config file not found'):
+        resolve_model(str(tmp_path / 'nosuch.py'))
