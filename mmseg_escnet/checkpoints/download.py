@@ -18,16 +18,15 @@ import hashlib
 import logging
 import os
 import os.path as osp
-import pickle
 import sys
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
 from urllib.parse import unquote, urlsplit
 
 from filelock import FileLock, Timeout
-from mmengine.dist import all_gather_object, get_dist_info
 from mmengine.logging import print_log
 
+from ..utils.rank_zero import rank_zero_first
 from .hash_record import read_hash_record, record_fits, write_hash_record
 from .hash_sources import (KNOWN_SHA256, SCHEMES, ExpectedHash, expected_sha256,
                            resolve_hash, split_url)
@@ -39,13 +38,12 @@ from .safe_loading import load_local_checkpoint
 __all__ = [
     'DownloadError', 'ChecksumError', 'KNOWN_SHA256', 'default_cache_dir', 'cache_path',
     'expected_sha256', 'file_sha256', 'cache_lock', 'download_checkpoint', 'local_checkpoint_path',
-    'rank_zero_first',
     'load_checkpoint_from_url'
 ]
 
-T = TypeVar('T')
 # (realpath, size, mtime_ns) -> sha256: a file hashed once in this process is not hashed again.
 _HASH_MEMO: Dict[Tuple[str, int, int], str] = {}
+
 
 def default_cache_dir() -> str:
     """``$MMSEG_ESCNET_CACHE/checkpoints``; ``~/.cache/mmseg_escnet/checkpoints`` by default.
@@ -249,14 +247,6 @@ def _fetch(url: str, expected: Optional[ExpectedHash], target: str, *, progress:
     return target
 
 
-def _local_rank(rank: int) -> int:
-    try:
-        from mmengine.dist import get_local_rank
-        return get_local_rank()
-    except RuntimeError:  # no local process group (e.g. a gloo group created by the tools)
-        return int(os.environ.get('LOCAL_RANK', rank))
-
-
 def download_checkpoint(url: str,
                         *,
                         sha256: Optional[str] = None,
@@ -275,7 +265,7 @@ def download_checkpoint(url: str,
     is provably unchanged), verified and renamed into place, all under the lock ``<path>.lock``
     (concurrent processes wait and then use the verified file). In a distributed run
     (``torch.distributed`` initialised) every rank must call this: rank 0 downloads while the
-    others wait (see :func:`rank_zero_first`).
+    others wait (see :func:`mmseg_escnet.utils.rank_zero.rank_zero_first`).
 
     The expected hash is ``sha256`` if given, else :func:`expected_sha256`'s; ``sha256``
     contradicting the URL's fragment, 64-hex path segment or :data:`KNOWN_SHA256` is an error, but
@@ -308,67 +298,6 @@ def download_checkpoint(url: str,
         return rank_zero_first(fetch_hub_file, hub, clean, expected, record_dir=root,
                                legacy=target)
     return rank_zero_first(_fetch, url, expected, target, progress=progress, timeout=timeout)
-
-
-def _shareable(error: BaseException) -> BaseException:
-    """``error`` if it survives pickling (to send it to other ranks), else a RuntimeError."""
-    try:
-        pickle.loads(pickle.dumps(error))
-    except Exception:  # e.g. an exception class whose __init__ needs other arguments
-        return RuntimeError(f'{type(error).__name__}: {error}')
-    return error
-
-
-def rank_zero_first(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call ``fn(*args, **kwargs)`` once on every rank, rank 0 first.
-
-    Without ``torch.distributed`` this is a plain call. In a distributed run every rank must call
-    it: rank 0 runs ``fn`` while the others wait; then the local rank 0 of every other node
-    (whose cache may not be shared), then the remaining ranks, which find rank 0's result in the
-    cache. After each turn the ranks exchange their errors (``all_gather_object``). If rank 0
-    failed, or the local rank 0 of a rank's node, the rank does not call ``fn`` itself but raises
-    that error (with a note naming the rank it came from), so that a failure is one clear error on
-    every rank rather than a download by every rank. No rank waits forever for another.
-
-    Args:
-        fn (Callable): The work, e.g. a download into the cache.
-        *args: Positional arguments of ``fn``.
-        **kwargs: Keyword arguments of ``fn``; a ``progress`` argument is turned off except on
-            rank 0.
-
-    Returns:
-        The value ``fn`` returned on this rank.
-    """
-    rank, world_size = get_dist_info()
-    if world_size == 1:
-        return fn(*args, **kwargs)
-    if 'progress' in kwargs:
-        kwargs['progress'] = kwargs['progress'] and rank == 0
-    local_rank = _local_rank(rank)
-    leaders = (0, rank - local_rank)  # ranks of a node are consecutive (as torchrun numbers them)
-    result: Any = None
-    error: Optional[BaseException] = None
-    failed: Dict[int, BaseException] = {}
-    for turn in (rank == 0, rank != 0 and local_rank == 0, rank != 0 and local_rank != 0):
-        report = None
-        if turn and error is None:
-            try:
-                result = fn(*args, **kwargs)
-            except Exception as err:  # shared with the other ranks, raised below
-                error = err
-                report = _shareable(err)
-        for other, reported in enumerate(all_gather_object(report)):
-            if reported is not None:
-                failed.setdefault(other, reported)
-        leader = next((r for r in leaders if r in failed and r != rank), None)
-        if error is None and leader is not None:
-            error = failed[leader]
-            if hasattr(error, 'add_note'):  # Python >= 3.11
-                error.add_note(f'(raised on rank {leader}, which did this for rank {rank}; rank '
-                               f'{rank} did not try again)')
-    if error is not None:
-        raise error
-    return result
 
 
 def local_checkpoint_path(path_or_url: Union[str, 'os.PathLike[str]'], *, what: str = 'checkpoint',

@@ -33,8 +33,9 @@ import yaml
 from mmengine.config import Config
 from mmengine.logging import print_log
 
+from ..utils.rank_zero import rank_zero_first
 from .convert import FORMATS, REPO_ROOT, convert_and_check
-from .download import cache_lock, cache_path, download_checkpoint, file_sha256, rank_zero_first
+from .download import cache_lock, cache_path, download_checkpoint, file_sha256
 from .safe_loading import load_local_checkpoint
 
 __all__ = [
