@@ -3,8 +3,11 @@
 Keeps only the model weights (``state_dict``, tensors made contiguous, on the CPU) and a ``meta`` of
 plain Python types (versions, the source iteration/epoch, the dataset classes, the config text);
 optimizer, parameter schedulers, message hub and anything else are dropped, so the file loads with
-``torch.load(..., weights_only=True)``. The file is written as ``<OUT_STEM>-<sha8>.pth``, ``sha8``
-being the first 8 hex digits of the SHA-256 *of the written file*, which is what
+``torch.load(..., weights_only=True)``. An ``OUT_FILE`` ending in ``.safetensors`` is written in
+that format instead (the tensors, and ``meta`` as JSON metadata; nothing to unpickle; every loader
+of this package reads it, :mod:`mmseg_escnet.checkpoints.safetensors_io`). The file is written as
+``<OUT_STEM>-<sha8>.pth`` (or ``.safetensors``), ``sha8`` being the first 8 hex digits of the
+SHA-256 *of the written file*, which is what
 :func:`mmseg_escnet.checkpoints.download.expected_sha256` checks when the file is downloaded. The
 full hash and the lines for a metafile (``Weights:`` / ``Weights SHA-256:``) are printed.
 
@@ -17,8 +20,9 @@ a path ending in ``/``): the file is then written into it, named after ``IN_FILE
 
 ``python tools/publish_model.py IN_FILE NAME --hub-folder OUT [--license ID] [--eval-all JSON]
 [--config CONFIG]`` writes a folder the Hugging Face Hub accepts as a model repository: the same
-weights (``OUT/NAME-<sha8>.pth``), the config they were trained with (``OUT/config.py``, from the
-checkpoint's meta, else ``--config`` or the model-zoo config of NAME) and a model card
+weights in safetensors, the Hub's format (``OUT/NAME-<sha8>.safetensors``), the config they were
+trained with (``OUT/config.py``, from the checkpoint's meta, else ``--config`` or the model-zoo
+config of NAME) and a model card
 ``OUT/README.md`` whose metadata block (licence, library, tags, datasets, results with their
 sources) is :mod:`mmseg_escnet.checkpoints.hub_card`'s. Upload it with the Hub's own CLI
 (``hf upload USER/NAME OUT``). A NAME of the model zoo adds its training data and its published
@@ -45,7 +49,12 @@ from mmseg_escnet.checkpoints.hub_card import (config_text, eval_all_results, mo
                                                training_classes)
 from mmseg_escnet.checkpoints.model_zoo import load_model_index
 from mmseg_escnet.checkpoints.safe_loading import load_local_checkpoint
+from mmseg_escnet.checkpoints.safetensors_io import (load_safetensors_checkpoint,
+                                                     save_safetensors_checkpoint)
 from mmseg_escnet.utils import ensure_writable_dir, run_cli
+
+#: The extension that makes the published file a safetensors file (the Hub's format).
+SAFETENSORS = '.safetensors'
 
 #: Keys of a Runner checkpoint's ``meta`` that are kept (under the names on the right).
 KEPT_META = {'epoch': 'source_epoch', 'iter': 'source_iter', 'cfg': 'config', 'seed': 'seed',
@@ -134,9 +143,12 @@ def output_path(in_file: str, out_file: str) -> str:
 
 
 def published_name(out_file: str, sha256: str) -> str:
-    """``<out_file without .pth>-<first 8 hex of sha256>.pth``."""
-    stem = out_file[:-len('.pth')] if out_file.endswith('.pth') else out_file
-    return f'{stem}-{sha256[:8]}.pth'
+    """``<stem>-<first 8 hex of sha256><ext>``: ``ext`` is ``.safetensors`` for such an
+    ``out_file``, else ``.pth`` (added when ``out_file`` has no ``.pth``)."""
+    for ext in SAFETENSORS, '.pth':
+        if out_file.endswith(ext):
+            return f'{out_file[:-len(ext)]}-{sha256[:8]}{ext}'
+    return f'{out_file}-{sha256[:8]}.pth'
 
 
 def read_checkpoint(in_file: str) -> Any:
@@ -179,12 +191,17 @@ def publish(in_file: str, out_file: str) -> Tuple[str, str]:
     handle, partial = tempfile.mkstemp(suffix='.part', dir=out_dir)
     os.close(handle)
     try:
-        # Through a file object: torch.save then names the zip records 'archive/...' instead of
-        # after the (random) temporary file, so the same input always gives the same bytes and name.
-        with open(partial, 'wb') as f:
-            torch.save(stripped, f)
-        # self-check: the file must load without unpickling arbitrary objects
-        torch.load(partial, map_location='cpu', weights_only=True, mmap=True)
+        if out_file.endswith(SAFETENSORS):
+            save_safetensors_checkpoint(stripped, partial)
+            load_safetensors_checkpoint(partial)  # self-check: it reads back
+        else:
+            # Through a file object: torch.save then names the zip records 'archive/...' instead
+            # of after the (random) temporary file, so the same input always gives the same bytes
+            # and name.
+            with open(partial, 'wb') as f:
+                torch.save(stripped, f)
+            # self-check: the file must load without unpickling arbitrary objects
+            torch.load(partial, map_location='cpu', weights_only=True, mmap=True)
         sha256 = file_sha256(partial)
         final = published_name(osp.abspath(out_file), sha256)
         umask = os.umask(0)
@@ -234,8 +251,8 @@ def hub_folder(in_file: str, name: str, out_dir: str, *, license_id: Optional[st
     info = load_model_index().get(name)
     out_dir = ensure_writable_dir(osp.abspath(out_dir), '--hub-folder')
     results = [] if summary is None else eval_all_results(summary)
-    weights, sha256 = publish(in_file, osp.join(out_dir, f'{name}.pth'))
-    meta = torch.load(weights, map_location='cpu', weights_only=True, mmap=True)['meta']
+    weights, sha256 = publish(in_file, osp.join(out_dir, f'{name}{SAFETENSORS}'))
+    meta = load_safetensors_checkpoint(weights)['meta']
     paths = dict(weights=weights, config=osp.join(out_dir, 'config.py'),
                  card=osp.join(out_dir, 'README.md'), sha256=sha256)
     with open(paths['config'], 'w', encoding='utf-8') as f:
@@ -254,8 +271,8 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         description='Strip a training checkpoint to its weights and name it with its SHA-256')
     parser.add_argument('in_file', help='checkpoint written by tools/train.py')
     parser.add_argument('out_file', help='output name, e.g. catseg_vitb16.pth (becomes '
-                        'catseg_vitb16-<sha8>.pth), or a folder (DIR/) to write into; with '
-                        '--hub-folder: the model\'s name on the Hub')
+                        'catseg_vitb16-<sha8>.pth; .safetensors: that format), or a folder (DIR/) '
+                        'to write into; with --hub-folder: the model\'s name on the Hub')
     parser.add_argument('--hub-folder', metavar='OUT',
                         help='write a Hugging Face Hub model folder: weights, config, model card')
     parser.add_argument('--license', help="the Hub's licence identifier for the card, e.g. "

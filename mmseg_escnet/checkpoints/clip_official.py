@@ -26,9 +26,7 @@ common format returned by :func:`load_clip_weights` is the open_clip naming with
 :mod:`.convert` (``clip_official``, used by ``tools/model_converters/clip2mmseg.py``).
 """
 import json
-import os.path as osp
 import pickle
-import struct
 import zipfile
 from typing import Dict, Iterable, Mapping, Optional, Tuple
 
@@ -38,6 +36,7 @@ import torch.nn.functional as F
 from .download import local_checkpoint_path
 from .official_checkpoint import Converted, html_page_problem, refused_pickle_error
 from .safe_loading import load_local_checkpoint
+from .safetensors_io import is_safetensors, load_safetensors_checkpoint
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -57,16 +56,6 @@ def _is_torchscript_archive(path: str) -> bool:
         return False
     with zipfile.ZipFile(path) as archive:
         return any(n.endswith('/constants.pkl') or '/code/' in n for n in archive.namelist())
-
-
-def _is_safetensors(path: str) -> bool:
-    """A safetensors file starts with a little-endian u64 header size and a JSON header."""
-    with open(path, 'rb') as f:
-        head = f.read(9)
-    if len(head) < 9:
-        return False
-    (header_size, ) = struct.unpack('<Q', head[:8])
-    return head[8:9] == b'{' and 0 < header_size < osp.getsize(path)
 
 
 def _unwrap(obj: object, path: str) -> Tuple[str, Mapping[str, torch.Tensor]]:
@@ -107,9 +96,8 @@ def read_weights_file(path_or_url: str, cache_dir: Optional[str] = None) -> Tupl
     path = local_checkpoint_path(path_or_url, what='CLIP weights', cache_dir=cache_dir)
     if _is_torchscript_archive(path):
         fmt, state = 'torchscript', dict(torch.jit.load(path, map_location='cpu').state_dict())
-    elif _is_safetensors(path):
-        from safetensors.torch import load_file
-        fmt, state = 'safetensors', dict(load_file(path, device='cpu'))
+    elif is_safetensors(path):
+        fmt, state = 'safetensors', load_safetensors_checkpoint(path)['state_dict']
     else:
         try:
             obj = load_local_checkpoint(path, map_location='cpu')

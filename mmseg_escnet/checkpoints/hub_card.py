@@ -129,8 +129,9 @@ def model_card(name: str, *, weights_file: str, sha256: str, config_file: str,
     lines += ['## Use', '', '```bash',
               f'python demo/image_demo.py IMAGE {config_file} --checkpoint {weights_file} '
               '--vocab ade150', f'python tools/test.py {config_file} {weights_file}', '```', '',
-              'The checkpoint loads with `torch.load(..., weights_only=True)`; any vocabulary '
-              'works at test time (`--vocab`, `model.test_vocabulary`).', '']
+              'The weights are a safetensors file (nothing is unpickled when it loads; its '
+              '`mmseg_escnet.meta` metadata holds the training classes and versions); any '
+              'vocabulary works at test time (`--vocab`, `model.test_vocabulary`).', '']
     if results:
         lines += ['## Results of this checkpoint (mIoU)', '', f'From {results_source}.', '',
                   '| dataset | mIoU |', '|---|---|']

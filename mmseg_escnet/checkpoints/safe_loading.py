@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer
 
+from .safetensors_io import is_safetensors, load_safetensors_checkpoint, safetensors_problem
+
 
 def _numpy_globals() -> List[Any]:
     """NumPy types that appear when NumPy scalars or arrays are pickled."""
@@ -210,9 +212,10 @@ def verify_checkpoint_integrity(path: str, *, crc: bool = True) -> None:
 def checkpoint_file_problem(path: str, verify: bool = False) -> Optional[str]:
     """What is wrong with a checkpoint file, or None if it looks complete.
 
-    A torch checkpoint is a zip archive (torch >= 1.6) or a legacy pickle stream. A zip file cut
-    short by a kill, a full disk or an interrupted download has lost its end record; anything
-    else (a text file, an HTML error page) is not a checkpoint. Only the zip directory is read.
+    A torch checkpoint is a zip archive (torch >= 1.6) or a legacy pickle stream; a safetensors
+    file is checked against the sizes its header announces. A zip file cut short by a kill, a full
+    disk or an interrupted download has lost its end record; anything else (a text file, an HTML
+    error page) is not a checkpoint. Only the zip directory or the safetensors header is read.
 
     Args:
         path (str): The file.
@@ -230,7 +233,11 @@ def checkpoint_file_problem(path: str, verify: bool = False) -> Optional[str]:
         return 'is empty'
     with open(path, 'rb') as f:
         head = f.read(4)
-    if head.startswith(b'PK'):
+    if is_safetensors(path):
+        problem = safetensors_problem(path)
+        if problem is not None:
+            return problem
+    elif head.startswith(b'PK'):
         try:
             with zipfile.ZipFile(path) as archive:
                 if not any(name.endswith('.pkl') for name in archive.namelist()):
@@ -294,8 +301,9 @@ def load_local_checkpoint(filename: str, map_location: Optional[Union[str, Calla
                           mmap: bool = False, mmengine_types: bool = True) -> Any:
     """Load a local checkpoint with ``weights_only=True`` and MMEngine's own types allow-listed.
 
-    The one place where this package unpickles a checkpoint (TorchScript and safetensors files
-    have readers of their own).
+    The one place where this package unpickles a checkpoint (TorchScript files have a reader of
+    their own). A safetensors file (:mod:`.safetensors_io`) is read without unpickling, as
+    ``{'state_dict': tensors, 'meta': dict}``.
 
     Args:
         filename (str): Path of the checkpoint file.
@@ -321,6 +329,9 @@ def load_local_checkpoint(filename: str, map_location: Optional[Union[str, Calla
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
         raise FileNotFoundError(f'checkpoint file not found: {filename}')
+    if is_safetensors(filename):  # nothing to unpickle: {'state_dict', 'meta'} from its header
+        verify_checkpoint_integrity(filename, crc=False)
+        return load_safetensors_checkpoint(filename, map_location)
     problem = checkpoint_file_problem(filename)
     if problem is not None:
         raise ValueError(f'checkpoint {filename} {problem}')

@@ -368,6 +368,13 @@ def test_weights_are_loaded_strictly(catseg, checkpoint, tmp_path):
     loaded = _build(CATSEG, weights=checkpoint, vocabulary=CLASSES)
     np.testing.assert_allclose(_predict(loaded, image)['probabilities'],
                                _predict(catseg, image)['probabilities'], atol=1e-6)
+    # the same weights as safetensors (tools/publish_model.py OUT.safetensors, the Hub folder)
+    from mmseg_escnet.checkpoints.safetensors_io import save_safetensors_checkpoint
+    save_safetensors_checkpoint(torch.load(checkpoint), str(tmp_path / 'tiny.safetensors'))
+    from_safetensors = _build(CATSEG, weights=str(tmp_path / 'tiny.safetensors'),
+                              vocabulary=CLASSES)
+    np.testing.assert_array_equal(_predict(from_safetensors, image)['probabilities'],
+                                  _predict(loaded, image)['probabilities'])
     state = torch.load(checkpoint)['state_dict']
     state.pop(next(iter(state)))
     torch.save(state, tmp_path / 'partial.pth')

@@ -14,6 +14,7 @@ from mmengine.logging import MessageHub
 from mmengine.runner import load_checkpoint
 
 from mmseg_escnet.checkpoints.download import ChecksumError, download_checkpoint
+from mmseg_escnet.checkpoints.safe_loading import load_local_checkpoint
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.join(ROOT, 'tests', 'test_checkpoints'))
@@ -93,6 +94,28 @@ def test_publish_strips_and_names_by_own_hash(training_checkpoint, tmp_path, cap
     # reproducible: publishing the same checkpoint again gives the same bytes, hence the same name
     again = publish_model.main([source, str(tmp_path / 'again' / 'catseg_depth.pth')])
     assert osp.basename(again) == osp.basename(final) and _sha256(again) == sha
+
+
+def test_publish_as_safetensors_loads_everywhere_like_the_pth(training_checkpoint, tmp_path,
+                                                            model):
+    """OUT_FILE.safetensors: the same tensors and meta as the .pth, read by the package's loader
+    and by MMEngine's load_checkpoint (no unpickling), named by its own hash, reproducible."""
+    source, state = training_checkpoint
+    pth = torch.load(publish_model.main([source, str(tmp_path / 'a' / 'm.pth')]),
+                     weights_only=True)
+    final = publish_model.main([source, str(tmp_path / 'b' / 'm.safetensors')])
+    sha = _sha256(final)
+    assert osp.basename(final) == f'm-{sha[:8]}.safetensors'
+    loaded = load_local_checkpoint(final)
+    assert loaded['meta'] == pth['meta']
+    assert loaded['state_dict'].keys() == pth['state_dict'].keys()
+    assert all(torch.equal(loaded['state_dict'][k], v) for k, v in pth['state_dict'].items())
+    target = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    load_checkpoint(target, final, map_location='cpu', strict=False)  # MMEngine's loader
+    assert all(torch.equal(target.state_dict()[k], model.state_dict()[k])
+               for k in target.state_dict())
+    again = publish_model.main([source, str(tmp_path / 'c' / 'm.safetensors')])
+    assert _sha256(again) == sha
 
 
 def test_refuses_files_that_are_not_training_checkpoints(tmp_path, model):
@@ -187,11 +210,14 @@ def test_hub_folder_with_card_config_and_results(training_checkpoint, tmp_path, 
     printed = capsys.readouterr().out
     assert f'hf upload <user>/catseg_vitb16 {out}' in printed
     files = sorted(os.listdir(out))
-    weights = [f for f in files if f.endswith('.pth')]
+    weights = [f for f in files if f.endswith('.safetensors')]  # the Hub's format
     assert files == sorted(weights + ['README.md', 'config.py']) and len(weights) == 1
     sha = _sha256(out / weights[0])
-    assert weights[0] == f'catseg_vitb16-{sha[:8]}.pth'
-    assert set(torch.load(out / weights[0], weights_only=True)['state_dict']) == set(state)
+    assert weights[0] == f'catseg_vitb16-{sha[:8]}.safetensors'
+    loaded = load_local_checkpoint(str(out / weights[0]))
+    assert loaded['state_dict'].keys() == state.keys()
+    assert all(torch.equal(loaded['state_dict'][k], v) for k, v in state.items())
+    assert loaded['meta']['dataset_meta']['classes'] == ['sky', 'grass']
     assert (out / 'config.py').read_text() == "model = dict(type='X')\n"  # the training config
     meta, text = _front_matter(out / 'README.md')
     assert meta['license'] == 'apache-2.0' and meta['library_name'] == 'mmseg_escnet'
