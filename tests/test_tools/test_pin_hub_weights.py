@@ -103,6 +103,11 @@ def test_a_hash_the_branch_no_longer_has_is_not_overwritten(setup, capsys):
     err = capsys.readouterr().err
     assert 'revision moved' in err and _sha(GIT_DATA)[:12] in err
     assert meta.read_text() == METAFILE
+    # a #sha256= fragment of the URL counts as the index's hash too
+    meta.write_text(METAFILE.replace('resolve/main/model_final_base.pth',
+                                     'resolve/main/model_final_base.pth#sha256=0123abcd'))
+    assert pin_hub_weights.main(['--index', index, '--models', 'lfs_model']) == 1
+    assert 'SHA-256 0123abcd (from the #sha256= fragment' in capsys.readouterr().err
 
 
 def test_dry_run_and_download_option(setup, capsys):

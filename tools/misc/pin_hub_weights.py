@@ -27,7 +27,7 @@ import re
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from mmseg_escnet.checkpoints.hash_sources import split_url
+from mmseg_escnet.checkpoints.hash_sources import resolve_hash, split_url
 from mmseg_escnet.checkpoints.http_transfer import DownloadError
 from mmseg_escnet.checkpoints.hub_download import (HUB_HOST, hub_pin, is_commit,
                                                    parse_hub_url)
@@ -114,9 +114,10 @@ def _pin(info: ModelInfo, download: bool) -> Tuple[Optional[Tuple[str, str]], st
         return None, f'{info.name}: not on the Hub ({info.weights}), skipped'
     if is_commit(hub.revision) and info.sha256 and len(info.sha256) == 64:
         return None, f'{info.name}: already pinned'
+    expected = resolve_hash(info.weights, info.sha256)  # Weights SHA-256, or a #sha256= fragment
     commit, sha256 = hub_pin(hub, download=download)
-    if info.sha256 and not sha256.startswith(info.sha256):
-        raise ValueError(f'the index says Weights SHA-256 {info.sha256}, but '
+    if expected is not None and not sha256.startswith(expected.value):
+        raise ValueError(f'the index gives the SHA-256 {expected.value} ({expected.source}), but '
                          f'{hub.filename} at {hub.revision!r} (commit {commit}) has {sha256}: the '
                          f'revision moved since the hash was written; pin the commit of that hash '
                          f'by hand (the repository\'s history), nothing was changed')
