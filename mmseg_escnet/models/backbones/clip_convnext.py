@@ -15,25 +15,21 @@ heads. Its ``CLIP_FINETUNE: weight`` rule is the ``'weight'`` fine-tune policy.
 
 The CLIP model is open_clip's own ``CLIP``/``TimmModel``
 (https://github.com/mlfoundations/open_clip) and the trunk timm's ``ConvNeXt``
-(https://github.com/huggingface/pytorch-image-models); this module only adds the dense path,
-custom trunk sizes and the fine-tuning policy.
+(https://github.com/huggingface/pytorch-image-models); this module only adds the dense path and
+the fine-tuning policy (custom trunk sizes: :mod:`.convnext_trunk`).
 """
-import contextvars
-from copy import deepcopy
 from typing import Dict, Optional, Tuple
 
-import open_clip
-import timm
 import torch
 import torch.nn.functional as F
 from mmengine.logging import print_log
 from mmseg.registry import MODELS
 from timm.layers import LayerNorm2d
-from timm.models import register_model
 from timm.models.convnext import ConvNeXt
 from torch import nn
 
 from ...checkpoints.clip_official import match_state_dict, normalize_clip_state_dict
+from .convnext_trunk import build_convnext_clip, check_trunk_cfg
 from .open_clip_base import OpenCLIPBackboneBase
 
 __all__ = ['CLIPConvNeXtBackbone']
@@ -41,12 +37,6 @@ __all__ = ['CLIPConvNeXtBackbone']
 FINETUNE_POLICIES = ('visual', 'frozen', 'full', 'weight')
 #: Never trainable: no output of the backbone depends on them.
 _UNUSED_PARAMETERS = ('logit_scale', 'logit_bias')
-#: ConvNeXt arguments a ``trunk_cfg`` must not set (open_clip's config or the removed classifier).
-_RESERVED_TRUNK_KEYS = ('pretrained', 'pretrained_cfg', 'pretrained_cfg_overlay', 'checkpoint_path',
-                        'num_classes', 'global_pool', 'in_chans', 'drop_path_rate', 'output_stride')
-#: timm entry building the trunk while a ``trunk_cfg`` is active; base of unknown trunk names.
-_CUSTOM_TRUNK_NAME = 'mmseg_escnet_clip_convnext_custom'
-_DEFAULT_TEMPLATE = 'convnext_base'
 _STAGE_STRIDES = (4, 8, 16, 32)
 #: Parameter prefix of ERR-Seg's stride-16 branch (open_clip names, below ``clip_model``).
 _OS16_PREFIX = 'visual.modify_downsample.'
@@ -58,28 +48,6 @@ _OS16_INIT_FROM = {
     'visual.modify_downsample.2.weight': 'visual.trunk.stages.3.downsample.1.weight',
     'visual.modify_downsample.2.bias': 'visual.trunk.stages.3.downsample.1.bias',
 }
-
-# (timm model whose arguments are the defaults, ConvNeXt keyword overrides); set only while
-# CLIPConvNeXtBackbone builds its CLIP, so the timm entry below sees it.
-_TRUNK_SPEC: contextvars.ContextVar = contextvars.ContextVar('clip_convnext_trunk', default=None)
-
-
-@register_model
-def mmseg_escnet_clip_convnext_custom(pretrained: bool = False, **kwargs) -> ConvNeXt:
-    """timm entry used by :class:`CLIPConvNeXtBackbone` for a ConvNeXt with a ``trunk_cfg``.
-
-    open_clip's ``TimmModel`` builds its trunk by name with ``timm.create_model``; this entry lets
-    it build a ConvNeXt of any size. It only works while the backbone is being constructed.
-    """
-    spec = _TRUNK_SPEC.get()
-    if spec is None:
-        raise RuntimeError(f'{_CUSTOM_TRUNK_NAME} is only built by '
-                           'CLIPConvNeXtBackbone(trunk_cfg=...)')
-    if pretrained:
-        raise ValueError('a custom-size ConvNeXt trunk has no pretrained timm weights')
-    template, trunk_cfg = spec
-    return timm.create_model(template, pretrained=False, **{**kwargs, **trunk_cfg})
-
 
 def _check_arch_cfg(cfg: dict) -> None:
     """Refuse open_clip configs that are not a CLIP with a timm ConvNeXt-style image tower."""
@@ -116,28 +84,6 @@ def _weight_policy_trainable(name: str) -> bool:
     if 'transformer' in name:
         return 'in_proj_weight' in name or 'c_fc.weight' in name
     return False
-
-
-def _check_trunk_cfg(trunk_cfg: Optional[dict]) -> Optional[dict]:
-    """Validate ``trunk_cfg`` and return a copy with tuple ``depths``/``dims``."""
-    if trunk_cfg is None:
-        return None
-    if not isinstance(trunk_cfg, dict):
-        raise TypeError(f'trunk_cfg must be a dict of timm ConvNeXt arguments, got '
-                        f'{type(trunk_cfg)!r}')
-    reserved = sorted(set(trunk_cfg) & set(_RESERVED_TRUNK_KEYS))
-    if reserved:
-        raise ValueError(f'trunk_cfg must not set {reserved}: drop path comes from '
-                         'vision_cfg.timm_drop_path, the classifier is removed by open_clip')
-    trunk_cfg = deepcopy(dict(trunk_cfg))
-    for key in ('depths', 'dims'):
-        if key in trunk_cfg:
-            value = trunk_cfg[key]
-            if not isinstance(value, (list, tuple)) or len(value) != 4 or not all(
-                    isinstance(v, int) and v > 0 for v in value):
-                raise ValueError(f'trunk_cfg.{key} must be 4 positive ints, got {value!r}')
-            trunk_cfg[key] = tuple(value)
-    return trunk_cfg
 
 
 @MODELS.register_module()
@@ -206,8 +152,8 @@ class CLIPConvNeXtBackbone(OpenCLIPBackboneBase):
         _check_arch_cfg(cfg)
         self.model_name = model_name
         self._embed_dim = int(cfg['embed_dim'])
-        self.trunk_cfg = _check_trunk_cfg(trunk_cfg)
-        self.clip_model = self._build_clip(cfg, self.trunk_cfg)
+        self.trunk_cfg = check_trunk_cfg(trunk_cfg)
+        self.clip_model = build_convnext_clip(cfg, self.trunk_cfg)
         self._check_trunk()
         if not isinstance(dense_os16, bool):
             raise TypeError(f'dense_os16 must be a bool, got {type(dense_os16)!r}')
@@ -218,27 +164,6 @@ class CLIPConvNeXtBackbone(OpenCLIPBackboneBase):
         self.pretrained = pretrained
         self._tokenizer = None
         self._apply_finetune_policy()
-
-    @staticmethod
-    def _build_clip(cfg: dict, trunk_cfg: Optional[dict]) -> open_clip.model.CLIP:
-        """Build open_clip's CLIP with random weights; timm never loads pretrained weights."""
-        cfg.pop('custom_text', None)
-        quick_gelu = bool(cfg.pop('quick_gelu', False))  # only affects the text tower
-        vision = dict(cfg.pop('vision_cfg'), timm_model_pretrained=False)
-        name = vision['timm_model_name']
-        if trunk_cfg is None:
-            if not timm.is_model(name) or name == _CUSTOM_TRUNK_NAME:
-                raise ValueError(f'vision_cfg.timm_model_name={name!r} is not a timm model; give '
-                                 'trunk_cfg=dict(depths=..., dims=...) for a custom ConvNeXt')
-            return open_clip.model.CLIP(**cfg, vision_cfg=vision, quick_gelu=quick_gelu)
-        template = name if timm.is_model(name) and name != _CUSTOM_TRUNK_NAME \
-            else _DEFAULT_TEMPLATE
-        vision['timm_model_name'] = _CUSTOM_TRUNK_NAME
-        token = _TRUNK_SPEC.set((template, trunk_cfg))
-        try:
-            return open_clip.model.CLIP(**cfg, vision_cfg=vision, quick_gelu=quick_gelu)
-        finally:
-            _TRUNK_SPEC.reset(token)
 
     def _check_trunk(self) -> None:
         """The trunk must be a timm ConvNeXt with 4 stages of strides 4, 8, 16, 32."""
