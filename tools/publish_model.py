@@ -262,6 +262,12 @@ def hub_folder(in_file: str, name: str, out_dir: str, *, license_id: Optional[st
                       results=results, info=info, classes=training_classes(meta),
                       results_source=f'tools/eval_all.py ({osp.basename(eval_all or "")})')
     card.save(paths['card'])
+    earlier = sorted(f for f in os.listdir(out_dir) if f != osp.basename(weights) and re.fullmatch(
+        re.escape(name) + r'-[0-9a-f]{8}\.(safetensors|pth)', f))
+    if earlier:
+        print(f'publish_model: warning: {out_dir} also holds {", ".join(earlier)} from an earlier '
+              f'publish; delete it before uploading (the card describes '
+              f'{osp.basename(weights)})', file=sys.stderr)
     return paths
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import os.path as osp
 import re
+import tempfile
 from typing import Any, Dict, Optional
 
 __all__ = ['write_json_atomically', 'write_hash_record', 'read_hash_record', 'record_fits',
@@ -20,11 +21,21 @@ _FULL_HEX = re.compile(r'^[0-9a-f]{64}$')
 
 
 def write_json_atomically(path: str, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` through ``<path>.tmp`` and a rename."""
-    tmp = path + '.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
+    """Write ``data`` as JSON to ``path`` through a temporary file of its own and a rename.
+
+    The temporary file is unique (``<name>.<random>.tmp`` beside ``path``), so processes writing
+    the same record at once (the ranks of a node) do not trip over each other: the last rename
+    wins, and every reader sees one whole record.
+    """
+    handle, tmp = tempfile.mkstemp(prefix=osp.basename(path) + '.', suffix='.tmp',
+                                   dir=osp.dirname(path) or '.')
+    try:
+        with os.fdopen(handle, 'w', encoding='utf-8') as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
 
 
 def write_hash_record(record: str, file: str, sha256: str, **extra: Any) -> None:

@@ -197,7 +197,8 @@ def fetch_hub_file(hub: HubFile, url: str, expected: Optional[ExpectedHash], *,
         return legacy
     path = _download(hub, url)
     record = _record_path(record_dir, hub)
-    actual = recorded_sha256(record, path, path=osp.realpath(path)) or file_sha256(path)
+    recorded = recorded_sha256(record, path, path=osp.realpath(path))
+    actual = recorded or file_sha256(path)
     if expected is not None and not actual.startswith(expected.value):
         raise ChecksumError(
             f'{url}: the file the Hub gave (cached at {path}) has SHA-256 {actual}, but '
@@ -212,5 +213,6 @@ def fetch_hub_file(hub: HubFile, url: str, expected: Optional[ExpectedHash], *,
     if pinned and not osp.isfile(record):
         print_log(f'{url}: the branch {hub.revision!r} is at commit {pinned.split("/")[-2]} '
                   f'({pinned}); a URL with the commit keeps giving this file', logger='current')
-    write_hash_record(record, path, actual, path=osp.realpath(path))
+    if recorded != actual:  # (ranks of a node get here together: write only what is new)
+        write_hash_record(record, path, actual, path=osp.realpath(path))
     return path

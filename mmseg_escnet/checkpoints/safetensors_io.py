@@ -84,7 +84,8 @@ def save_safetensors_checkpoint(checkpoint: Mapping[str, Any], path: str) -> Non
         path (str): the file to write.
 
     Raises:
-        ValueError: an entry that is not a named tensor, or a ``meta`` that JSON cannot hold.
+        ValueError: an entry that is not a named dense tensor, or a ``meta`` that JSON cannot
+            hold unchanged (tuples, non-str keys, NaN, objects).
     """
     from safetensors.torch import save_file
     tensors: Dict[str, torch.Tensor] = {}
@@ -93,6 +94,9 @@ def save_safetensors_checkpoint(checkpoint: Mapping[str, Any], path: str) -> Non
         if not isinstance(name, str) or not torch.is_tensor(tensor):
             raise ValueError(f'state_dict entry {name!r} is a {type(tensor).__name__}, not a '
                              f'named tensor')
+        if tensor.layout != torch.strided:
+            raise ValueError(f'state_dict entry {name!r} is a {tensor.layout} tensor; '
+                             f'safetensors holds dense (strided) tensors only')
         tensor = tensor.detach().cpu().contiguous()
         storage = tensor.untyped_storage().data_ptr()
         if storage in storages or tensor.untyped_storage().nbytes() != \
@@ -100,11 +104,37 @@ def save_safetensors_checkpoint(checkpoint: Mapping[str, Any], path: str) -> Non
             tensor = tensor.clone()
         storages.add(tensor.untyped_storage().data_ptr())
         tensors[name] = tensor
+    meta = checkpoint.get('meta') or {}
     try:
-        meta = json.dumps(checkpoint.get('meta') or {}, sort_keys=True)
+        text = json.dumps(meta, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as error:
         raise ValueError(f'the checkpoint meta cannot be written as JSON: {error}') from error
-    save_file(tensors, path, metadata={'format': 'pt', META_KEY: meta})
+    if json.loads(text) != meta:
+        raise ValueError('the checkpoint meta does not survive JSON unchanged (tuples, non-str '
+                         'keys or other non-JSON types); give plain lists, str keys, numbers, '
+                         'str, bool and None (tools/publish_model.py makes them so)')
+    save_file(tensors, path, metadata={'format': 'pt', META_KEY: text})
+    _canonical_header(path)
+
+
+def _canonical_header(path: str) -> None:
+    """Rewrite the JSON header with sorted keys, in place and at the same length.
+
+    safetensors writes its metadata map in hash-map order, which changes between runs, so the
+    same checkpoint would give different bytes (and a different ``-<sha8>`` name). The compact,
+    key-sorted header is as long as the original (same entries, no spaces) and is padded with
+    spaces, as safetensors pads its header, to the original size; the data offsets do not move.
+    """
+    with open(path, 'r+b') as f:
+        (size, ) = struct.unpack('<Q', f.read(8))
+        header = json.loads(f.read(size))
+        text = json.dumps(header, sort_keys=True, separators=(',', ':'),
+                          ensure_ascii=False).encode('utf-8')
+        if len(text) > size:
+            raise RuntimeError(f'{path}: the sorted safetensors header is longer than the '
+                               f'original ({len(text)} > {size} bytes)')
+        f.seek(8)
+        f.write(text + b' ' * (size - len(text)))
 
 
 def load_safetensors_checkpoint(path: str,
@@ -114,19 +144,23 @@ def load_safetensors_checkpoint(path: str,
 
     Args:
         path (str): the file.
-        map_location (str | torch.device | Callable, optional): where the tensors go; a device
-            (``'cpu'``, ``'cuda:0'``), or None / a callable (torch.load's storage mapping, which
-            does not apply here): the CPU.
+        map_location (str | torch.device, optional): the device the tensors go to (``'cpu'``,
+            ``'cuda:0'``); None: the CPU. torch.load's dict and callable mappings of storage
+            locations do not apply to a safetensors file and are refused.
 
     Raises:
-        ValueError: a cut short or unreadable file, or metadata that is not our JSON ``meta``;
-            the message names the file.
+        ValueError: a cut short or unreadable file, metadata that is not our JSON ``meta``, or a
+            ``map_location`` that is not a device; the message names the file.
     """
     from safetensors import safe_open
     problem = safetensors_problem(path)
     if problem is not None:
         raise ValueError(f'checkpoint {path} {problem}')
-    device = map_location if isinstance(map_location, (str, torch.device)) else 'cpu'
+    if map_location is not None and not isinstance(map_location, (str, torch.device)):
+        raise ValueError(f'checkpoint {path}: a safetensors file is loaded onto one device; '
+                         f'map_location must be a device such as \'cpu\', got '
+                         f'{type(map_location).__name__} {map_location!r}')
+    device = 'cpu' if map_location is None else map_location
     try:
         with safe_open(path, framework='pt', device='cpu') as f:
             metadata = f.metadata() or {}

@@ -27,3 +27,23 @@ def test_record_is_trusted_only_while_the_file_is_unchanged(tmp_path):
         assert read_hash_record(record) is None
     assert read_hash_record(str(tmp_path / 'none.json')) is None
     assert not os.path.exists(record + '.tmp')
+
+
+def _write_many(args):
+    record, file, sha = args
+    for _ in range(100):
+        write_hash_record(record, file, sha)
+    return True
+
+
+def test_processes_writing_one_record_at_once(tmp_path):
+    """The ranks of a node record the same Hub file together: no error, one whole record."""
+    import multiprocessing
+    file = tmp_path / 'w.pth'
+    file.write_bytes(b'weights')
+    sha = hashlib.sha256(b'weights').hexdigest()
+    record = str(tmp_path / 'w.pth.hub.json')
+    with multiprocessing.get_context('fork').Pool(3) as pool:
+        assert pool.map(_write_many, [(record, str(file), sha)] * 3) == [True] * 3
+    assert recorded_sha256(record, str(file)) == sha
+    assert sorted(os.listdir(tmp_path)) == ['w.pth', 'w.pth.hub.json']  # no temporary files

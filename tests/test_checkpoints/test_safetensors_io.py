@@ -30,6 +30,20 @@ def test_round_trip_with_tied_and_viewed_tensors(tmp_path):
     assert load_safetensors_checkpoint(other)['meta'] == {}
 
 
+def test_same_checkpoint_same_bytes(tmp_path):
+    """safetensors writes its metadata in hash-map order; the header is made canonical, so the
+    published name (its hash) does not depend on the run."""
+    state = {f'layer{i}.weight': torch.randn(3, 2) for i in range(20)}
+    meta = {'dataset_meta': {'classes': ['café', 'sky']}, 'b': 1, 'a': [1, 2]}
+    blobs = set()
+    for k in range(6):
+        path = str(tmp_path / f'w{k}.safetensors')
+        save_safetensors_checkpoint({'state_dict': state, 'meta': meta}, path)
+        blobs.add(open(path, 'rb').read())
+    assert len(blobs) == 1
+    assert load_local_checkpoint(path)['meta'] == meta
+
+
 def test_bad_files_are_one_error_naming_the_file(tmp_path):
     path = str(tmp_path / 'w.safetensors')
     save_safetensors_checkpoint({'state_dict': {'x': torch.randn(100)}}, path)
@@ -45,9 +59,18 @@ def test_bad_files_are_one_error_naming_the_file(tmp_path):
         load_local_checkpoint(bad_meta)
     with pytest.raises(ValueError, match='named tensor'):
         save_safetensors_checkpoint({'state_dict': {'x': 1.0}}, str(tmp_path / 'n.safetensors'))
-    with pytest.raises(ValueError, match='meta cannot be written as JSON'):
-        save_safetensors_checkpoint({'state_dict': {'x': torch.ones(1)}, 'meta': {'o': object()}},
-                                    str(tmp_path / 'm.safetensors'))
+    for meta, message in (({'o': object()}, 'meta cannot be written as JSON'),
+                          ({'nan': float('nan')}, 'meta cannot be written as JSON'),
+                          ({'t': (1, 2)}, 'does not survive JSON unchanged'),
+                          ({1: 'a'}, 'does not survive JSON unchanged')):
+        with pytest.raises(ValueError, match=message):
+            save_safetensors_checkpoint({'state_dict': {'x': torch.ones(1)}, 'meta': meta},
+                                        str(tmp_path / 'm.safetensors'))
+    with pytest.raises(ValueError, match="'s' is a torch.sparse_coo tensor"):
+        save_safetensors_checkpoint({'state_dict': {'s': torch.eye(2).to_sparse()}},
+                                    str(tmp_path / 's.safetensors'))
+    with pytest.raises(ValueError, match='map_location must be a device'):
+        load_local_checkpoint(path, map_location={'cpu': 'cpu'})
     # a sidecar written by training or the cache guards a safetensors file too
     from mmseg_escnet.checkpoints.safe_loading import (CheckpointIntegrityError,
                                                        write_sha256_sidecar)

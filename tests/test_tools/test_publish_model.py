@@ -208,6 +208,15 @@ def test_hub_folder_with_card_config_and_results(training_checkpoint, tmp_path, 
     assert publish_model.main([source, 'catseg_vitb16', '--hub-folder', str(out),
                                '--license', 'apache-2.0', '--eval-all', str(summary)]) == str(out)
     printed = capsys.readouterr().out
+    # published again (same bytes, same name): nothing else in the folder, no warning; weights of
+    # an earlier publish are named in a warning
+    stale = out / 'catseg_vitb16-0badc0de.safetensors'
+    stale.write_bytes(b'old')
+    publish_model.main([source, 'catseg_vitb16', '--hub-folder', str(out), '--license',
+                        'apache-2.0', '--eval-all', str(summary)])
+    assert 'also holds catseg_vitb16-0badc0de.safetensors from an earlier publish' in \
+        capsys.readouterr().err
+    stale.unlink()
     assert f'hf upload <user>/catseg_vitb16 {out}' in printed
     files = sorted(os.listdir(out))
     weights = [f for f in files if f.endswith('.safetensors')]  # the Hub's format
