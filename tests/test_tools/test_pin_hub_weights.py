@@ -135,3 +135,28 @@ def test_unreachable_or_offline_hub_is_one_error_naming_the_file(setup, monkeypa
     err = capsys.readouterr().err
     assert 'model_final_base.pth of org/cat' in err and 'ConnectError' in err
     assert meta.read_text() == METAFILE
+
+
+@pytest.mark.parametrize('layout', ['placeholder', 'empty', 'unindented', 'fragment'])
+def test_rewrite_keeps_every_other_line_and_key(layout, tmp_path):
+    """Line editing on the layouts a metafile may have; what it changes is checked by parsing."""
+    url = f'{HUB}/o/r/resolve/main/w.pth'
+    sha_line = {'placeholder': '  Weights SHA-256:  # fill in\n', 'empty': '  Weights SHA-256:\n',
+                'unindented': '', 'fragment': ''}[layout]
+    weights = url + ('#sha256=' + '0' * 8 if layout == 'fragment' else '')
+    text = (f'Models:\n- Name: m\n  Config: c.py\n  Weights: {weights}  # keep me\n{sha_line}'
+            'Other:\n  Weights SHA-256: abcdef12\n')
+    meta = tmp_path / 'metafile.yaml'
+    meta.write_text(text)
+    info = load_model_index(str(meta))['m']
+    pinned, sha = f'{HUB}/o/r/resolve/{"a" * 40}/w.pth', 'b' * 64
+    new = pin_hub_weights.rewrite_entry(text, info, pinned, sha)
+    pin_hub_weights.check_rewrite(text, new, str(meta), [(info, pinned, sha)])
+    assert f'  Weights: {pinned}  # keep me\n' in new
+    assert new.count('Weights SHA-256') == 2 and 'Other:\n  Weights SHA-256: abcdef12\n' in new
+    if layout == 'placeholder':
+        assert f'  Weights SHA-256: {sha}  # fill in\n' in new
+    # a rewrite that touches another key is refused
+    broken = new.replace('abcdef12', 'abcdef13')
+    with pytest.raises(ValueError, match='would change more than'):
+        pin_hub_weights.check_rewrite(text, broken, str(meta), [(info, pinned, sha)])

@@ -27,6 +27,8 @@ import re
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import yaml
+
 from mmseg_escnet.checkpoints.hash_sources import resolve_hash, split_url
 from mmseg_escnet.checkpoints.http_transfer import DownloadError
 from mmseg_escnet.checkpoints.hub_download import (HUB_HOST, hub_pin, is_commit,
@@ -36,8 +38,10 @@ from mmseg_escnet.utils import run_cli
 
 PROG = 'tools/misc/pin_hub_weights.py'
 _NAME = re.compile(r'^(\s*)-\s+Name:\s*(\S+?)\s*(#.*)?$')
-_WEIGHTS = re.compile(r'^(\s*Weights:\s*)(\S+)(.*)$')
-_SHA = re.compile(r'^(\s*Weights SHA-256:\s*)(\S+)(.*)$')
+# key, value (may be empty; a '#' inside it, as in a #sha256= fragment, is part of it), and a
+# comment (a '#' after white space, as YAML reads it), if any
+_WEIGHTS = re.compile(r'^(\s*Weights:)[ \t]*(\S*?)(?:[ \t]+(#.*))?[ \t]*$')
+_SHA = re.compile(r'^(\s*Weights SHA-256:)[ \t]*(\S*?)(?:[ \t]+(#.*))?[ \t]*$')
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -67,11 +71,16 @@ def _block(lines: List[str], name: str, metafile: str) -> Tuple[int, int]:
         line = lines[end]
         stripped = line.lstrip()
         depth = len(line) - len(stripped)
-        if stripped and not stripped.startswith('#') and (
-                depth < indent or (depth == indent and stripped.startswith('-'))):
+        if stripped and not stripped.startswith('#') and depth <= indent:  # next entry or key
             break
         end += 1
     return start, end
+
+
+def _set_line(match: 're.Match', value: str) -> str:
+    """The line of ``match`` (``_WEIGHTS``/``_SHA``) with ``value``, keeping a comment."""
+    key, _, comment = match.groups()
+    return f'{key} {value}' + (f'  {comment}' if comment else '') + '\n'
 
 
 def rewrite_entry(text: str, info: ModelInfo, url: str, sha256: str) -> str:
@@ -86,6 +95,9 @@ def rewrite_entry(text: str, info: ModelInfo, url: str, sha256: str) -> str:
     Returns:
         str: the new content; only those two lines differ (the SHA-256 line is added after the
         Weights line if it is missing).
+
+    Raises:
+        ValueError: the model's lines are not found, or it has more than one SHA-256 line.
     """
     lines = text.splitlines(keepends=True)
     start, end = _block(lines, info.name, info.metafile)
@@ -95,28 +107,49 @@ def rewrite_entry(text: str, info: ModelInfo, url: str, sha256: str) -> str:
         raise ValueError(f'{info.metafile}: model {info.name!r}: cannot find its line '
                          f'"Weights: {info.weights}"')
     w = weights[0]
-    head, _, tail = _WEIGHTS.match(lines[w].rstrip('\n')).groups()
-    lines[w] = f'{head}{url}{tail}\n'
+    lines[w] = _set_line(_WEIGHTS.match(lines[w].rstrip('\n')), url)
     shas = [i for i in range(start, end) if _SHA.match(lines[i].rstrip('\n'))]
+    if len(shas) > 1:
+        raise ValueError(f'{info.metafile}: model {info.name!r} has {len(shas)} "Weights '
+                         f'SHA-256" lines')
     if shas:
-        head, _, tail = _SHA.match(lines[shas[0]].rstrip('\n')).groups()
-        lines[shas[0]] = f'{head}{sha256}{tail}\n'
+        lines[shas[0]] = _set_line(_SHA.match(lines[shas[0]].rstrip('\n')), sha256)
     else:
         indent = lines[w][:len(lines[w]) - len(lines[w].lstrip())]
         lines.insert(w + 1, f'{indent}Weights SHA-256: {sha256}\n')
     return ''.join(lines)
 
 
+def check_rewrite(old: str, new: str, metafile: str,
+                  entries: Sequence[Tuple[ModelInfo, str, str]]) -> None:
+    """The rewritten metafile must read as the old one with exactly these two keys changed.
+
+    Raises:
+        ValueError: anything else changed (an unusual layout fooled the line editing); nothing
+            is written then.
+    """
+    expected, got = yaml.safe_load(old), yaml.safe_load(new)
+    models = {m.get('Name'): m for m in expected.get('Models') or [] if isinstance(m, dict)}
+    for info, url, sha256 in entries:
+        models[info.name].update({'Weights': url, 'Weights SHA-256': sha256})
+    if got != expected:
+        raise ValueError(f'{metafile}: pinning {", ".join(i.name for i, _, _ in entries)} by '
+                         f'editing lines would change more than their Weights and Weights SHA-256 '
+                         f'(an unusual layout); nothing was written, edit the file by hand')
+
+
 def _pin(info: ModelInfo, download: bool) -> Tuple[Optional[Tuple[str, str]], str]:
     """((pinned URL, SHA-256) or None if nothing changes, a line for the report)."""
     hub = parse_hub_url(split_url(info.weights)[0])
     if hub is None:
-        return None, f'{info.name}: not on the Hub ({info.weights}), skipped'
+        return None, (f'{info.name}: not a Hub file URL (https://{HUB_HOST}/<owner>/<repo>/resolve/'
+                      f'<revision>/<file>): {info.weights}, skipped')
     if is_commit(hub.revision) and info.sha256 and len(info.sha256) == 64:
         return None, f'{info.name}: already pinned'
-    expected = resolve_hash(info.weights, info.sha256)  # Weights SHA-256, or a #sha256= fragment
+    # Weights SHA-256 or a #sha256= fragment; a '-<hex>' name suffix may be a date: not checked
+    expected = resolve_hash(info.weights, info.sha256)
     commit, sha256 = hub_pin(hub, download=download)
-    if expected is not None and not sha256.startswith(expected.value):
+    if expected is not None and expected.strong and not sha256.startswith(expected.value):
         raise ValueError(f'the index gives the SHA-256 {expected.value} ({expected.source}), but '
                          f'{hub.filename} at {hub.revision!r} (commit {commit}) has {sha256}: the '
                          f'revision moved since the hash was written; pin the commit of that hash '
@@ -147,16 +180,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for metafile, entries in changes.items():
         with open(metafile, encoding='utf-8') as f:
             text = f.read()
+        new = text
         for info, url, sha256 in entries:
-            text = rewrite_entry(text, info, url, sha256)
+            new = rewrite_entry(new, info, url, sha256)
+        check_rewrite(text, new, metafile, entries)
+        text = new
         if args.dry_run:
             print(f'(dry run) would rewrite {len(entries)} model(s) in {metafile}')
             continue
         with open(metafile, 'w', encoding='utf-8') as f:
             f.write(text)
         print(f'rewrote {len(entries)} model(s) in {metafile}')
-    if not args.dry_run and changes:
-        load_model_index(index)  # the rewritten files still parse
     return 1 if failures else 0
 
 
