@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from .download import local_checkpoint_path
 from .official_checkpoint import Converted, html_page_problem, refused_pickle_error
 from .safe_loading import load_local_checkpoint
-from .safetensors_io import is_safetensors, load_safetensors_checkpoint
+from .safetensors_io import is_safetensors
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -96,8 +96,8 @@ def read_weights_file(path_or_url: str, cache_dir: Optional[str] = None) -> Tupl
     path = local_checkpoint_path(path_or_url, what='CLIP weights', cache_dir=cache_dir)
     if _is_torchscript_archive(path):
         fmt, state = 'torchscript', dict(torch.jit.load(path, map_location='cpu').state_dict())
-    elif is_safetensors(path):
-        fmt, state = 'safetensors', load_safetensors_checkpoint(path)['state_dict']
+    elif is_safetensors(path):  # the safe loader: its sidecar is checked too
+        fmt, state = 'safetensors', load_local_checkpoint(path, map_location='cpu')['state_dict']
     else:
         try:
             obj = load_local_checkpoint(path, map_location='cpu')
