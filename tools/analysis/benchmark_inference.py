@@ -53,6 +53,8 @@ import mmseg_escnet
 from mmseg_escnet.apis import OpenVocabInferencer
 from mmseg_escnet.utils import ensure_writable_dir, run_cli, write_json
 
+PROG = 'tools/analysis/benchmark_inference.py'
+
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """The command line; ``--runs`` must be at least 1."""
@@ -191,30 +193,53 @@ def _without(argv: list, option: str, takes_value: bool) -> list:
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f'signal {signum}')
+    """SIGTERM: unwind (so the worktree is removed), then exit with 128 + the signal number."""
+    print(f'{PROG}: stopped by signal {signum}; removing the temporary worktree',
+          file=sys.stderr)
+    raise SystemExit(128 + signum)
+
+
+def _forget_worktree(tree: str) -> None:
+    """Remove git's record of the worktree at ``tree`` (and only that one), e.g. one that a
+    ``git worktree add`` interrupted halfway left locked and half-made."""
+    common = subprocess.run(['git', '-C', ROOT, 'rev-parse', '--git-common-dir'],
+                            capture_output=True, text=True).stdout.strip()
+    admin = osp.join(ROOT, common, 'worktrees') if common else ''
+    for name in os.listdir(admin) if osp.isdir(admin) else []:
+        try:
+            with open(osp.join(admin, name, 'gitdir'), encoding='utf-8') as f:
+                points_to = f.read().strip()
+        except OSError:
+            continue
+        if osp.realpath(osp.dirname(points_to)) == osp.realpath(tree):
+            shutil.rmtree(osp.join(admin, name), ignore_errors=True)
 
 
 @contextmanager
 def _temporary_worktree(rev: str) -> Iterator[str]:
     """A detached git worktree of ``rev`` in a temporary folder, removed afterwards: also after
-    Ctrl-C, SIGTERM (a scheduler's time limit, ``kill``; it unwinds like Ctrl-C here) or a
-    ``git worktree add`` interrupted halfway (which leaves a locked, half-made worktree). A
-    worktree of a run killed with SIGKILL is forgotten by the next run's ``git worktree prune``."""
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    Ctrl-C, SIGTERM (a scheduler's time limit, ``kill``) or a ``git worktree add`` interrupted
+    halfway (which leaves a locked, half-made worktree). The cleanup itself ignores further
+    Ctrl-C and SIGTERM, and touches no other worktree. (SIGKILL leaves it for
+    ``git worktree prune``.)"""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    signal.signal(signal.SIGTERM, _interrupt)
     folder = tempfile.mkdtemp(prefix='benchmark_base_')
     tree = osp.join(folder, 'base')
     try:
-        subprocess.run(['git', '-C', ROOT, 'worktree', 'prune'], check=False)
         subprocess.run(['git', '-C', ROOT, 'worktree', 'add', '--detach', '-q', tree, rev],
                        check=True)
         yield tree
     finally:
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
         for command in (['unlock', tree], ['remove', '--force', tree]):
             subprocess.run(['git', '-C', ROOT, 'worktree', *command], check=False,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         shutil.rmtree(folder, ignore_errors=True)
-        subprocess.run(['git', '-C', ROOT, 'worktree', 'prune'], check=False)
-        signal.signal(signal.SIGTERM, previous)
+        _forget_worktree(tree)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def compare_with_base(args: argparse.Namespace, argv: list) -> dict:
@@ -270,4 +295,4 @@ def compare_with_base(args: argparse.Namespace, argv: list) -> dict:
 
 
 if __name__ == '__main__':
-    sys.exit(run_cli(main, 'tools/analysis/benchmark_inference.py'))
+    sys.exit(run_cli(main, PROG))
