@@ -94,6 +94,13 @@ def test_pins_commit_and_sha256_and_keeps_the_rest(setup, tmp_path, capsys):
     assert pin_hub_weights.main(['--index', index, '--models', '*_model']) == 0
     assert 'lfs_model: already pinned' in capsys.readouterr().out
     assert meta.read_text() == before
+    # --verify asks the Hub about pinned entries too: a hash their commit does not hold is an error
+    assert pin_hub_weights.main(['--index', index, '--models', 'lfs_model', '--verify']) == 0
+    assert f'lfs_model: pinned, verified (commit {commits["lfs"]}' in capsys.readouterr().out
+    meta.write_text(before.replace(_sha(LFS_DATA), 'f' * 64))
+    assert pin_hub_weights.main(['--index', index, '--models', 'lfs_model', '--verify']) == 1
+    err = capsys.readouterr().err
+    assert 'lfs_model: the index gives the SHA-256 ffff' in err and 'hash is wrong' in err
 
 
 def test_a_hash_the_branch_no_longer_has_is_not_overwritten(setup, capsys):

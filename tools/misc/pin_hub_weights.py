@@ -19,6 +19,7 @@ Usage::
 
     python tools/misc/pin_hub_weights.py                      # every model of model-index.yml
     python tools/misc/pin_hub_weights.py --models 'errseg_*' --dry-run
+    python tools/misc/pin_hub_weights.py --verify     # pinned entries too: still on the Hub?
 """
 import argparse
 import fnmatch
@@ -53,6 +54,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help='model names or shell patterns (default: all)')
     parser.add_argument('--download', action='store_true', help='hash the downloaded file even '
                         'when the Hub gives its SHA-256')
+    parser.add_argument('--verify', action='store_true', help='also ask the Hub about entries '
+                        'that are already pinned: their commit must hold a file of their SHA-256')
     parser.add_argument('--dry-run', action='store_true', help='print the changes, write nothing')
     parser.add_argument('--debug', action='store_true', help='show tracebacks')
     return parser.parse_args(argv)
@@ -138,22 +141,28 @@ def check_rewrite(old: str, new: str, metafile: str,
                          f'(an unusual layout); nothing was written, edit the file by hand')
 
 
-def _pin(info: ModelInfo, download: bool) -> Tuple[Optional[Tuple[str, str]], str]:
+def _pin(info: ModelInfo, download: bool,
+         verify: bool = False) -> Tuple[Optional[Tuple[str, str]], str]:
     """((pinned URL, SHA-256) or None if nothing changes, a line for the report)."""
     hub = parse_hub_url(split_url(info.weights)[0])
     if hub is None:
         return None, (f'{info.name}: not a Hub file URL (https://{HUB_HOST}/<owner>/<repo>/resolve/'
                       f'<revision>/<file>): {info.weights}, skipped')
-    if is_commit(hub.revision) and info.sha256 and len(info.sha256) == 64:
+    pinned = is_commit(hub.revision) and info.sha256 is not None and len(info.sha256) == 64
+    if pinned and not verify:
         return None, f'{info.name}: already pinned'
     # Weights SHA-256 or a #sha256= fragment; a '-<hex>' name suffix may be a date: not checked
     expected = resolve_hash(info.weights, info.sha256)
     commit, sha256 = hub_pin(hub, download=download)
     if expected is not None and expected.strong and not sha256.startswith(expected.value):
+        why = ('the index\'s hash is wrong, or belongs to another file' if is_commit(hub.revision)
+               else 'the revision moved since the hash was written; pin the commit of that hash '
+               'by hand (the repository\'s history)')
         raise ValueError(f'the index gives the SHA-256 {expected.value} ({expected.source}), but '
-                         f'{hub.filename} at {hub.revision!r} (commit {commit}) has {sha256}: the '
-                         f'revision moved since the hash was written; pin the commit of that hash '
-                         f'by hand (the repository\'s history), nothing was changed')
+                         f'{hub.filename} at {hub.revision!r} (commit {commit}) has {sha256}: '
+                         f'{why}; nothing was changed')
+    if pinned:  # --verify: the commit still holds the file of the index's SHA-256
+        return None, f'{info.name}: pinned, verified (commit {commit}, SHA-256 {sha256})'
     url = f'https://{HUB_HOST}/{hub.repo_id}/resolve/{commit}/{hub.filename}'
     return (url, sha256), f'{info.name}: {hub.revision} -> {commit}, SHA-256 {sha256}'
 
@@ -169,7 +178,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     failures = 0
     for info in models:
         try:
-            pinned, report = _pin(info, args.download)
+            pinned, report = _pin(info, args.download, args.verify)
         except (ValueError, DownloadError) as error:  # one model's failure does not stop the rest
             print(f'{PROG}: error: {info.name}: {error}', file=sys.stderr)
             failures += 1
