@@ -66,8 +66,9 @@ def build_errseg_decoder(cfg: dict):
 
 
 def build_random_tiny_model(name: str) -> torch.nn.Module:
-    """The tiny model of ``configs/<name>_tiny_synthetic.py`` ('escnet', 'catseg'), randomly
-    initialised with seed 0 (the weights of :func:`random_tiny_checkpoints`), in eval mode."""
+    """The tiny model of ``configs/<name>_tiny_synthetic.py`` ('escnet', 'catseg', 'sed', ...),
+    randomly initialised with seed 0 (the weights of :func:`random_tiny_checkpoints`), in eval
+    mode."""
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS

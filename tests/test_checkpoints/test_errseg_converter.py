@@ -14,10 +14,7 @@ import re
 import pytest
 import torch
 import yaml
-from conftest import build_errseg_decoder
-from mmengine.config import Config
-from mmengine.registry import init_default_scope
-from mmseg.registry import MODELS
+from conftest import build_errseg_decoder, build_random_tiny_model
 
 import mmseg_escnet  # noqa: F401
 from mmseg_escnet.checkpoints.convert import get_format
@@ -46,10 +43,7 @@ def tool(load_script):
 
 @pytest.fixture(scope='module')
 def ours():
-    cfg = Config.fromfile(TINY)
-    init_default_scope('mmseg')
-    torch.manual_seed(0)
-    return MODELS.build(cfg.model).state_dict()
+    return build_random_tiny_model('errseg').state_dict()
 
 
 def _official_name(key):

@@ -9,9 +9,7 @@ import os.path as osp
 
 import pytest
 import torch
-from mmengine.config import Config
-from mmengine.registry import init_default_scope
-from mmseg.registry import MODELS
+from conftest import build_random_tiny_model
 
 import mmseg_escnet  # noqa: F401
 from mmseg_escnet.checkpoints.convert import get_format
@@ -33,10 +31,7 @@ def tool(load_script):
 
 @pytest.fixture(scope='module')
 def ours():
-    cfg = Config.fromfile(TINY)
-    init_default_scope('mmseg')
-    torch.manual_seed(0)
-    return MODELS.build(cfg.model).state_dict()
+    return build_random_tiny_model('sed').state_dict()
 
 
 def _official(state):
