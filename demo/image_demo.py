@@ -6,7 +6,8 @@
 ``--vocab``: comma-separated classes with ``|`` between synonyms, a ``.txt`` file (one class per
 line, synonyms comma-separated) or ``.json`` list, or a built-in vocabulary name (``ade150``...); without it, the config's test vocabulary (the classes a
 model was fine-tuned on, e.g. a config of ``tools/misc/make_custom_config.py``).
-CONFIG: a config file or a model-zoo name (then ``--checkpoint`` is optional). Writes ``OUT`` (the
+CONFIG: a config file, a model-zoo name or a published model folder (``DIR/``; then
+``--checkpoint`` is optional). Writes ``OUT`` (the
 image, the coloured classes and a legend of the classes present, largest first) and
 ``<OUT stem>_labels.png`` (class ids: uint8, or uint16 above 256 classes). Exits with status 1 and a
 one-line message (``--debug`` for the traceback) for an unreadable or too large image (more than
@@ -32,7 +33,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description='Open-vocabulary segmentation of one image (CAT-Seg / ESC-Net)')
     parser.add_argument('image', help='image file (grayscale, RGB(A), 8 or 16 bit)')
-    parser.add_argument('config', help='config file or model-zoo name')
+    parser.add_argument('config', help='config file, model-zoo name or published model folder '
+                        '(DIR/: config.py and its weights)')
     parser.add_argument('--checkpoint', help='weights: file, URL or model-zoo name (optional for '
                         'a model-zoo CONFIG; without any, the weights are random)')
     parser.add_argument('--vocab', default=None,

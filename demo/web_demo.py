@@ -252,7 +252,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
     from mmseg_escnet.utils import add_prompting_arguments
     parser = argparse.ArgumentParser(description='Web page for open-vocabulary segmentation')
-    parser.add_argument('config', help='config file or model-zoo name')
+    parser.add_argument('config', help='config file, model-zoo name or published model folder '
+                        '(DIR/: config.py and its weights)')
     parser.add_argument('--checkpoint', help='weights: file, URL or model-zoo name (optional for '
                         'a model-zoo CONFIG; without any, the weights are random)')
     parser.add_argument('--host', default='127.0.0.1',

@@ -126,9 +126,11 @@ def model_card(name: str, *, weights_file: str, sha256: str, config_file: str,
         shown = ', '.join(classes[:20]) + (f', ... ({len(classes)} in all)'
                                            if len(classes) > 20 else '')
         lines += [f'Training classes: {shown}.', '']
-    lines += ['## Use', '', '```bash',
-              f'python demo/image_demo.py IMAGE {config_file} --checkpoint {weights_file} '
-              '--vocab ade150', f'python tools/test.py {config_file} {weights_file}', '```', '',
+    lines += ['## Use', '', 'With mmseg_escnet installed, this folder is '
+              'a model: download it and give its path.', '', '```bash',
+              f'hf download <user>/{name} --local-dir {name}',
+              f'python demo/image_demo.py IMAGE {name}/ --vocab ade150',
+              f'python tools/test.py {name}/{config_file} {name}/{weights_file}', '```', '',
               'The weights are a safetensors file (nothing is unpickled when it loads; its '
               '`mmseg_escnet.meta` metadata holds the training classes and versions); any '
               'vocabulary works at test time (`--vocab`, `model.test_vocabulary`).', '']

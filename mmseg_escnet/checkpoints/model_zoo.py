@@ -47,6 +47,8 @@ __all__ = [
 ZOO_SCHEME = 'zoo://'
 #: Suffixes of config files (what ``Config.fromfile`` reads); any other string is a model-zoo name.
 CONFIG_SUFFIXES = ('.py', '.yml', '.yaml', '.json')
+#: The config file of a published model folder (``tools/publish_model.py --hub-folder``).
+MODEL_FOLDER_CONFIG = 'config.py'
 
 
 @dataclass
@@ -318,12 +320,34 @@ def resolve_checkpoint_arg(checkpoint: str) -> str:
                             f'{", ".join(sorted(models))}')
 
 
+def _model_folder(folder: str, weights: Optional[str]) -> Tuple[Config, str]:
+    """(config, weights) of a published model folder: its ``config.py`` and, unless ``weights``
+    is given, its one weights file (``*.safetensors``, else ``*.pth``)."""
+    config = osp.join(folder, MODEL_FOLDER_CONFIG)
+    if not osp.isfile(config):
+        raise FileNotFoundError(f'{folder}: a model folder holds {MODEL_FOLDER_CONFIG} (as '
+                                f'tools/publish_model.py --hub-folder writes it); this one has '
+                                f'none')
+    if weights is None:
+        names = sorted(os.listdir(folder))
+        found = [n for n in names if n.endswith('.safetensors')] or \
+            [n for n in names if n.endswith('.pth')]
+        if len(found) != 1:
+            raise ValueError(f'{folder}: expected one weights file (*.safetensors, else *.pth), '
+                             f'found {", ".join(found) or "none"}; give the weights explicitly')
+        weights = osp.join(folder, found[0])
+    return Config.fromfile(config), weights
+
+
 def resolve_model(model: Union[str, 'os.PathLike[str]', Config, dict],
                   weights: Optional[str]) -> Tuple[Config, Optional[str]]:
-    """Turn a config file, ``Config``, dict or model-zoo name into (config, weights).
+    """Turn a config file, model folder, ``Config``, dict or model-zoo name into (config, weights).
 
-    A string is a config file only if it ends with one of :data:`CONFIG_SUFFIXES` (any case);
-    anything else is looked up as a model-zoo name, even if a file of that name exists in the
+    A string is a config file only if it ends with one of :data:`CONFIG_SUFFIXES` (any case); a
+    path to an existing folder (it holds a path separator: ``hub/my_model``, ``./my_model/``) is a
+    published model folder (``config.py`` and one weights file, as ``tools/publish_model.py
+    --hub-folder`` writes it and ``hf download USER/NAME --local-dir DIR`` fetches it); anything
+    else is looked up as a model-zoo name, even if a file or folder of that name exists in the
     working directory.
 
     Args:
@@ -332,13 +356,14 @@ def resolve_model(model: Union[str, 'os.PathLike[str]', Config, dict],
 
     Returns:
         Tuple[Config, str | None]: A copy of the config, and ``weights`` (for a model-zoo name
-        without weights: ``'zoo://<name>'``).
+        without weights: ``'zoo://<name>'``; for a model folder: its weights file).
 
     Raises:
         TypeError: ``model`` has another type.
-        FileNotFoundError: A config file that does not exist.
-        ValueError: Neither a config file nor a known model-zoo name (the message says both what
-            files are accepted and why the name is unknown, with close names).
+        FileNotFoundError: A config file that does not exist, a model folder without config.py.
+        ValueError: Neither a config file, a model folder nor a known model-zoo name (the
+            message says what is accepted and why the name is unknown, with close names); a
+            model folder without exactly one weights file.
     """
     if isinstance(model, Config):
         return copy.deepcopy(model), weights
@@ -352,11 +377,16 @@ def resolve_model(model: Union[str, 'os.PathLike[str]', Config, dict],
         if not osp.isfile(text):
             raise FileNotFoundError(f'config file not found: {text}')
         return Config.fromfile(text), weights
+    separators = {os.sep, '/', os.altsep} - {None}
+    if any(sep in text for sep in separators) and osp.isdir(text):
+        return _model_folder(text, weights)
     try:
         info = get_model(text)
     except (KeyError, FileNotFoundError, ValueError) as err:  # unknown name, or no usable index
         reason = err.args[0] if err.args else repr(err)
+        hint = (f' (a folder {text!r} exists: write ./{text} to use it as a model folder)'
+                if osp.isdir(text) else '')
         raise ValueError(f'{text!r} is not a config file (a path ending in '
-                         f'{"/".join(CONFIG_SUFFIXES)}) and not a known model-zoo name: '
-                         f'{reason}') from err
+                         f'{"/".join(CONFIG_SUFFIXES)}), not a model folder and not a known '
+                         f'model-zoo name{hint}: {reason}') from err
     return Config.fromfile(info.config), weights if weights is not None else f'zoo://{text}'

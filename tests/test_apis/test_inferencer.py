@@ -386,6 +386,32 @@ def test_weights_are_loaded_strictly(catseg, checkpoint, tmp_path):
         _build(CATSEG, weights=str(tmp_path / 'nope.pth'))
 
 
+def test_published_model_folder(checkpoint, catseg, tmp_path, monkeypatch):
+    """A folder as tools/publish_model.py --hub-folder writes it (and `hf download` fetches it):
+    config.py and one weights file; a path with a separator, so a bare name stays a zoo name."""
+    from mmseg_escnet.checkpoints.safetensors_io import save_safetensors_checkpoint
+    folder = tmp_path / 'hub' / 'my_model'
+    folder.mkdir(parents=True)
+    Config.fromfile(CATSEG).dump(str(folder / 'config.py'))  # flattened, as the Runner's meta
+    save_safetensors_checkpoint(torch.load(checkpoint),
+                                str(folder / 'my_model-0a1b2c3d.safetensors'))
+    (folder / 'README.md').write_text('a model card')
+    image = _image(12, 12, seed=11)
+    from_folder = _build(str(folder) + os.sep, vocabulary=CLASSES)
+    np.testing.assert_allclose(_predict(from_folder, image)['probabilities'],
+                               _predict(catseg, image)['probabilities'], atol=1e-6)
+    monkeypatch.chdir(tmp_path / 'hub')
+    with pytest.raises(ValueError, match=r"a folder 'my_model' exists: write \./my_model"):
+        _build('my_model')  # a bare name is a model-zoo name
+    (folder / 'older-00000000.safetensors').write_bytes(b'')
+    with pytest.raises(ValueError, match=r'expected one weights file .*found '
+                       r'my_model-0a1b2c3d.safetensors, older-00000000.safetensors'):
+        _build('./my_model')
+    (folder / 'config.py').unlink()
+    with pytest.raises(FileNotFoundError, match='a model folder holds config.py'):
+        _build('./my_model')
+
+
 def test_model_zoo_name(checkpoint, catseg, tmp_path, monkeypatch):
     digest = hashlib.sha256(open(checkpoint, 'rb').read()).hexdigest()
     (tmp_path / 'model-index.yml').write_text('Import:\n  - tiny/metafile.yaml\n')
@@ -406,8 +432,8 @@ def test_model_zoo_name(checkpoint, catseg, tmp_path, monkeypatch):
     np.testing.assert_allclose(_predict(zoo, image)['probabilities'],
                                _predict(catseg, image)['probabilities'], atol=1e-5)
     with pytest.raises(ValueError, match=r"'tiny_catsge' is not a config file \(a path ending in "
-                       r"\.py/\.yml/\.yaml/\.json\) and not a known model-zoo name: "
-                       '.*tiny_catseg'):
+                       r"\.py/\.yml/\.yaml/\.json\), not a model folder and not a known "
+                       r"model-zoo name: .*tiny_catseg"):
         _build('tiny_catsge')
     for missing in ('nope.py', 'nope.yaml', 'nope.YML', 'nope.json'):
         with pytest.raises(FileNotFoundError, match=f'config file not found: .*{missing}'):

@@ -46,7 +46,8 @@ def parse_filter(text: str) -> dict:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Class-filter agreement and speed-up')
-    parser.add_argument('config', help='config file or model-zoo name')
+    parser.add_argument('config', help='config file, model-zoo name or published model folder '
+                        '(DIR/: config.py and its weights)')
     parser.add_argument('checkpoint', help='trained weights')
     parser.add_argument('--images', required=True, help='folder of images')
     parser.add_argument('--annotations', help='folder of label PNGs named like the images')

@@ -56,7 +56,8 @@ PROG = 'tools/analysis/visualize_escnet.py'
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Command-line arguments (see the module docstring)."""
     parser = argparse.ArgumentParser(description="ESC-Net's pseudo prompts (Fig. 3, Fig. 6)")
-    parser.add_argument('config', help='config file or model-zoo name')
+    parser.add_argument('config', help='config file, model-zoo name or published model folder '
+                        '(DIR/: config.py and its weights)')
     parser.add_argument('checkpoint', help='weights: file, URL or model-zoo name')
     parser.add_argument('image', help='image file')
     parser.add_argument('--vocab', help='"cat,dog|puppy,sky", a .txt/.json file or a built-in '

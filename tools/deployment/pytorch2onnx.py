@@ -35,7 +35,8 @@ MIN_AGREEMENT = 0.999
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     """Command-line arguments (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('config', help='model config file or model-zoo name')
+    parser.add_argument('config', help='model config file, model-zoo name or published model '
+                        'folder (DIR/: config.py and its weights)')
     parser.add_argument('checkpoint', help='checkpoint file, URL or model-zoo name')
     parser.add_argument('--vocab', required=True,
                         help="the fixed vocabulary: 'cat, dog|puppy, sky', a built-in name "
