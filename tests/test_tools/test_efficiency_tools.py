@@ -167,6 +167,15 @@ def test_benchmark_inference_row_and_profile(tmp_path, capsys):
     assert 'Self CPU time total' in printed and '| 3 | 32x48 | whole |' in printed
     assert json.loads(out.read_text()) == result and result['per_image_s'] > 0
     assert osp.samefile(result['package'], osp.join(ROOT, 'mmseg_escnet'))
+    # --cfg-options with a published model folder: its config, the same rule as every entry point
+    folder = tmp_path / 'my_model'
+    folder.mkdir()
+    Config.fromfile(osp.join(ROOT, 'configs', 'catseg_tiny_synthetic.py')).dump(
+        str(folder / 'config.py'))
+    (folder / 'my_model-00000000.pth').write_bytes(b'')  # random weights are used anyway
+    tool.main([str(folder) + os.sep, '--vocab', 'sky,grass', '--size', '32', '32', '--runs', '1',
+               '--threads', '1', '--cfg-options', 'model.test_cfg.mode=whole'])
+    assert '| 2 | 32x32 | whole |' in capsys.readouterr().out
 
 
 def test_sweep_options_of_one_config(tmp_path):

@@ -47,10 +47,11 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 
 import mmseg_escnet
 from mmseg_escnet.apis import OpenVocabInferencer
+from mmseg_escnet.apis.model_args import resolve_model
 from mmseg_escnet.utils import ensure_writable_dir, run_cli, write_json
 
 PROG = 'tools/analysis/benchmark_inference.py'
@@ -59,7 +60,8 @@ PROG = 'tools/analysis/benchmark_inference.py'
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """The command line; ``--runs`` must be at least 1."""
     parser = argparse.ArgumentParser(description='Benchmark inference speed and memory')
-    parser.add_argument('config', help='config file or model-zoo name')
+    parser.add_argument('config', help='config file, model-zoo name or published model folder '
+                        '(DIR/)')
     parser.add_argument('--vocab', default='ade150',
                         help='built-in vocabulary, .txt file or comma-separated names')
     parser.add_argument('--size', type=int, nargs=2, default=(480, 640), metavar=('H', 'W'),
@@ -112,8 +114,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         torch.set_num_threads(args.threads)
     vocab = args.vocab if ',' not in args.vocab else [c.strip() for c in args.vocab.split(',')]
     model = args.config
-    if args.cfg_options:
-        model = Config.fromfile(args.config)
+    if args.cfg_options:  # the config of a file, zoo name or model folder (random weights here)
+        model, _ = resolve_model(args.config, None)
         model.merge_from_dict(args.cfg_options)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # "no weights given": random weights are intended here
