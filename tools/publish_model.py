@@ -50,6 +50,7 @@ from mmseg_escnet.checkpoints.hub_card import (config_text, eval_all_results, mo
 from mmseg_escnet.checkpoints.model_zoo import load_model_index
 from mmseg_escnet.checkpoints.safe_loading import load_local_checkpoint
 from mmseg_escnet.checkpoints.safetensors_io import (load_safetensors_checkpoint,
+                                                     read_safetensors_meta,
                                                      save_safetensors_checkpoint)
 from mmseg_escnet.utils import ensure_writable_dir, run_cli
 
@@ -252,7 +253,7 @@ def hub_folder(in_file: str, name: str, out_dir: str, *, license_id: Optional[st
     out_dir = ensure_writable_dir(osp.abspath(out_dir), '--hub-folder')
     results = [] if summary is None else eval_all_results(summary)
     weights, sha256 = publish(in_file, osp.join(out_dir, f'{name}{SAFETENSORS}'))
-    meta = load_safetensors_checkpoint(weights)['meta']
+    meta = read_safetensors_meta(weights)  # the header only
     paths = dict(weights=weights, config=osp.join(out_dir, 'config.py'),
                  card=osp.join(out_dir, 'README.md'), sha256=sha256)
     with open(paths['config'], 'w', encoding='utf-8') as f:

@@ -16,12 +16,12 @@ then the tensor data.
 import json
 import os.path as osp
 import struct
-from typing import Any, Callable, Dict, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
 __all__ = ['META_KEY', 'is_safetensors', 'safetensors_problem', 'save_safetensors_checkpoint',
-           'load_safetensors_checkpoint']
+           'read_safetensors_meta', 'load_safetensors_checkpoint']
 
 #: The metadata entry that holds our checkpoint's ``meta`` as JSON.
 META_KEY = 'mmseg_escnet.meta'
@@ -137,6 +137,38 @@ def _canonical_header(path: str) -> None:
         f.write(text + b' ' * (size - len(text)))
 
 
+def _read(path: str, tensors: bool) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]]:
+    """(meta, tensors on the CPU, or {} if not ``tensors``) of a safetensors file."""
+    from safetensors import safe_open
+    problem = safetensors_problem(path)
+    if problem is not None:
+        raise ValueError(f'checkpoint {path} {problem}')
+    try:
+        with safe_open(path, framework='pt', device='cpu') as f:
+            metadata = f.metadata() or {}
+            state = {name: f.get_tensor(name) for name in f.keys()} if tensors else {}
+    except Exception as error:  # noqa: BLE001  (safetensors raises its own SafetensorError)
+        raise ValueError(f'checkpoint {path} is not a readable safetensors file '
+                         f'({type(error).__name__}: {error})') from error
+    try:
+        meta = json.loads(metadata.get(META_KEY, '{}'))
+    except ValueError as error:
+        raise ValueError(f'checkpoint {path}: its {META_KEY!r} metadata is not JSON ({error})') \
+            from error
+    if not isinstance(meta, dict):
+        raise ValueError(f'checkpoint {path}: its {META_KEY!r} metadata is not a JSON object')
+    return meta, state
+
+
+def read_safetensors_meta(path: str) -> Dict[str, Any]:
+    """The ``meta`` of a safetensors checkpoint, from its header only (no tensor is read).
+
+    Raises:
+        ValueError: as :func:`load_safetensors_checkpoint`.
+    """
+    return _read(path, tensors=False)[0]
+
+
 def load_safetensors_checkpoint(path: str,
                                 map_location: Optional[Union[str, torch.device,
                                                              Callable]] = None) -> Dict[str, Any]:
@@ -152,29 +184,11 @@ def load_safetensors_checkpoint(path: str,
         ValueError: a cut short or unreadable file, metadata that is not our JSON ``meta``, or a
             ``map_location`` that is not a device; the message names the file.
     """
-    from safetensors import safe_open
-    problem = safetensors_problem(path)
-    if problem is not None:
-        raise ValueError(f'checkpoint {path} {problem}')
     if map_location is not None and not isinstance(map_location, (str, torch.device)):
         raise ValueError(f'checkpoint {path}: a safetensors file is loaded onto one device; '
                          f'map_location must be a device such as \'cpu\', got '
                          f'{type(map_location).__name__} {map_location!r}')
-    device = 'cpu' if map_location is None else map_location
-    try:
-        with safe_open(path, framework='pt', device='cpu') as f:
-            metadata = f.metadata() or {}
-            state = {name: f.get_tensor(name) for name in f.keys()}
-    except Exception as error:  # noqa: BLE001  (safetensors raises its own SafetensorError)
-        raise ValueError(f'checkpoint {path} is not a readable safetensors file '
-                         f'({type(error).__name__}: {error})') from error
-    try:
-        meta = json.loads(metadata.get(META_KEY, '{}'))
-    except ValueError as error:
-        raise ValueError(f'checkpoint {path}: its {META_KEY!r} metadata is not JSON ({error})') \
-            from error
-    if not isinstance(meta, dict):
-        raise ValueError(f'checkpoint {path}: its {META_KEY!r} metadata is not a JSON object')
-    if str(device) != 'cpu':
-        state = {name: tensor.to(device) for name, tensor in state.items()}
+    meta, state = _read(path, tensors=True)
+    if map_location is not None and str(map_location) != 'cpu':
+        state = {name: tensor.to(map_location) for name, tensor in state.items()}
     return {'state_dict': state, 'meta': meta}

@@ -8,6 +8,7 @@ from safetensors.torch import save_file
 from mmseg_escnet.checkpoints.safe_loading import checkpoint_file_problem, load_local_checkpoint
 from mmseg_escnet.checkpoints.safetensors_io import (META_KEY, is_safetensors,
                                                      load_safetensors_checkpoint,
+                                                     read_safetensors_meta,
                                                      save_safetensors_checkpoint)
 
 
@@ -21,6 +22,7 @@ def test_round_trip_with_tied_and_viewed_tensors(tmp_path):
     assert is_safetensors(path) and checkpoint_file_problem(path) is None
     loaded = load_local_checkpoint(path, map_location='cpu')  # the package's one loader
     assert loaded['meta'] == meta and loaded['state_dict'].keys() == state.keys()
+    assert read_safetensors_meta(path) == meta  # from the header alone
     for name, tensor in state.items():
         assert torch.equal(loaded['state_dict'][name], tensor), name
         assert loaded['state_dict'][name].dtype == tensor.dtype
