@@ -51,6 +51,15 @@ class HubFile(NamedTuple):
     revision: str
     filename: str
 
+    def at(self, revision: str) -> 'HubFile':
+        """The same file at another revision (a commit)."""
+        return self._replace(revision=revision)
+
+    @property
+    def url(self) -> str:
+        """``https://huggingface.co/<repo>/resolve/<revision>/<file>``."""
+        return f'https://{HUB_HOST}/{self.repo_id}/resolve/{self.revision}/{self.filename}'
+
 
 def parse_hub_url(url: str) -> Optional[HubFile]:
     """The Hub file of ``https://huggingface.co/<owner>/<repo>/resolve/<revision>/<path>``.
@@ -94,7 +103,7 @@ def pinned_url(hub: HubFile, path: str) -> Optional[str]:
     commit = parts[-depth - 1]
     if commit == hub.revision or not is_commit(commit):
         return None
-    return f'https://{HUB_HOST}/{hub.repo_id}/resolve/{commit}/{hub.filename}'
+    return hub.at(commit).url
 
 
 def _record_path(record_dir: str, hub: HubFile) -> str:
@@ -162,7 +171,7 @@ def hub_pin(hub: HubFile, *, download: bool = False) -> Tuple[str, str]:
         DownloadError: the file, revision or repository does not exist, or the Hub is unreachable.
     """
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
-    url = f'https://{HUB_HOST}/{hub.repo_id}/resolve/{hub.revision}/{hub.filename}'
+    url = hub.url
     with _hub_errors(hub, url):
         meta = get_hf_file_metadata(hf_hub_url(hub.repo_id, hub.filename, revision=hub.revision))
     commit, etag = meta.commit_hash or '', (meta.etag or '').lower()
@@ -171,7 +180,7 @@ def hub_pin(hub: HubFile, *, download: bool = False) -> Tuple[str, str]:
                             f'{hub.revision!r} (got {commit!r}); is it a Hugging Face Hub?')
     if _SHA256.match(etag) and not download:
         return commit, etag
-    return commit, file_sha256(_download(HubFile(hub.repo_id, commit, hub.filename), url))
+    return commit, file_sha256(_download(hub.at(commit), url))
 
 
 def fetch_hub_file(hub: HubFile, url: str, expected: Optional[ExpectedHash], *,

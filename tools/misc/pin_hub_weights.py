@@ -163,8 +163,8 @@ def _pin(info: ModelInfo, download: bool,
                          f'{why}; nothing was changed')
     if pinned:  # --verify: the commit still holds the file of the index's SHA-256
         return None, f'{info.name}: pinned, verified (commit {commit}, SHA-256 {sha256})'
-    url = f'https://{HUB_HOST}/{hub.repo_id}/resolve/{commit}/{hub.filename}'
-    return (url, sha256), f'{info.name}: {hub.revision} -> {commit}, SHA-256 {sha256}'
+    report = f'{info.name}: {hub.revision} -> {commit}, SHA-256 {sha256}'
+    return (hub.at(commit).url, sha256), report
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
